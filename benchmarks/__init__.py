@@ -1,0 +1,1 @@
+"""Latency / throughput / memory suite, HTTP load, reports and plots."""

@@ -1,0 +1,1 @@
+"""ONNX side: simplify, fuse, quantize (per-target presets) and validate."""

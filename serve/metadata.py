@@ -1,0 +1,110 @@
+"""The model card every exported ONNX file carries, so later stages need no side configuration.
+
+The card is stored as JSON under one key of the ONNX ``metadata_props``; ONNX Runtime exposes the same map
+as ``session.get_modelmeta().custom_metadata_map``, so readers need neither torch nor the onnx package.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+CARD_KEY = "smallnets.card"
+CARD_VERSION = 1
+
+
+class MissingMetadataError(ValueError):
+    """The ONNX file was not exported by smallnets (or its card is unreadable)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a photo becomes the network input: resize the shorter side, center-crop, scale, normalize."""
+
+    resize: int
+    crop: int
+    interpolation: str = "bilinear"  # "bilinear" | "bicubic" | "nearest"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @classmethod
+    def for_resolution(
+        cls,
+        resolution: int,
+        crop_pct: float = 0.875,
+        interpolation: str = "bilinear",
+        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+    ) -> Preprocessing:
+        """timm's convention: resize to ``resolution / crop_pct`` then center-crop ``resolution``."""
+        return cls(int(resolution / crop_pct), resolution, interpolation, tuple(mean), tuple(std))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything serving, optimizing and benchmarking need to know about one ONNX classifier."""
+
+    name: str
+    family: str
+    variant: dict[str, Any]
+    resolution: int
+    preprocessing: Preprocessing
+    labels: tuple[str, ...]
+    synsets: tuple[str, ...] = ()
+    params: int = 0
+    macs: int = 0
+    input_name: str = "input"
+    output_name: str = "logits"
+    precision: str = "fp32"
+    weights: str = "random"
+    provenance: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
+    version: int = CARD_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def display_name(self) -> str:
+        """Registry name plus the variant parameters that differ from nothing, e.g. ``mobilenet_v1(width=0.5)``."""
+        params = ",".join(f"{k}={v}" for k, v in sorted(self.variant.items()) if k != "resolution")
+        return f"{self.name}({params})@{self.resolution}" if params else f"{self.name}@{self.resolution}"
+
+    def with_updates(self, **changes: Any) -> ModelCard:
+        return replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        data = json.loads(text)
+        data["preprocessing"] = Preprocessing(
+            **{
+                **data["preprocessing"],
+                "mean": tuple(data["preprocessing"]["mean"]),
+                "std": tuple(data["preprocessing"]["std"]),
+            }
+        )
+        data["labels"] = tuple(data["labels"])
+        data["synsets"] = tuple(data.get("synsets", ()))
+        return cls(**data)
+
+    def to_metadata_props(self) -> dict[str, str]:
+        return {CARD_KEY: self.to_json()}
+
+    @classmethod
+    def from_metadata_props(cls, props: Mapping[str, str], source: str = "model") -> ModelCard:
+        """Read the card back; ``source`` names the file in the error so the user knows what to fix."""
+        if CARD_KEY not in props:
+            raise MissingMetadataError(
+                f"{source} has no smallnets model card (metadata key {CARD_KEY!r}): export it with "
+                "`smallnets export NAME -o OUT.onnx`, or pass its input size and preprocessing explicitly."
+            )
+        try:
+            return cls.from_json(props[CARD_KEY])
+        except (ValueError, TypeError, KeyError) as error:
+            raise MissingMetadataError(f"{source} has an unreadable smallnets model card: {error}") from error

@@ -1,0 +1,147 @@
+"""The one way to run a smallnets ONNX model on images: ONNX Runtime session + card-driven pre/post-processing.
+
+Every stage reuses this: export validation, optimize calibration/validation, the BentoML service, benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from serve.hardware import detect_cpu
+from serve.metadata import ModelCard
+from serve.preprocess import preprocess
+
+# Preference order when the caller does not choose: accelerated CPU providers first, the default CPU last.
+PROVIDER_PREFERENCE = ("XnnpackExecutionProvider", "ACLExecutionProvider", "CPUExecutionProvider")
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "acl": "ACLExecutionProvider",
+}
+
+
+class ProviderError(ValueError):
+    """A requested execution provider is unknown or not built into this onnxruntime."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_id: int
+    label: str
+    score: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"class_id": self.class_id, "label": self.label, "score": self.score}
+
+
+def resolve_providers(requested: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """Map user names (``cpu``, ``xnnpack``, full names) to available providers.
+
+    Returns (providers, notes): unavailable accelerated providers fall back to the CPU provider with a note,
+    so a Bento built for ARM still starts on a wheel without XNNPACK/ACL.
+    """
+    available = ort.get_available_providers()
+    if not requested:
+        return [p for p in PROVIDER_PREFERENCE if p in available and p != "XnnpackExecutionProvider"] or [
+            "CPUExecutionProvider"
+        ], []
+    chosen: list[str] = []
+    notes: list[str] = []
+    for name in requested:
+        full = PROVIDER_ALIASES.get(name.lower(), name)
+        if not full.endswith("ExecutionProvider"):
+            raise ProviderError(f"unknown execution provider {name!r}; choose from {sorted(PROVIDER_ALIASES)}")
+        if full in available:
+            chosen.append(full)
+        else:
+            notes.append(f"{full} is not available in this onnxruntime build ({available}); using CPU")
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen, notes
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def top_k(probabilities: np.ndarray, k: int, labels: Sequence[str]) -> list[Prediction]:
+    """The k most probable classes of one probability vector, best first."""
+    k = min(k, probabilities.shape[-1])
+    indices = np.argpartition(-probabilities, k - 1)[:k]
+    indices = indices[np.argsort(-probabilities[indices], kind="stable")]
+    return [Prediction(int(i), labels[i] if i < len(labels) else str(i), float(probabilities[i])) for i in indices]
+
+
+class OnnxClassifier:
+    """An ONNX Runtime session over one smallnets model, with its card's preprocessing and labels."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        card: ModelCard | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.providers, self.provider_notes = resolve_providers(providers)
+        self.threads = threads or detect_cpu().usable_cores
+        options = ort.SessionOptions()
+        # Set explicitly: ORT ignores OMP_NUM_THREADS, and N workers x all cores oversubscribes.
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        started = time.perf_counter()
+        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
+        self.load_ms = (time.perf_counter() - started) * 1000.0
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.card = card or ModelCard.from_metadata_props(metadata, source=str(self.path))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for an already preprocessed (N, 3, H, W) float32 batch."""
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return preprocess(images, self.card.preprocessing)
+
+    def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.run(self.preprocess(images))
+
+    def classify(self, images: Sequence[Image.Image], k: int = 5) -> list[list[Prediction]]:
+        """Top-k predictions (softmax probabilities) per image, in input order."""
+        probabilities = softmax(self.logits(images))
+        return [top_k(row, k, self.card.labels) for row in probabilities]
+
+    def warm_up(self) -> None:
+        """One inference on a blank picture, so the first real request does not pay allocation costs."""
+        size = self.card.preprocessing.crop
+        self.run(np.zeros((1, 3, size, size), dtype=np.float32))
+
+    def describe(self) -> dict[str, object]:
+        """What the metadata endpoint and benchmark rows report about this session."""
+        card = self.card
+        return {
+            "name": card.name,
+            "family": card.family,
+            "variant": card.variant,
+            "precision": card.precision,
+            "resolution": card.resolution,
+            "input_size": [3, card.preprocessing.crop, card.preprocessing.crop],
+            "params": card.params,
+            "macs": card.macs,
+            "weights": card.weights,
+            "num_classes": card.num_classes,
+            "providers": self.providers,
+            "threads": self.threads,
+            "quantization": card.quantization,
+        }

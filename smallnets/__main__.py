@@ -1,0 +1,3 @@
+from smallnets.cli import main
+
+raise SystemExit(main())
