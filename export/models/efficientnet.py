@@ -1,0 +1,1 @@
+"""efficientnet family (table + builder), registered in export.registry."""

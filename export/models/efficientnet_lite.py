@@ -1,0 +1,1 @@
+"""efficientnet_lite family (table + builder), registered in export.registry."""

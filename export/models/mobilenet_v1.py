@@ -1,0 +1,1 @@
+"""mobilenet_v1 family (table + builder), registered in export.registry."""

@@ -1,0 +1,1 @@
+"""mobilenet_v3 family (table + builder), registered in export.registry."""

@@ -1,0 +1,1 @@
+"""shufflenet_v2 family (table + builder), registered in export.registry."""

@@ -1,0 +1,1 @@
+"""squeezenet family (table + builder), registered in export.registry."""

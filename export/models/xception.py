@@ -1,0 +1,1 @@
+"""xception family (table + builder), registered in export.registry."""
