@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -10,6 +11,26 @@ from pathlib import Path
 # Feature names as Linux prints them in /proc/cpuinfo ("flags" on x86, "Features" on aarch64).
 X86_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "amx_tile")
 ARM_FEATURES = ("asimd", "asimddp", "i8mm", "bf16", "sve", "sve2", "fphp", "asimdhp")
+
+# The same aarch64 features as the kernel's auxiliary-vector bits (linux arch/arm64/include/uapi/asm/hwcap.h).
+# getauxval works where /proc/cpuinfo does not describe the running ISA: under qemu-user it is the host's file.
+AT_HWCAP, AT_HWCAP2 = 16, 26
+ARM_HWCAP_BITS = {"asimd": 1, "fphp": 9, "asimdhp": 10, "asimddp": 20, "sve": 22}
+ARM_HWCAP2_BITS = {"sve2": 1, "i8mm": 13, "bf16": 14}
+
+# MIDR part numbers of ARM Ltd. (implementer 0x41) cores found in servers and boards; aarch64 kernels print no
+# "model name", so this is how the machine block gets a readable core name.
+ARM_CORE_NAMES = {
+    "0xd03": "Cortex-A53",
+    "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72",
+    "0xd0b": "Cortex-A76",
+    "0xd0c": "Neoverse-N1",
+    "0xd40": "Neoverse-V1",
+    "0xd42": "Cortex-A78AE",
+    "0xd49": "Neoverse-N2",
+    "0xd4f": "Neoverse-V2",
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,7 @@ class CpuInfo:
 def parse_cpuinfo(text: str, arch: str) -> tuple[str, tuple[str, ...]]:
     """(model name, interesting features) from the text of /proc/cpuinfo."""
     model = ""
+    implementer = part = ""
     flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -48,8 +70,28 @@ def parse_cpuinfo(text: str, arch: str) -> tuple[str, tuple[str, ...]]:
             model = value.strip()
         elif key in ("flags", "features"):
             flags.update(value.split())
+        elif key == "cpu implementer" and not implementer:
+            implementer = value.strip()
+        elif key == "cpu part" and not part:
+            part = value.strip()
+    if not model and implementer == "0x41" and part in ARM_CORE_NAMES:
+        model = f"ARM {ARM_CORE_NAMES[part]}"
     known = X86_FEATURES if arch in ("x86_64", "amd64", "i686") else ARM_FEATURES
     return model, tuple(feature for feature in known if feature in flags)
+
+
+def arm_hwcap_features() -> tuple[str, ...]:
+    """aarch64 features from getauxval(AT_HWCAP/AT_HWCAP2): the ISA this process runs on, emulated or not."""
+    try:
+        getauxval = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return ()
+    getauxval.restype = ctypes.c_ulong
+    getauxval.argtypes = [ctypes.c_ulong]
+    hwcap, hwcap2 = getauxval(AT_HWCAP), getauxval(AT_HWCAP2)
+    present = {name for name, bit in ARM_HWCAP_BITS.items() if hwcap >> bit & 1}
+    present |= {name for name, bit in ARM_HWCAP2_BITS.items() if hwcap2 >> bit & 1}
+    return tuple(feature for feature in ARM_FEATURES if feature in present)
 
 
 def detect_cpu(cpuinfo_path: str | Path = "/proc/cpuinfo") -> CpuInfo:
@@ -59,8 +101,12 @@ def detect_cpu(cpuinfo_path: str | Path = "/proc/cpuinfo") -> CpuInfo:
         text = Path(cpuinfo_path).read_text()
     except OSError:
         text = ""
+    if arch in ("aarch64", "arm64") and "features" not in text.lower():
+        text = ""  # another architecture's /proc/cpuinfo (qemu-user passes the host's through): not ours
     model, features = parse_cpuinfo(text, arch)
-    if arch in ("aarch64", "arm64") and not model:
-        model = "aarch64 (model not reported)"
+    if arch in ("aarch64", "arm64"):
+        from_hwcap = set(arm_hwcap_features())
+        features = tuple(feature for feature in ARM_FEATURES if feature in from_hwcap or feature in features)
+        model = model or "aarch64 (model not reported)"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return CpuInfo(arch, model or platform.processor() or arch, features, os.cpu_count() or 1, usable)
