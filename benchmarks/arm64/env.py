@@ -1,0 +1,224 @@
+"""Run the project's Python code on aarch64 under QEMU user-mode emulation (built by benchmarks/arm64/setup.sh).
+
+Host side only, standard library only: tests and scripts call ``Arm64Environment.load()`` and ``.run([...])``;
+``benchmarks/arm64/python`` is the same thing as a command. Everything that runs inside gets
+``SMALLNETS_EMULATED=1`` so benchmark figures are marked as emulated, not device numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SETUP_COMMAND = "bash benchmarks/arm64/setup.sh"
+ROOT_PYTHON = "usr/bin/python3.11"
+
+# MIDR_EL1 of the cores qemu-aarch64 emulates with a known identity (qemu target/arm/cpu64.c), as /proc/cpuinfo
+# splits it: implementer, variant, part, revision. "max" has no real identity, so it is not offered.
+QEMU_CPUS = {
+    "cortex-a53": ("0x41", "0x0", "0xd03", "4", "Cortex-A53"),
+    "cortex-a57": ("0x41", "0x1", "0xd07", "0", "Cortex-A57"),
+    "cortex-a72": ("0x41", "0x0", "0xd08", "3", "Cortex-A72"),
+    "cortex-a76": ("0x41", "0x4", "0xd0b", "1", "Cortex-A76"),
+    "neoverse-n1": ("0x41", "0x4", "0xd0c", "1", "Neoverse-N1"),
+}
+# Kernel names of the AT_HWCAP / AT_HWCAP2 bits, in bit order (linux arch/arm64/include/uapi/asm/hwcap.h).
+HWCAP_NAMES = [
+    "fp",
+    "asimd",
+    "evtstrm",
+    "aes",
+    "pmull",
+    "sha1",
+    "sha2",
+    "crc32",
+    "atomics",
+    "fphp",
+    "asimdhp",
+    "cpuid",
+    "asimdrdm",
+    "jscvt",
+    "fcma",
+    "lrcpc",
+    "dcpop",
+    "sha3",
+    "sm3",
+    "sm4",
+    "asimddp",
+    "sha512",
+    "sve",
+    "asimdfhm",
+    "dit",
+    "uscat",
+    "ilrcpc",
+    "flagm",
+    "ssbs",
+    "sb",
+    "paca",
+    "pacg",
+]
+HWCAP2_NAMES = [
+    "dcpodp",
+    "sve2",
+    "sveaes",
+    "svepmull",
+    "svebitperm",
+    "svesha3",
+    "svesm4",
+    "flagm2",
+    "frint",
+    "svei8mm",
+    "svef32mm",
+    "svef64mm",
+    "svebf16",
+    "i8mm",
+    "bf16",
+    "dgh",
+    "rng",
+    "bti",
+    "mte",
+]
+_HWCAP_PROBE = (
+    "import ctypes; f = ctypes.CDLL(None).getauxval; f.restype = ctypes.c_ulong; f.argtypes = [ctypes.c_ulong]; "
+    "print(f(16), f(26))"
+)
+
+
+class Arm64EnvironmentMissing(RuntimeError):
+    """The emulated aarch64 environment has not been built on this machine."""
+
+
+def cache_dir() -> Path:
+    """Where setup.sh keeps the root, wheels and qemu (same default and override as the script)."""
+    if "SMALLNETS_ARM64_ROOT" in os.environ:
+        return Path(os.environ["SMALLNETS_ARM64_ROOT"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "smallnets" / "arm64"
+
+
+@dataclass(frozen=True)
+class Arm64Environment:
+    """qemu-aarch64 + an arm64 Debian root with python3.11 + a site dir with aarch64 wheels."""
+
+    qemu: Path
+    root: Path
+    site: Path
+    cpu: str
+
+    @classmethod
+    def load(cls, cache: Path | None = None) -> Arm64Environment:
+        cache = cache or cache_dir()
+        try:
+            config = json.loads((cache / "env.json").read_text())
+            environment = cls(Path(config["qemu"]), Path(config["root"]), Path(config["site"]), config["cpu"])
+        except (OSError, ValueError, KeyError) as error:
+            raise Arm64EnvironmentMissing(
+                f"no emulated aarch64 environment in {cache} ({error}); build it with `{SETUP_COMMAND}`"
+            ) from error
+        if not (environment.qemu.is_file() and (environment.root / ROOT_PYTHON).is_file()):
+            raise Arm64EnvironmentMissing(f"{cache} is incomplete; rebuild it with `{SETUP_COMMAND}`")
+        return environment
+
+    def command(self, args: Sequence[str]) -> list[str]:
+        """The argv that runs the aarch64 python3.11 with ``args``."""
+        return [str(self.qemu), "-cpu", self.cpu, "-L", str(self.root), str(self.root / ROOT_PYTHON), *args]
+
+    def environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A clean environment: the host's PYTHONPATH, user site and venv hold x86 packages."""
+        keep = ("PATH", "HOME", "TMPDIR", "TERM", "SMALLNETS_ARM64_ROOT")
+        environment = {name: os.environ[name] for name in keep if name in os.environ}
+        environment.update(
+            {
+                "LANG": "C.UTF-8",
+                "PYTHONPATH": f"{self.site}{os.pathsep}{REPO}",
+                "PYTHONNOUSERSITE": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "SMALLNETS_EMULATED": "1",
+            }
+        )
+        environment.update(extra or {})
+        return environment
+
+    def run(
+        self, args: Sequence[str], extra_env: Mapping[str, str] | None = None, **kwargs: object
+    ) -> subprocess.CompletedProcess:
+        """Run the aarch64 interpreter (``subprocess.run`` keyword arguments pass through)."""
+        kwargs.setdefault("cwd", REPO)
+        return subprocess.run(self.command(args), env=self.environ(extra_env), **kwargs)  # type: ignore[call-overload]
+
+    def write_cpuinfo(self) -> str:
+        """Give the guest an aarch64 /proc/cpuinfo (qemu 7.2 passes the host's through; qemu -L finds this one).
+
+        Features come from the emulated core's real AT_HWCAP bits, so the file and getauxval agree; one block per
+        host CPU, because onnxruntime's cpuinfo library matches this file against /sys/devices/system/cpu.
+        """
+        if self.cpu not in QEMU_CPUS:
+            raise ValueError(f"SMALLNETS_QEMU_CPU={self.cpu!r} is not supported; choose from {sorted(QEMU_CPUS)}")
+        probe = self.run(["-S", "-c", _HWCAP_PROBE], capture_output=True, text=True, check=True)
+        hwcap, hwcap2 = (int(value) for value in probe.stdout.split())
+        features = [name for bit, name in enumerate(HWCAP_NAMES) if hwcap >> bit & 1]
+        features += [name for bit, name in enumerate(HWCAP2_NAMES) if hwcap2 >> bit & 1]
+        implementer, variant, part, revision, name = QEMU_CPUS[self.cpu]
+        blocks = [
+            f"processor\t: {index}\nmodel name\t: {name} (emulated by qemu-aarch64 user mode)\n"
+            f"BogoMIPS\t: 50.00\nFeatures\t: {' '.join(features)}\nCPU implementer\t: {implementer}\n"
+            f"CPU architecture: 8\nCPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n"
+            for index in range(_host_cpu_count())
+        ]
+        text = "\n".join(blocks) + "\n"
+        target = self.root / "proc" / "cpuinfo"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(text)
+        os.replace(temporary, target)
+        return text
+
+
+def _host_cpu_count() -> int:
+    """Number of CPUs in /sys/devices/system/cpu/possible (e.g. ``0-1`` -> 2), which the guest also sees."""
+    try:
+        spec = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    count = 0
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
+_CHECK = """
+import platform, sys
+import numpy, onnxruntime, PIL
+from serve.hardware import detect_cpu
+print(f"python {platform.python_version()} on {platform.machine()}; onnxruntime {onnxruntime.__version__}, "
+      f"numpy {numpy.__version__}, pillow {PIL.__version__}")
+print("providers:", ", ".join(onnxruntime.get_available_providers()))
+print("cpu:", detect_cpu())
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``env.py ARGS...`` runs the aarch64 python with ARGS; ``--check`` / ``--write-cpuinfo`` maintain it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        environment = Arm64Environment.load()
+    except Arm64EnvironmentMissing as error:
+        print(f"arm64: error: {error}", file=sys.stderr)
+        return 2
+    if args == ["--write-cpuinfo"]:
+        environment.write_cpuinfo()
+        return 0
+    if args == ["--check"]:
+        return environment.run(["-c", _CHECK]).returncode
+    os.execve(environment.qemu, environment.command(args), environment.environ())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
