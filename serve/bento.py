@@ -1,0 +1,72 @@
+"""Building the Bento: the root bentofile.yaml, pointed at one stored model and one target platform.
+
+`bentoml build` runs in a subprocess because it imports the service module, which reads SMALLNETS_MODEL_TAG at
+import time to declare its model (that is how the model gets packed into the Bento).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from serve.settings import ENV_MODEL_PATH, ENV_MODEL_TAG
+
+# uv's --python-platform names for the Docker platforms we target; glibc 2.36 is Debian bookworm, the
+# python:3.11-slim base of the image.
+LOCK_PLATFORMS = {"linux/amd64": "x86_64-manylinux_2_36", "linux/arm64": "aarch64-manylinux_2_36"}
+TAG_PREFIX = "__tag__:"
+
+
+@dataclass(frozen=True)
+class BentoBuild:
+    tag: str
+    path: Path
+    dockerfile: Path
+    requirements: Path
+
+
+def bentofile_for(model_tag: str, platform: str, bentofile: Path) -> dict:
+    """The build config of ``bentofile`` with the model tag baked in as an environment variable."""
+    config = yaml.safe_load(bentofile.read_text())
+    envs = [env for env in config.get("envs", []) if env.get("name") != ENV_MODEL_TAG]
+    config["envs"] = [*envs, {"name": ENV_MODEL_TAG, "value": model_tag}]
+    config.setdefault("labels", {})["platform"] = platform
+    return config
+
+
+def build_bento(model_tag: str, platform: str, root: Path) -> BentoBuild:
+    """``bentoml build`` of ``root`` for ``platform`` (linux/amd64 | linux/arm64); returns where things are."""
+    import bentoml
+
+    if platform not in LOCK_PLATFORMS:
+        raise ValueError(f"unknown platform {platform!r}: choose one of {sorted(LOCK_PLATFORMS)}")
+    config = bentofile_for(model_tag, platform, root / "bentofile.yaml")
+    env = {**os.environ, ENV_MODEL_TAG: model_tag}
+    env.pop(ENV_MODEL_PATH, None)
+    with tempfile.TemporaryDirectory(prefix="smallnets-bento-") as scratch:
+        bentofile = Path(scratch) / "bentofile.yaml"
+        bentofile.write_text(yaml.safe_dump(config, sort_keys=False))
+        command = [sys.executable, "-m", "bentoml", "build", str(root), "-f", str(bentofile)]
+        command += ["--platform", LOCK_PLATFORMS[platform], "--output", "tag"]
+        completed = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"bentoml build failed (exit {completed.returncode}):\n{completed.stderr.strip()}")
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(TAG_PREFIX)]
+    if not lines:
+        raise RuntimeError(f"bentoml build printed no tag:\n{completed.stdout}\n{completed.stderr}")
+    tag = lines[-1][len(TAG_PREFIX) :].strip()
+    path = Path(bentoml.bentos.get(tag).path)
+    python_env = path / "env" / "python"
+    locked = python_env / "requirements.lock.txt"
+    return BentoBuild(
+        tag=tag,
+        path=path,
+        dockerfile=path / "env" / "docker" / "Dockerfile",
+        requirements=locked if locked.exists() else python_env / "requirements.txt",
+    )

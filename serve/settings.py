@@ -1,0 +1,90 @@
+"""Serving settings from the environment: the one channel from `smallnets serve` / a Bento to the worker processes.
+
+`bentoml serve` imports the service module in fresh worker processes, so the CLI cannot pass Python objects; it
+sets these variables instead (a Bento bakes SMALLNETS_MODEL_TAG into its image the same way).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from serve.hardware import detect_cpu
+
+ENV_MODEL_PATH = "SMALLNETS_MODEL"
+ENV_MODEL_TAG = "SMALLNETS_MODEL_TAG"
+ENV_PROVIDERS = "SMALLNETS_PROVIDERS"
+ENV_THREADS = "SMALLNETS_THREADS"
+ENV_WORKERS = "SMALLNETS_WORKERS"
+ENV_MAX_UPLOAD_MB = "SMALLNETS_MAX_UPLOAD_MB"
+ENV_MAX_BATCH_IMAGES = "SMALLNETS_MAX_BATCH_IMAGES"
+ENV_MAX_PIXELS = "SMALLNETS_MAX_PIXELS"
+
+DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_MAX_BATCH_IMAGES = 32
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_TOP_K = 20
+DEFAULT_TOP_K = 5
+
+
+class SettingsError(ValueError):
+    """A serving environment variable has an unusable value."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Where the model comes from and how each worker runs it."""
+
+    model_path: str | None
+    model_tag: str | None
+    providers: tuple[str, ...]
+    threads: int
+    workers: int
+    max_upload_bytes: int
+    max_batch_images: int
+    max_pixels: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
+        env = os.environ if environ is None else environ
+        workers = _positive_int(env, ENV_WORKERS, 1)
+        # Each worker owns a share of the cores: N workers x all cores would oversubscribe the machine.
+        default_threads = max(1, detect_cpu().usable_cores // workers)
+        providers = tuple(name.strip() for name in env.get(ENV_PROVIDERS, "").split(",") if name.strip())
+        return cls(
+            model_path=env.get(ENV_MODEL_PATH) or None,
+            model_tag=env.get(ENV_MODEL_TAG) or None,
+            providers=providers,
+            threads=_positive_int(env, ENV_THREADS, default_threads),
+            workers=workers,
+            max_upload_bytes=int(_positive_float(env, ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024),
+            max_batch_images=_positive_int(env, ENV_MAX_BATCH_IMAGES, DEFAULT_MAX_BATCH_IMAGES),
+            max_pixels=_positive_int(env, ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS),
+        )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SettingsError(f"{name}={raw!r} must be a positive integer (unset it to use the default {default})")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be a positive number (unset it to use the default {default})")
+    return value
