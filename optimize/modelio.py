@@ -1,0 +1,88 @@
+"""Loading, saving and checking ONNX files with errors that name the file and the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from serve.metadata import CARD_KEY, ModelCard
+
+
+class InvalidModelError(ValueError):
+    """The file is missing, not ONNX, corrupt, or fails the ONNX checker."""
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read and check an ONNX file; any failure becomes one InvalidModelError that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidModelError(f"{path}: no such ONNX file (export one with `smallnets export NAME -o OUT.onnx`)")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, OSError, ValueError, RuntimeError) as error:
+        raise InvalidModelError(f"{path}: not a readable ONNX model ({error}); is it the .onnx file?") from error
+    if not model.graph.node:
+        raise InvalidModelError(f"{path}: not an ONNX model (empty graph); is it the .onnx file?")
+    check_model(model, str(path))
+    return model
+
+
+def check_model(model: onnx.ModelProto, source: str = "model") -> None:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as error:
+        raise InvalidModelError(f"{source}: fails the ONNX checker: {error}") from error
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Write via a temporary name in the same folder and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        onnx.save(model, str(temporary))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def read_card(model: onnx.ModelProto) -> ModelCard | None:
+    """The smallnets card in ``metadata_props``, or None for a foreign model."""
+    props = {entry.key: entry.value for entry in model.metadata_props}
+    return ModelCard.from_metadata_props(props) if CARD_KEY in props else None
+
+
+def write_card(model: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
+    """Set (replace) the card in place; other metadata entries are kept."""
+    for key, value in card.to_metadata_props().items():
+        for entry in model.metadata_props:
+            if entry.key == key:
+                entry.value = value
+                break
+        else:
+            model.metadata_props.add(key=key, value=value)
+    return model
+
+
+def copy_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> onnx.ModelProto:
+    """Carry every ``metadata_props`` entry over (tools like ORT's offline optimizer drop them)."""
+    existing = {entry.key: entry for entry in target.metadata_props}
+    for entry in source.metadata_props:
+        if entry.key in existing:
+            existing[entry.key].value = entry.value
+        else:
+            target.metadata_props.add(key=entry.key, value=entry.value)
+    return target
+
+
+def input_hw(model: onnx.ModelProto) -> tuple[int | None, int | None]:
+    """Static (H, W) of the NCHW input, None where symbolic."""
+    initializers = {init.name for init in model.graph.initializer}
+    graph_input = next(i for i in model.graph.input if i.name not in initializers)
+    dims = graph_input.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise InvalidModelError(f"expected an NCHW image input, got rank {len(dims)} for input {graph_input.name!r}")
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[2:])  # type: ignore[return-value]

@@ -1,0 +1,103 @@
+"""Static int8 quantization with onnxruntime.quantization: QDQ, per-channel weights, a preset per CPU target.
+
+Calibration runs once (all tensors) and is cached as JSON, so the recipe search can try many
+"what stays float" variants for the cost of the quantizer alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
+)
+
+from optimize.groups import name_nodes
+from optimize.modelio import check_model, copy_metadata, save_model
+from optimize.presets import QuantPreset
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+_FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+
+
+def calibration_method(name: str) -> CalibrationMethod:
+    if name not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {name!r}; choose one of: {', '.join(CALIBRATION_METHODS)}")
+    return CALIBRATION_METHODS[name]
+
+
+def prepare_for_quantization(model: onnx.ModelProto, output: Path) -> onnx.ModelProto:
+    """ORT's quantization pre-processing (symbolic + ONNX shape inference), with named nodes and metadata kept.
+
+    Graph optimization is skipped: the model is already fused at the portable level by ``optimize.fuse``.
+    """
+    with tempfile.TemporaryDirectory(prefix="smallnets-prep-") as folder:
+        source = Path(folder) / "in.onnx"
+        onnx.save(model, str(source))
+        quant_pre_process(str(source), str(output), skip_optimization=True)
+        prepared = onnx.load(str(output))
+    copy_metadata(model, prepared)
+    name_nodes(prepared)
+    save_model(prepared, output)
+    return prepared
+
+
+def quantize_model(
+    prepared: Path,
+    output: Path,
+    preset: QuantPreset,
+    calibration: str,
+    cache: Path,
+    reader: CalibrationDataReader | None = None,
+    exclude_nodes: Iterable[str] = (),
+) -> onnx.ModelProto:
+    """Quantize ``prepared`` (see :func:`prepare_for_quantization`) to ``output``; ``exclude_nodes`` stay float.
+
+    The first call needs ``reader`` and fills ``cache``; later calls reuse the cached tensor ranges.
+    """
+    if not cache.exists() and reader is None:
+        raise ValueError("the first quantization needs calibration data")
+    extra_options: dict[str, object] = {"WeightSymmetric": True}
+    if calibration == "percentile":
+        extra_options["CalibPercentile"] = 99.999
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(
+        logging.ERROR
+    )  # the quantizer warns about every un-quantizable op; the report says what stayed float
+    try:
+        quantize_static(
+            str(prepared),
+            str(output),
+            calibration_data_reader=reader,
+            quant_format=_FORMATS[preset.quant_format],
+            per_channel=preset.per_channel,
+            reduce_range=preset.reduce_range,
+            activation_type=_TYPES[preset.activation_type],
+            weight_type=_TYPES[preset.weight_type],
+            nodes_to_exclude=sorted(set(exclude_nodes)),
+            calibrate_method=calibration_method(calibration),
+            calibration_cache_path=str(cache),
+            extra_options=extra_options,
+        )
+    finally:
+        quiet.setLevel(level)
+    quantized = onnx.load(str(output))
+    copy_metadata(onnx.load(str(prepared), load_external_data=False), quantized)
+    check_model(quantized, "quantized model")
+    save_model(quantized, output)
+    return quantized

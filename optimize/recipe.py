@@ -1,0 +1,209 @@
+"""The recipe search: which node groups stay float so int8 is both accurate and faster than fp32 here.
+
+Bounded and greedy, not a sweep:
+1. Speed candidates, from most to least quantized: everything; smooth activations float; + squeeze-excite
+   float; + depthwise float (the usual reasons int8 loses time: Q/DQ pairs around unfusable ops).
+2. Each candidate is checked against the accuracy budget on the evaluation images. If it misses, groups are
+   ranked by measured sensitivity (quantize with that group float, mean logit cosine vs fp32 on probe images)
+   and the most sensitive are kept float one at a time until the budget holds or the step limit is reached.
+3. Candidates within budget are timed against fp32 (batch 1, one thread, interleaved); the fastest wins.
+   If none beats fp32, or none meets the budget, int8 is rejected and fp32 remains the output.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from optimize.groups import NodeGroup
+from optimize.latency import measure_latency
+from optimize.validate import ValidationReport, compare_logits, predict_logits, preprocess_batches
+from serve.runtime import OnnxClassifier
+
+SPEED_CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("all-int8", ()),
+    ("float-activations", ("activations",)),
+    ("float-activations-se", ("activations", "squeeze_excite")),
+    ("float-activations-se-depthwise", ("activations", "squeeze_excite", "depthwise")),
+)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Bounds of the search; tests shrink them, the CLI default is the full procedure."""
+
+    max_drop: float = 1.0
+    max_candidates: int | None = None
+    max_repair_steps: int = 3
+    latency_runs: int = 60
+    probe_images: int = 16
+
+
+@dataclass
+class Trial:
+    """One quantized variant that was built and measured."""
+
+    name: str
+    float_groups: tuple[str, ...]
+    validation: ValidationReport
+    within_budget: bool
+    fp32_ms: float | None = None
+    int8_ms: float | None = None
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float | None:
+        return self.fp32_ms / self.int8_ms if self.fp32_ms and self.int8_ms else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "float_groups": list(self.float_groups),
+            "within_budget": self.within_budget,
+            "agreement_top1": self.validation.agreement_top1,
+            "cosine_mean": self.validation.cosine_mean,
+            "top1_drop_points": self.validation.top1_drop,
+            "fp32_ms": self.fp32_ms,
+            "int8_ms": self.int8_ms,
+            "speedup": self.speedup,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class SearchResult:
+    chosen: Trial | None
+    trials: list[Trial]
+    sensitivity: dict[str, float]
+    reason: str
+
+
+def within_budget(report: ValidationReport, max_drop: float) -> bool:
+    """Top-1 accuracy drop in points when labelled, else top-1 disagreement in percent."""
+    drop = report.top1_drop if report.top1_drop is not None else 100.0 * (1.0 - report.agreement_top1)
+    return drop <= max_drop + 1e-9
+
+
+class LogitCache:
+    """fp32 logits of a fixed image set computed once; candidates are compared against them."""
+
+    def __init__(self, fp32: Path, images: Sequence[Image.Image], labels: Sequence[int] | None, desc: str) -> None:
+        classifier = OnnxClassifier(fp32)
+        self.batches = preprocess_batches(classifier, images)
+        self.labels = labels
+        self.desc = desc
+        self.reference = predict_logits(classifier, self.batches, f"{desc} fp32")
+
+    def compare(self, candidate: Path) -> ValidationReport:
+        logits = predict_logits(OnnxClassifier(candidate), self.batches, f"{self.desc} int8")
+        return compare_logits(self.reference, logits, self.labels)
+
+
+def search_recipe(
+    fp32: Path,
+    groups: dict[str, NodeGroup],
+    quantize: Callable[[Path, Sequence[str]], None],
+    evaluation: LogitCache,
+    probe: LogitCache,
+    workdir: Path,
+    settings: SearchSettings,
+) -> SearchResult:
+    """Run the bounded search; ``quantize(output, excluded_nodes)`` builds one variant."""
+    built: dict[tuple[str, ...], tuple[Path, ValidationReport]] = {}
+
+    def build(float_groups: Sequence[str], against: LogitCache) -> tuple[Path, ValidationReport]:
+        key = tuple(sorted(set(float_groups)))
+        path = workdir / f"candidate-{len(built)}.onnx"
+        if key in built and against is evaluation:
+            return built[key]
+        quantize(path, [node for name in key for node in groups[name].nodes])
+        report = against.compare(path)
+        if against is evaluation:
+            built[key] = (path, report)
+        return path, report
+
+    candidates = []
+    for name, wanted in SPEED_CANDIDATES:
+        present = tuple(group for group in wanted if group in groups)
+        if all(present != existing for _, existing in candidates):
+            candidates.append((name, present))
+    candidates = candidates[: settings.max_candidates]
+
+    sensitivity: dict[str, float] = {}
+    trials: list[Trial] = []
+    for name, float_groups in candidates:
+        path, report = build(float_groups, evaluation)
+        trial = Trial(name, float_groups, report, within_budget(report, settings.max_drop), path=path)
+        steps = 0
+        while not trial.within_budget and steps < settings.max_repair_steps:
+            if not sensitivity:
+                sensitivity = rank_sensitivity(groups, float_groups, build, probe)
+            remaining = [
+                g for g in sorted(sensitivity, key=sensitivity.get, reverse=True) if g not in trial.float_groups
+            ]
+            if not remaining:
+                break
+            steps += 1
+            float_groups = (*trial.float_groups, remaining[0])
+            path, report = build(float_groups, evaluation)
+            notes = [
+                *trial.notes,
+                f"kept {remaining[0]} float for accuracy (sensitivity {sensitivity[remaining[0]]:+.4f})",
+            ]
+            trial = Trial(
+                f"{name}+{remaining[0]}",
+                float_groups,
+                report,
+                within_budget(report, settings.max_drop),
+                path=path,
+                notes=notes,
+            )
+        if trial.within_budget:
+            trial.fp32_ms, trial.int8_ms = measure_latency([fp32, path], runs=settings.latency_runs)
+        trials.append(trial)
+
+    passing = [trial for trial in trials if trial.within_budget]
+    if not passing:
+        best = max(trials, key=lambda t: (t.validation.agreement_top1, t.validation.cosine_mean))
+        return SearchResult(
+            None,
+            trials,
+            sensitivity,
+            f"no int8 variant met the accuracy budget (max drop {settings.max_drop}); best was {best.name} with "
+            f"top-1 agreement {best.validation.agreement_top1:.1%}",
+        )
+    fastest = max(passing, key=lambda t: t.speedup or 0.0)
+    if (fastest.speedup or 0.0) < 1.0:
+        return SearchResult(
+            None,
+            trials,
+            sensitivity,
+            f"every int8 variant within the accuracy budget is slower than fp32 here (best {fastest.name}: "
+            f"{fastest.speedup:.2f}x at batch 1, 1 thread)",
+        )
+    final = workdir / "chosen.onnx"
+    shutil.copyfile(fastest.path, final)
+    fastest.path = final
+    return SearchResult(fastest, trials, sensitivity, f"{fastest.name}: fastest variant within the accuracy budget")
+
+
+def rank_sensitivity(
+    groups: dict[str, NodeGroup],
+    base: Sequence[str],
+    build: Callable[[Sequence[str], LogitCache], tuple[Path, ValidationReport]],
+    probe: LogitCache,
+) -> dict[str, float]:
+    """Gain in mean logit cosine (vs fp32, probe images) from keeping each group float on top of ``base``."""
+    _, reference = build(base, probe)
+    gains = {}
+    for name in groups:
+        if name not in base:
+            _, report = build((*base, name), probe)
+            gains[name] = report.cosine_mean - reference.cosine_mean
+    return gains
