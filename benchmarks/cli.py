@@ -1,9 +1,120 @@
-"""CLI subcommands of this stage (filled in by its issue)."""
+"""`smallnets bench` (latency/throughput/memory suite) and `smallnets bench-http` (load on a running server).
+
+Only the standard library is imported here; the handlers import the suite, onnxruntime and plotting lazily.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands."""
+    bench = subparsers.add_parser(
+        "bench",
+        help="latency, throughput and memory of models x variants, each measurement in a fresh process",
+        description="Build (or reuse) each model's artifacts through export and optimize, measure every variant "
+        "interleaved in fresh processes, and write results.json, results.csv, report.md and PNG plots.",
+    )
+    bench.add_argument(
+        "--models",
+        default="all-default",
+        help="comma-separated registry names, each optionally NAME:width=0.5:resolution=128, or all-default "
+        "(one default variant of every family) [default: all-default]",
+    )
+    bench.add_argument(
+        "--variants",
+        default="torch,onnx-fp32,onnx-opt,onnx-int8",
+        help="comma-separated subset of torch,onnx-fp32,onnx-opt,onnx-int8 [default: all]",
+    )
+    bench.add_argument("--batch", default="1,8", help="batch sizes [default: 1,8]")
+    bench.add_argument(
+        "--threads", default="1,all", help="intra-op thread counts; `all` = usable cores [default: 1,all]"
+    )
+    bench.add_argument("--target", default="auto", help="optimize preset for onnx-opt/onnx-int8 [default: auto]")
+    bench.add_argument(
+        "--weights",
+        default="random",
+        help="random (seeded), imagenet (real weights where available offline, seeded random otherwise) or a "
+        "state-dict PATH [default: random]",
+    )
+    bounds = bench.add_mutually_exclusive_group()
+    bounds.add_argument("--duration", type=float, default=1.0, help="seconds of timed inference per run [default: 1]")
+    bounds.add_argument("--iterations", type=int, help="a fixed number of timed iterations per run instead")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed iterations after the first run [default: 3]")
+    bench.add_argument("--repeats", type=int, default=2, help="interleaved runs per configuration [default: 2]")
+    bench.add_argument("--providers", help="onnxruntime execution providers, e.g. cpu or xnnpack,cpu [default: best]")
+    bench.add_argument(
+        "--cache-dir", type=Path, help="artifact cache [default: $SMALLNETS_CACHE or ~/.cache/smallnets]"
+    )
+    bench.add_argument("--rebuild", action="store_true", help="rebuild cached artifacts instead of reusing them")
+    bench.add_argument("-o", "--output", type=Path, default=Path("results"), help="output folder [default: results]")
+    bench.set_defaults(handler=run_bench)
+
+    http = subparsers.add_parser(
+        "bench-http",
+        help="bounded HTTP load on a running smallnets server (loopback only)",
+        description="Drive a running server (e.g. `smallnets serve`) with closed-loop clients at each concurrency "
+        "for a fixed duration; report requests/s, p50/p90/p99 latency and errors by status.",
+    )
+    http.add_argument("--url", required=True, help="server URL on this machine, e.g. http://127.0.0.1:3000")
+    http.add_argument("--images", default="samples", help="a folder of images, or `samples` [default: samples]")
+    http.add_argument("--concurrency", default="1,4,16,64", help="concurrency levels [default: 1,4,16,64]")
+    http.add_argument("--duration", type=float, default=10.0, help="seconds per level [default: 10]")
+    http.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds [default: 30]")
+    http.add_argument("--field", default="image", help="multipart field of the upload [default: image]")
+    http.add_argument("-o", "--output", type=Path, default=Path("results/http"), help="output folder")
+    http.set_defaults(handler=run_bench_http)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from benchmarks.artifacts import default_cache_dir
+    from benchmarks.report import markdown_table, ordered, with_speedups
+    from benchmarks.selection import parse_models, parse_positive_ints, parse_variants
+    from benchmarks.suite import BenchConfig, run_suite
+    from serve.hardware import detect_cpu
+
+    cores = detect_cpu().usable_cores
+    if args.duration <= 0 or (args.iterations is not None and args.iterations < 1):
+        raise ValueError("--duration must be > 0 seconds and --iterations >= 1")
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    config = BenchConfig(
+        models=tuple(parse_models(args.models)),
+        variants=tuple(parse_variants(args.variants)),
+        batches=tuple(parse_positive_ints(args.batch, "--batch")),
+        threads=tuple(parse_positive_ints(args.threads.replace("all", str(cores)), "--threads")),
+        target=args.target,
+        weights=args.weights,
+        duration_s=args.duration,
+        iterations=args.iterations,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        providers=tuple(args.providers.split(",")) if args.providers else None,
+        cache_dir=args.cache_dir or default_cache_dir(),
+        rebuild=args.rebuild,
+    )
+    result = run_suite(config, args.output)
+    first = ordered(with_speedups([row for row in result.rows if row["batch"] == config.batches[0]]))
+    first = [row for row in first if row["threads"] == config.threads[0]]
+    print(f"\nbatch {config.batches[0]}, {config.threads[0]} thread(s):\n{markdown_table(first)}")
+    print(f"\nwrote {args.output / 'report.md'}, results.json, results.csv and plots in {args.output}")
+    return 0
+
+
+def run_bench_http(args: argparse.Namespace) -> int:
+    from benchmarks.files import ensure_writable_dir
+    from benchmarks.http_load import load_payloads, run_load
+    from benchmarks.report import write_http_results
+    from benchmarks.selection import parse_positive_ints
+
+    levels = parse_positive_ints(args.concurrency, "--concurrency")
+    if args.duration <= 0 or args.timeout <= 0:
+        raise ValueError("--duration and --timeout must be > 0 seconds")
+    outdir = ensure_writable_dir(args.output)
+    payloads = load_payloads(args.images)
+    results = run_load(args.url, payloads, levels, args.duration, args.timeout, field=args.field)
+    report = write_http_results(outdir, args.url, results, images=args.images)
+    print(report.read_text())
+    return 0

@@ -1,0 +1,195 @@
+"""Build, cache and reuse the ONNX artifacts each benchmark variant needs, through export and optimize.
+
+Cache layout (one folder per model + variant + weights, one sub-folder per optimize target)::
+
+    CACHE/<model-label>--<weights>/model.onnx            onnx-fp32 (export's output, + model.export.json)
+    CACHE/<model-label>--<weights>/input.npy             the sample photos preprocessed by the model's card
+    CACHE/<model-label>--<weights>/<target>/model.fp32.onnx, model.int8.onnx, report.json   (optimize's output)
+
+A second run finds everything and builds nothing; building needs the export stage (torch), measuring does not,
+so a cache built on x86 can be copied to an ARM box and measured there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.files import atomic_write
+from benchmarks.selection import OPTIMIZED_VARIANTS, ModelChoice
+from serve.metadata import ModelCard
+
+OPTIMIZED_FILES = dict(zip(OPTIMIZED_VARIANTS, ("model.fp32.onnx", "model.int8.onnx"), strict=True))
+
+
+def default_cache_dir() -> Path:
+    """``$SMALLNETS_CACHE`` or ``$XDG_CACHE_HOME/smallnets`` (``~/.cache/smallnets``), then ``bench-artifacts``."""
+    root = os.environ.get("SMALLNETS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / (
+        "smallnets"
+    )
+    return Path(root) / "bench-artifacts"
+
+
+def weights_tag(weights: str) -> str:
+    """Cache-key part for the weights: the name for random/imagenet, a content hash for a state-dict file."""
+    if weights in ("random", "imagenet"):
+        return weights
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {weights} does not exist; pass --weights random|imagenet|PATH")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"file-{digest}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text)
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    """Everything measured for one model: the files per variant, the shared input, the card and optimize report."""
+
+    choice: ModelChoice
+    weights: str
+    folder: Path
+    card: ModelCard
+    target: str | None = None
+
+    @property
+    def exported(self) -> Path:
+        return self.folder / "model.onnx"
+
+    @property
+    def input_path(self) -> Path:
+        return self.folder / "input.npy"
+
+    @property
+    def optimized_dir(self) -> Path | None:
+        return self.folder / self.target if self.target else None
+
+    def path(self, variant: str) -> Path | None:
+        """The ONNX file of a variant (None for ``torch``, which is built from the registry)."""
+        if variant == "onnx-fp32":
+            return self.exported
+        if variant in OPTIMIZED_FILES:
+            if self.optimized_dir is None:
+                raise ValueError(f"variant {variant} needs an optimize target; pass --target auto|x86-vnni|...")
+            return self.optimized_dir / OPTIMIZED_FILES[variant]
+        return None
+
+    def optimize_report(self) -> dict[str, Any] | None:
+        """optimize's report.json (agreement/accuracy of int8 vs fp32), when the int8 variant was built."""
+        if self.optimized_dir is None or not (self.optimized_dir / "report.json").is_file():
+            return None
+        return json.loads((self.optimized_dir / "report.json").read_text())
+
+
+def resolve_target(target: str) -> tuple[str, str]:
+    """(preset name, why) for ``auto`` or a named preset, as optimize decides it."""
+    from optimize.presets import resolve_target as optimize_resolve_target
+
+    preset, reason = optimize_resolve_target(target)
+    return preset.name, reason
+
+
+def check_choice(choice: ModelChoice) -> None:
+    """Fail before any work on an unknown model or variant, listing what exists.
+
+    Without the export stage (no torch, e.g. an ARM box measuring a copied cache) names are checked later,
+    against the cache.
+    """
+    try:
+        from export.registry import get_spec, list_specs
+    except ImportError:
+        return
+    try:
+        spec = get_spec(choice.name)
+    except LookupError as error:
+        names = ", ".join(spec.name for spec in list_specs())
+        raise LookupError(f"{error}; registered models: {names}") from None
+    spec.variant(**dict(choice.overrides))
+
+
+class ArtifactCache:
+    """Builds missing artifacts on demand and reuses existing ones (``rebuild=True`` forces a fresh build)."""
+
+    def __init__(self, root: str | Path, weights: str = "random", rebuild: bool = False) -> None:
+        self.root = Path(root)
+        self.weights = weights
+        self.rebuild = rebuild
+
+    def folder(self, choice: ModelChoice, weights: str) -> Path:
+        return self.root / f"{_slug(choice.label)}--{weights_tag(weights)}"
+
+    def prepare(self, choice: ModelChoice, variants: Iterable[str], target: str | None) -> ModelArtifacts:
+        """Make sure every file ``variants`` need exists (building what is missing) and return where they are."""
+        variants = set(variants)
+        weights, folder = self._export(choice)
+        card = self._write_input(folder)
+        artifacts = ModelArtifacts(choice, weights, folder, card, target if variants & set(OPTIMIZED_FILES) else None)
+        if artifacts.optimized_dir is not None:
+            self._optimize(artifacts)
+        return artifacts
+
+    def _export(self, choice: ModelChoice) -> tuple[str, Path]:
+        """Export (or reuse) the model; ``imagenet`` falls back to seeded random weights where none exist offline."""
+        candidates = ["imagenet", "random"] if self.weights == "imagenet" else [self.weights]
+        for weights in candidates:
+            folder = self.folder(choice, weights)
+            if (folder / "model.onnx").is_file() and not self.rebuild:
+                return weights, folder
+        try:
+            from export.onnx_export import ExportConfig, WeightsUnavailableError, export_model
+        except ImportError as error:
+            raise RuntimeError(
+                f"{choice.label} is not in the artifact cache {self.root} and building it needs the export stage "
+                f"({error}); build the cache where torch is installed and copy it here, or pass --cache-dir"
+            ) from error
+        for weights in candidates:
+            folder = self.folder(choice, weights)
+            folder.mkdir(parents=True, exist_ok=True)
+            config = ExportConfig(model=choice.name, variant=dict(choice.overrides), weights=weights)
+            try:
+                export_model(config, folder / "model.onnx")
+            except WeightsUnavailableError as error:
+                if weights != "imagenet":
+                    raise
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # nothing was written; leave no empty cache entry
+                print(f"note: {choice.label}: no ImageNet weights here ({error}); using seeded random weights")
+                continue
+            return weights, folder
+        raise AssertionError("unreachable: the last candidate either exports or raises")
+
+    def _write_input(self, folder: Path) -> ModelCard:
+        """The sample photos preprocessed by the model's own card: the one input every variant is timed on."""
+        from serve.images import sample_photos
+        from serve.runtime import OnnxClassifier
+
+        classifier = OnnxClassifier(folder / "model.onnx", threads=1)
+        input_path = folder / "input.npy"
+        if not input_path.is_file() or self.rebuild:
+            buffer = io.BytesIO()
+            np.save(buffer, classifier.preprocess(list(sample_photos().values())))
+            atomic_write(input_path, buffer.getvalue())
+        return classifier.card
+
+    def _optimize(self, artifacts: ModelArtifacts) -> None:
+        outdir = artifacts.optimized_dir
+        assert outdir is not None
+        needed = [outdir / name for name in (*OPTIMIZED_FILES.values(), "report.json")]
+        if all(path.is_file() for path in needed) and not self.rebuild:
+            return
+        from optimize.pipeline import OptimizeConfig, optimize_model
+
+        optimize_model(artifacts.exported, outdir, OptimizeConfig(target=artifacts.target or "auto", force=True))

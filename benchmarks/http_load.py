@@ -1,0 +1,197 @@
+"""Bounded, self-stopping HTTP load against a running classification server (loopback only).
+
+Closed-loop clients (each sends its next request when the previous answer arrives) at a fixed concurrency for a
+fixed duration, over httpx's async client; per level: requests/s, latency percentiles of successful requests,
+and failures counted by status code or transport error. Every request has a timeout, so a level ends within
+``duration_s + timeout_s`` whatever the server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import mimetypes
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from serve.images import iter_image_files, sample_photos
+
+DEFAULT_ENDPOINT = "/classify"
+# A refused connection fails instantly; pausing after transport errors keeps a dead server from being spun on.
+ERROR_BACKOFF_S = 0.01
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One image upload: file name, bytes and content type of the multipart field."""
+
+    name: str
+    data: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """What one concurrency level measured."""
+
+    concurrency: int
+    duration_s: float
+    requests: int
+    ok: int
+    requests_per_s: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    errors: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def endpoint_url(url: str) -> str:
+    """The URL requests go to: ``url`` itself when it names a path, else ``url`` + /classify.
+
+    Refuses anything but loopback hosts: this tool generates load, it must not be pointed at other machines.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--url must look like http://127.0.0.1:3000 (got {url!r})")
+    if not is_loopback(parts.hostname):
+        raise ValueError(
+            f"refusing to load {parts.hostname}: bench-http only drives servers on this machine (loopback); "
+            f"run it on the server's host against http://127.0.0.1:{parts.port or 3000}"
+        )
+    return url if parts.path not in ("", "/") else url.rstrip("/") + DEFAULT_ENDPOINT
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_payloads(images: str) -> list[Payload]:
+    """``samples`` (scikit-image photos, JPEG-encoded) or every image file under a folder, as uploads."""
+    if images == "samples":
+        payloads = []
+        for name, photo in sample_photos().items():
+            buffer = io.BytesIO()
+            photo.save(buffer, format="JPEG", quality=90)
+            payloads.append(Payload(f"{name}.jpg", buffer.getvalue(), "image/jpeg"))
+        return payloads
+    folder = Path(images)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--images {images}: not a folder; pass a folder of images or `samples`")
+    payloads = [
+        Payload(path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+        for path in iter_image_files(folder)
+    ]
+    if not payloads:
+        raise ValueError(f"--images {images}: no image files (jpg/png/webp/bmp/gif/tiff) found; or pass `samples`")
+    return payloads
+
+
+def check_reachable(url: str, timeout_s: float = 3.0) -> None:
+    """Fail fast with a clear message when nothing listens at ``url`` (any HTTP answer counts as reachable)."""
+    try:
+        with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+            client.get(url)
+    except httpx.TransportError as error:
+        raise ConnectionError(
+            f"cannot reach {url} ({type(error).__name__}: {error}); is the server running? "
+            "start it with `smallnets serve MODEL.onnx --port PORT` and pass --url http://127.0.0.1:PORT"
+        ) from None
+
+
+def warm_up(url: str, payloads: Sequence[Payload], requests: int, timeout_s: float, field: str = "image") -> None:
+    """A few untimed requests so lazy server-side setup is not billed to the first level."""
+    with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+        for index in range(requests):
+            payload = payloads[index % len(payloads)]
+            client.post(url, files={field: (payload.name, payload.data, payload.content_type)})
+
+
+def summarize(concurrency: int, wall_s: float, latencies_ms: Sequence[float], outcomes: Counter[str]) -> LevelResult:
+    ok = len(latencies_ms)
+    timings = np.asarray(latencies_ms, dtype=float)
+    p50, p90, p99 = (float(v) for v in np.percentile(timings, [50, 90, 99])) if ok else (None, None, None)
+    return LevelResult(
+        concurrency=concurrency,
+        duration_s=wall_s,
+        requests=sum(outcomes.values()),
+        ok=ok,
+        requests_per_s=ok / wall_s if wall_s > 0 else 0.0,
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        mean_ms=float(timings.mean()) if ok else None,
+        errors={key: count for key, count in sorted(outcomes.items()) if key != "200"},
+    )
+
+
+async def run_level(
+    url: str, payloads: Sequence[Payload], concurrency: int, duration_s: float, timeout_s: float, field: str = "image"
+) -> LevelResult:
+    """``concurrency`` closed-loop clients posting the payloads round-robin until ``duration_s`` has passed."""
+    latencies_ms: list[float] = []
+    outcomes: Counter[str] = Counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits, trust_env=False) as client:
+        started = time.perf_counter()
+        deadline = started + duration_s
+
+        async def client_loop(index: int) -> None:
+            sent = index
+            while time.perf_counter() < deadline:
+                payload = payloads[sent % len(payloads)]
+                sent += concurrency
+                request_started = time.perf_counter()
+                try:
+                    response = await client.post(url, files={field: (payload.name, payload.data, payload.content_type)})
+                except httpx.TransportError as error:
+                    outcomes[type(error).__name__] += 1
+                    await asyncio.sleep(ERROR_BACKOFF_S)
+                    continue
+                elapsed_ms = (time.perf_counter() - request_started) * 1000.0
+                outcomes[str(response.status_code)] += 1
+                if response.status_code == 200:
+                    latencies_ms.append(elapsed_ms)
+
+        await asyncio.gather(*(client_loop(index) for index in range(concurrency)))
+        wall_s = time.perf_counter() - started
+    return summarize(concurrency, wall_s, latencies_ms, outcomes)
+
+
+def run_load(
+    url: str,
+    payloads: Sequence[Payload],
+    concurrency: Sequence[int] = (1, 4, 16, 64),
+    duration_s: float = 10.0,
+    timeout_s: float = 30.0,
+    warmup_requests: int = 2,
+    field: str = "image",
+    progress: bool = True,
+) -> list[LevelResult]:
+    """Check the URL, warm the server up, then run each concurrency level in turn."""
+    from tqdm import tqdm
+
+    target = endpoint_url(url)
+    check_reachable(target)
+    warm_up(target, payloads, warmup_requests, timeout_s, field)
+    results = []
+    for level in tqdm(concurrency, desc="http load", unit="level", disable=not progress):
+        results.append(asyncio.run(run_level(target, payloads, level, duration_s, timeout_s, field)))
+    return results

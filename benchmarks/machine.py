@@ -1,0 +1,54 @@
+"""The machine block recorded with every result: CPU and ISA features, library versions, thread settings.
+
+Under QEMU user-mode emulation (the arm64 harness sets ``SMALLNETS_EMULATED=1``) every latency figure is an
+emulator figure, so the block and every row say so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+from serve.hardware import detect_cpu
+
+LIBRARIES = ("smallnets", "onnxruntime", "numpy", "torch", "onnx", "onnxsim", "pillow")
+EMULATED_WARNING = (
+    "EMULATED: measured under QEMU user-mode emulation; latencies are emulator figures, not comparable with "
+    "native hardware."
+)
+
+
+def is_emulated() -> bool:
+    return os.environ.get("SMALLNETS_EMULATED", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
+    """Installed versions read from package metadata (importing torch just to ask would cost seconds)."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_block(
+    threads: Sequence[int] = (), target: str | None = None, target_reason: str | None = None
+) -> dict[str, Any]:
+    cpu = detect_cpu()
+    return {
+        "cpu": cpu.to_dict(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "threads": {"intra_op": list(threads), "inter_op": 1, "execution_mode": "sequential"} if threads else None,
+        "target": target,
+        "target_reason": target_reason,
+        "emulated": is_emulated(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,182 @@
+"""One measurement in one fresh process: ``python -m benchmarks.measure --spec JSON`` prints one JSON line.
+
+A fresh interpreter per measurement keeps runs from polluting each other (allocator arenas, thread pools, peak
+RSS). Only the standard library and numpy are imported at module level, so the ``bare`` kind measures what an
+interpreter costs before any runtime is loaded; onnxruntime or torch are imported by the kind that needs them.
+Runs unchanged on aarch64 (native or emulated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+KINDS = ("onnx", "torch", "bare")
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """What to measure and how long: the whole contract between the suite and the measuring process.
+
+    ``input_path`` is an .npy batch of preprocessed photos shared by every variant of a model; rows are repeated
+    cyclically up to ``batch``. The loop stops after ``iterations`` runs when given, otherwise once at least
+    ``duration_s`` of inference was timed and ``min_iterations`` runs were made.
+    """
+
+    kind: str
+    batch: int = 1
+    threads: int = 1
+    input_path: str | None = None
+    model_path: str | None = None
+    providers: tuple[str, ...] | None = None
+    model: str | None = None
+    variant: dict[str, Any] = field(default_factory=dict)
+    weights: str = "random"
+    warmup: int = 3
+    duration_s: float = 1.0
+    min_iterations: int = 5
+    iterations: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MeasureSpec:
+        data = json.loads(text)
+        if data.get("providers") is not None:
+            data["providers"] = tuple(data["providers"])
+        return cls(**data)
+
+
+class LoadedModel:
+    """A model ready to run: ``prepare`` converts the input once (outside the clock), ``run`` is what is timed.
+
+    ``load_ms`` is measured by the loader after its library is imported: session/model creation, not imports.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Any], Any],
+        prepare: Callable[[np.ndarray], Any] = lambda batch: batch,
+        provider: str = "",
+        size_bytes: int = 0,
+        load_ms: float = 0.0,
+    ) -> None:
+        self.run = run
+        self.prepare = prepare
+        self.provider = provider
+        self.size_bytes = size_bytes
+        self.load_ms = load_ms
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: VmHWM of /proc/self/status, because ru_maxrss survives exec and would report the parent's peak when
+    the suite spawns us. Elsewhere ru_maxrss (bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def load_onnx(spec: MeasureSpec) -> LoadedModel:
+    from serve.runtime import OnnxClassifier
+
+    if not spec.model_path:
+        raise ValueError("an onnx measurement needs model_path")
+    classifier = OnnxClassifier(spec.model_path, providers=spec.providers, threads=spec.threads)
+    return LoadedModel(
+        classifier.run,
+        provider=classifier.providers[0],
+        size_bytes=os.path.getsize(spec.model_path),
+        load_ms=classifier.load_ms,
+    )
+
+
+def load_model(spec: MeasureSpec) -> LoadedModel:
+    if spec.kind == "onnx":
+        return load_onnx(spec)
+    if spec.kind == "torch":
+        from benchmarks.torch_eager import load_torch
+
+        return load_torch(spec.model or "", spec.variant, spec.weights, spec.threads)
+    raise ValueError(f"unknown measurement kind {spec.kind!r}; choose from {', '.join(KINDS)}")
+
+
+def input_batch(path: str, batch: int) -> np.ndarray:
+    """The shared input photos, repeated cyclically to ``batch`` rows (same data for every variant)."""
+    photos = np.load(path)
+    return np.ascontiguousarray(photos[np.arange(batch) % len(photos)])
+
+
+def timed_loop(run: Callable[[Any], Any], prepared: Any, spec: MeasureSpec) -> list[float]:
+    """Per-iteration wall times in ms, the clock around the inference call only."""
+    for _ in range(spec.warmup):
+        run(prepared)
+    timings: list[float] = []
+    timed_ns = 0
+    budget_ns = int(spec.duration_s * 1e9)
+    while True:
+        started = time.perf_counter_ns()
+        run(prepared)
+        elapsed = time.perf_counter_ns() - started
+        timings.append(elapsed / 1e6)
+        timed_ns += elapsed
+        if spec.iterations is not None:
+            if len(timings) >= spec.iterations:
+                return timings
+        elif timed_ns >= budget_ns and len(timings) >= spec.min_iterations:
+            return timings
+
+
+def measure(spec: MeasureSpec) -> dict[str, Any]:
+    """Load, time the first run, warm up, run the bounded loop; return raw numbers (summaries are the caller's)."""
+    if spec.kind == "bare":
+        return {"kind": "bare", "peak_rss_mb": peak_rss_mb()}
+    if not spec.input_path:
+        raise ValueError("a measurement needs input_path (an .npy batch of preprocessed photos)")
+    batch = input_batch(spec.input_path, spec.batch)
+    model = load_model(spec)
+    prepared = model.prepare(batch)
+    started = time.perf_counter()
+    model.run(prepared)
+    first_run_ms = (time.perf_counter() - started) * 1000.0
+    timings_ms = timed_loop(model.run, prepared, spec)
+    return {
+        "kind": spec.kind,
+        "provider": model.provider,
+        "model_size_bytes": model.size_bytes,
+        "load_ms": model.load_ms,
+        "first_run_ms": first_run_ms,
+        "timings_ms": timings_ms,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.measure", description=__doc__)
+    parser.add_argument("--spec", required=True, help="MeasureSpec as JSON")
+    args = parser.parse_args(argv)
+    result = measure(MeasureSpec.from_json(args.spec))
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

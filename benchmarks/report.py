@@ -1,0 +1,231 @@
+"""Results files: results.json (rows + machine block), results.csv, timings.json (raw) and a readable report.md."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.files import atomic_write
+from benchmarks.machine import EMULATED_WARNING
+from benchmarks.runner import Measurement
+from benchmarks.selection import VARIANTS
+
+TABLE_COLUMNS = (
+    ("model", "model"),
+    ("variant", "variant"),
+    ("p50_ms", "p50 ms"),
+    ("p90_ms", "p90 ms"),
+    ("p99_ms", "p99 ms"),
+    ("mean_ms", "mean ms"),
+    ("first_run_ms", "first run ms"),
+    ("throughput_ips", "images/s"),
+    ("load_ms", "load ms"),
+    ("peak_rss_mb", "peak RSS MiB"),
+    ("rss_increase_mb", "+RSS MiB"),
+    ("model_size_mb", "size MiB"),
+    ("speedup_vs_torch", "x torch"),
+    ("speedup_vs_onnx_fp32", "x onnx-fp32"),
+    ("agreement_top1", "int8 top-1 agree"),
+)
+
+
+def setting_key(row: dict[str, Any]) -> tuple[int, int]:
+    return row["batch"], row["threads"]
+
+
+def with_speedups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows plus p50 speedups against ``torch`` and ``onnx-fp32`` of the same model, batch and threads."""
+    p50 = {(row["model"], row["variant"], *setting_key(row)): row["p50_ms"] for row in rows}
+    result = []
+    for row in rows:
+        reference = (row["model"], *setting_key(row))
+        torch_p50 = p50.get((reference[0], "torch", *reference[1:]))
+        fp32_p50 = p50.get((reference[0], "onnx-fp32", *reference[1:]))
+        result.append(
+            {
+                **row,
+                "speedup_vs_torch": torch_p50 / row["p50_ms"] if torch_p50 else None,
+                "speedup_vs_onnx_fp32": fp32_p50 / row["p50_ms"] if fp32_p50 else None,
+            }
+        )
+    return result
+
+
+def format_value(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key.startswith("speedup"):
+        return f"{value:.2f}x"
+    if key == "agreement_top1":
+        return f"{value:.1%}" if value <= 1 else f"{value:.1f}%"
+    if isinstance(value, float):
+        return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |",
+        "|" + "|".join("---" if key in ("model", "variant") else "---:" for key, _ in TABLE_COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(format_value(key, row.get(key)) for key, _ in TABLE_COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ordered(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in model order of first appearance, then in the canonical variant order."""
+    model_order = {model: index for index, model in enumerate(dict.fromkeys(row["model"] for row in rows))}
+    variant_order = {variant: index for index, variant in enumerate(VARIANTS)}
+    return sorted(rows, key=lambda row: (model_order[row["model"]], variant_order.get(row["variant"], 99)))
+
+
+def machine_lines(machine: dict[str, Any]) -> list[str]:
+    cpu = machine["cpu"]
+    libraries = ", ".join(f"{name} {version}" for name, version in machine["libraries"].items() if version)
+    lines = [
+        f"- CPU: {cpu['model']} ({cpu['arch']}), {cpu['usable_cores']} usable of {cpu['logical_cores']} logical cores",
+        f"- ISA features: {', '.join(cpu['features']) or 'none detected'}",
+        f"- Platform: {machine['platform']}, Python {machine['python']}",
+        f"- Libraries: {libraries}",
+    ]
+    if machine.get("threads"):
+        threads = machine["threads"]
+        lines.append(
+            f"- Threads: intra-op {threads['intra_op']}, inter-op {threads['inter_op']}, "
+            f"{threads['execution_mode']} execution"
+        )
+    if machine.get("target"):
+        lines.append(f"- int8 target: {machine['target']} ({machine.get('target_reason') or 'given'})")
+    if machine.get("bare_interpreter_rss_mb") is not None:
+        lines.append(f"- Bare measuring interpreter: {machine['bare_interpreter_rss_mb']:.1f} MiB peak RSS")
+    lines.append(f"- Date: {machine['date']}")
+    return lines
+
+
+def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    """report.md: the machine, how it was measured, then one table per (batch, threads) setting."""
+    rows = ordered(with_speedups(rows))
+    parts = ["# smallnets benchmark", ""]
+    if machine.get("emulated"):
+        parts += [f"> **{EMULATED_WARNING}**", ""]
+    parts += ["## Machine", "", *machine_lines(machine), ""]
+    parts += [
+        "Each measurement is a fresh process: session load (`load ms`), one first run (`first run ms`), warm-up, "
+        "then a bounded loop with the clock around inference only; repeats of all variants are interleaved and "
+        "pooled, outliers kept. Speedups compare p50 latency with `torch` and `onnx-fp32` at the same batch and "
+        "threads. `+RSS` is peak RSS minus that of a bare measuring interpreter. MiB = 2^20 bytes.",
+        "",
+    ]
+    for batch, threads in sorted({setting_key(row) for row in rows}):
+        selected = [row for row in rows if setting_key(row) == (batch, threads)]
+        title = f"## Batch {batch}, {threads} thread{'s' if threads > 1 else ''}"
+        parts += [title + (" (EMULATED)" if machine.get("emulated") else ""), "", markdown_table(selected), ""]
+    if plots:
+        parts += ["## Plots", ""] + [f"![{Path(plot).stem}]({Path(plot).name})" for plot in plots] + [""]
+    return "\n".join(parts)
+
+
+def render_csv(rows: Sequence[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_results(
+    outdir: str | Path,
+    rows: Sequence[dict[str, Any]],
+    machine: dict[str, Any],
+    measurements: Sequence[Measurement],
+    plots: Sequence[str] = (),
+) -> list[Path]:
+    """results.json, results.csv, timings.json (every raw per-iteration time) and report.md in ``outdir``."""
+    outdir = Path(outdir)
+    rows = with_speedups(rows)
+    timings = [
+        {
+            "model": row["model"],
+            "variant": row["variant"],
+            "batch": row["batch"],
+            "threads": row["threads"],
+            "timings_ms": list(measurement.timings_ms),
+        }
+        for row, measurement in zip(rows, measurements, strict=True)
+    ]
+    return [
+        atomic_write(outdir / "results.json", json.dumps({"machine": machine, "results": rows}, indent=2) + "\n"),
+        atomic_write(outdir / "results.csv", render_csv(rows)),
+        atomic_write(outdir / "timings.json", json.dumps(timings) + "\n"),
+        atomic_write(outdir / "report.md", render_markdown(rows, machine, plots)),
+    ]
+
+
+def load_results(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(rows, machine) of a results.json, to re-render reports and plots without measuring again."""
+    data = json.loads(Path(path).read_text())
+    return data["results"], data["machine"]
+
+
+HTTP_COLUMNS = (
+    ("concurrency", "concurrency"),
+    ("requests_per_s", "requests/s"),
+    ("p50_ms", "p50 ms"),
+    ("p90_ms", "p90 ms"),
+    ("p99_ms", "p99 ms"),
+    ("mean_ms", "mean ms"),
+    ("ok", "ok"),
+    ("requests", "requests"),
+    ("errors", "errors"),
+)
+
+
+def render_http_markdown(url: str, levels: Sequence[dict[str, Any]], machine: dict[str, Any], images: str) -> str:
+    header = "| " + " | ".join(title for _, title in HTTP_COLUMNS) + " |"
+    lines = [header, "|" + "|".join("---:" for _ in HTTP_COLUMNS) + "|"]
+    for level in levels:
+        cells = [
+            ", ".join(f"{key}: {count}" for key, count in level["errors"].items()) or "none"
+            if key == "errors"
+            else format_value(key, level[key])
+            for key, _ in HTTP_COLUMNS
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    parts = ["# smallnets HTTP load", ""]
+    if machine.get("emulated"):
+        parts += [f"> **{EMULATED_WARNING}**", ""]
+    parts += [
+        f"Target `{url}`, images: {images}, closed-loop clients, "
+        f"{levels[0]['duration_s']:.1f} s per level. Latencies of successful (200) requests.",
+        "",
+        *lines,
+        "",
+        "## Machine",
+        "",
+        *machine_lines(machine),
+        "",
+        "![HTTP throughput vs p99](http_throughput_vs_p99.png)",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def write_http_results(outdir: str | Path, url: str, results: Sequence[Any], images: str) -> Path:
+    """http_results.json, http_report.md and the throughput-vs-p99 plot; returns the report's path."""
+    from benchmarks.machine import machine_block
+    from benchmarks.plots import http_throughput_vs_p99
+
+    outdir = Path(outdir)
+    machine = machine_block()
+    levels = [result.to_dict() for result in results]
+    payload = {"machine": machine, "url": url, "images": images, "levels": levels}
+    atomic_write(outdir / "http_results.json", json.dumps(payload, indent=2) + "\n")
+    served = [level for level in levels if level["p99_ms"] is not None]
+    if served:
+        http_throughput_vs_p99(served, outdir / "http_throughput_vs_p99.png", machine["emulated"])
+    return atomic_write(outdir / "http_report.md", render_http_markdown(url, levels, machine, images))

@@ -1,0 +1,162 @@
+"""The benchmark suite: build artifacts, measure every variant interleaved in fresh processes, write the results.
+
+Order matters for honest numbers: for each model and setting the variants run A B C D A B C D ... over the
+repeats, so slow drift of a shared machine (thermal, neighbours) is spread over all variants instead of
+favouring the one that ran first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from benchmarks.artifacts import ArtifactCache, ModelArtifacts, check_choice, default_cache_dir, resolve_target
+from benchmarks.files import ensure_writable_dir
+from benchmarks.machine import machine_block
+from benchmarks.measure import MeasureSpec
+from benchmarks.runner import Measurement, bare_interpreter_rss_mb, pool, run_measurement
+from benchmarks.selection import OPTIMIZED_VARIANTS, VARIANTS, ModelChoice
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One suite run. ``iterations`` (count-bounded) overrides ``duration_s`` (time-bounded) when given."""
+
+    models: tuple[ModelChoice, ...]
+    variants: tuple[str, ...] = VARIANTS
+    batches: tuple[int, ...] = (1, 8)
+    threads: tuple[int, ...] = (1, 2)
+    target: str = "auto"
+    weights: str = "random"
+    duration_s: float = 1.0
+    iterations: int | None = None
+    warmup: int = 3
+    min_iterations: int = 5
+    repeats: int = 2
+    providers: tuple[str, ...] | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    rebuild: bool = False
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    rows: list[dict[str, Any]]
+    machine: dict[str, Any]
+    measurements: list[Measurement]
+
+
+def spec_for(artifacts: ModelArtifacts, variant: str, batch: int, threads: int, config: BenchConfig) -> MeasureSpec:
+    common = {
+        "batch": batch,
+        "threads": threads,
+        "input_path": str(artifacts.input_path),
+        "warmup": config.warmup,
+        "duration_s": config.duration_s,
+        "min_iterations": config.min_iterations,
+        "iterations": config.iterations,
+    }
+    if variant == "torch":
+        return MeasureSpec(
+            kind="torch",
+            model=artifacts.choice.name,
+            variant=dict(artifacts.choice.overrides),
+            weights=artifacts.weights,
+            **common,
+        )
+    return MeasureSpec(kind="onnx", model_path=str(artifacts.path(variant)), providers=config.providers, **common)
+
+
+def make_row(
+    artifacts: ModelArtifacts, variant: str, measurement: Measurement, baseline_rss_mb: float, machine: dict[str, Any]
+) -> dict[str, Any]:
+    """One results.json row: the issue's keys first, then context (weights, target, iterations, quality)."""
+    card = artifacts.card
+    spec = measurement.spec
+    report = artifacts.optimize_report() if variant == "onnx-int8" else None
+    return {
+        "model": artifacts.choice.label,
+        "family": card.family,
+        "variant": variant,
+        "provider": measurement.provider,
+        "threads": spec.threads,
+        "batch": spec.batch,
+        **measurement.summary(),
+        "first_run_ms": measurement.first_run_ms,
+        "peak_rss_mb": measurement.peak_rss_mb,
+        "rss_increase_mb": measurement.peak_rss_mb - baseline_rss_mb,
+        "model_size_mb": measurement.model_size_bytes / MIB,
+        "load_ms": measurement.load_ms,
+        "params": card.params,
+        "macs": card.macs,
+        "resolution": card.resolution,
+        "weights": artifacts.weights,
+        "target": artifacts.target if variant in OPTIMIZED_VARIANTS else None,
+        "iterations": measurement.iterations,
+        "timed_s": measurement.timed_s,
+        "emulated": machine["emulated"],
+        **quality_fields(report),
+    }
+
+
+def quality_fields(report: dict[str, Any] | None) -> dict[str, Any]:
+    """Agreement (and accuracy, when optimize had labels) of int8 against fp32, from optimize's report.json."""
+    report = report or {}
+    return {key: report.get(key) for key in ("agreement_top1", "top5_overlap", "cosine_mean", "top1_accuracy")}
+
+
+def plan(models: Sequence[ModelArtifacts], config: BenchConfig) -> list[tuple[ModelArtifacts, str, int, int]]:
+    """Measurement order: per model and (batch, threads) setting, all variants once per repeat (A B A B ...)."""
+    return [
+        (artifacts, variant, batch, threads)
+        for artifacts in models
+        for batch in config.batches
+        for threads in config.threads
+        for _ in range(config.repeats)
+        for variant in config.variants
+    ]
+
+
+def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
+    """Check inputs, build what is missing, measure, and write results.json/csv, report.md and plots to outdir."""
+    from benchmarks.plots import write_suite_plots
+    from benchmarks.report import write_results
+
+    outdir = ensure_writable_dir(outdir)
+    ensure_writable_dir(config.cache_dir, "artifact cache folder")
+    for choice in config.models:
+        check_choice(choice)
+    target, target_reason = (
+        resolve_target(config.target) if set(config.variants) & set(OPTIMIZED_VARIANTS) else (None, None)
+    )
+    machine = machine_block(config.threads, target, target_reason)
+    cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild)
+    built = []
+    for choice in tqdm(config.models, desc="artifacts", unit="model"):
+        built.append(cache.prepare(choice, config.variants, target))
+    baseline_rss_mb = bare_interpreter_rss_mb()
+    machine["bare_interpreter_rss_mb"] = baseline_rss_mb
+
+    results: dict[tuple[str, str, int, int], list[Measurement]] = {}
+    order = plan(built, config)
+    with tqdm(order, desc="measure", unit="run") as progress:
+        for artifacts, variant, batch, threads in progress:
+            progress.set_description(f"{artifacts.choice.label} {variant} b{batch} t{threads}")
+            spec = spec_for(artifacts, variant, batch, threads, config)
+            key = (artifacts.choice.label, variant, batch, threads)
+            results.setdefault(key, []).append(run_measurement(spec))
+
+    by_label = {artifacts.choice.label: artifacts for artifacts in built}
+    pooled = {key: pool(runs) for key, runs in results.items()}
+    rows = [
+        make_row(by_label[label], variant, measurement, baseline_rss_mb, machine)
+        for (label, variant, _, _), measurement in pooled.items()
+    ]
+    plots = write_suite_plots(outdir, rows)
+    write_results(outdir, rows, machine, list(pooled.values()), [plot.name for plot in plots])
+    return SuiteResult(rows, machine, list(pooled.values()))
