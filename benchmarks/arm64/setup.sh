@@ -19,8 +19,8 @@ cpu=${SMALLNETS_QEMU_CPU:-neoverse-n1}
 suite=bookworm
 debs=(python3.11 libstdc++6)
 # Runtime imports only: onnxruntime and its install requirements, numpy, pillow (serve/, optimize validation,
-# benchmarks/measure). No torch, no onnxsim, no onnx.
-wheels=(onnxruntime numpy pillow flatbuffers packaging protobuf)
+# benchmarks/measure; tqdm for progress bars). No torch, no onnxsim, no onnx.
+wheels=(onnxruntime numpy pillow flatbuffers packaging protobuf tqdm)
 
 log() { printf 'arm64 setup: %s\n' "$*"; }
 finish() { log "$1 in $(($(date +%s) - started)) s ($cache)"; }

@@ -1,0 +1,215 @@
+"""x86 vs aarch64: the same ONNX files on the same input tensors, here and under emulated aarch64 onnxruntime.
+
+The host preprocesses the photos once per model (the card's recipe), runs every model through serve.runtime, and
+hands the identical tensors to ``benchmarks.arm64.verify`` inside the aarch64 environment; the logits of the two
+sides are then compared per model and precision. ``python -m benchmarks.arm64.compare`` builds the artifacts
+(export + optimize for the ``arm64`` target) and prints the table; tests/test_arm64.py runs the same functions.
+
+Tolerances (what "the same answer" means):
+- fp32: per image, max |x86 - aarch64| <= 1e-3 x max |x86 logit| (different SIMD kernels and FMA contraction
+  reorder float sums; measured differences are around 1e-6 relative).
+- int8: top-1 identical on every photo, and per image max |x86 - aarch64| <= 5e-2 x max |x86 logit|. Both sides
+  compute the int8 products exactly; what may differ is rounding when a value lands within float error of a
+  quantization step boundary (float parts such as kept-float nodes run on different kernels), which shifts it by
+  one step and propagates; 5% of the logit range is a few output quantization steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.arm64.env import Arm64Environment
+from serve.runtime import OnnxClassifier
+
+FP32_RELATIVE_TOLERANCE = 1e-3
+INT8_RELATIVE_TOLERANCE = 5e-2
+DEFAULT_MODELS = {"mobilenet_v2": "random", "efficientnet_lite0": "imagenet", "squeezenet1_1": "random"}
+
+
+@dataclass(frozen=True)
+class CaseComparison:
+    """One model at one precision: how far the aarch64 logits are from the x86 ones."""
+
+    model: str
+    precision: str
+    images: int
+    max_abs_diff: float
+    max_relative_diff: float
+    top1_agreement: float
+    tolerance: float
+    x86_top1: list[int]
+    aarch64_top1: list[int]
+
+    @property
+    def passed(self) -> bool:
+        top1_ok = self.precision == "fp32" or self.top1_agreement == 1.0
+        return top1_ok and self.max_relative_diff <= self.tolerance
+
+
+@dataclass(frozen=True)
+class Comparison:
+    rows: list[CaseComparison]
+    aarch64: dict[str, Any]  # verify.py's result.json: machine, versions, providers, CPU, auto target, timings
+    emulated_seconds: float
+
+
+def compare_logits(model: str, precision: str, x86: np.ndarray, aarch64: np.ndarray) -> CaseComparison:
+    """Per-image difference relative to that image's largest x86 logit, worst image reported."""
+    if x86.shape != aarch64.shape:
+        raise ValueError(f"{model} {precision}: x86 logits {x86.shape} vs aarch64 {aarch64.shape}")
+    difference = np.abs(x86.astype(np.float64) - aarch64.astype(np.float64))
+    scale = np.maximum(np.abs(x86).max(axis=1), 1e-12)
+    x86_top1, arm_top1 = x86.argmax(axis=1), aarch64.argmax(axis=1)
+    return CaseComparison(
+        model=model,
+        precision=precision,
+        images=len(x86),
+        max_abs_diff=float(difference.max()),
+        max_relative_diff=float((difference.max(axis=1) / scale).max()),
+        top1_agreement=float(np.mean(x86_top1 == arm_top1)),
+        tolerance=FP32_RELATIVE_TOLERANCE if precision == "fp32" else INT8_RELATIVE_TOLERANCE,
+        x86_top1=x86_top1.tolist(),
+        aarch64_top1=arm_top1.tolist(),
+    )
+
+
+def run_comparison(
+    models: Mapping[str, Mapping[str, Path]],
+    photos: Mapping[str, Image.Image],
+    workdir: Path,
+    environment: Arm64Environment,
+    threads: int = 1,
+    timeout: float = 900.0,
+) -> Comparison:
+    """``models`` maps a model name to {precision: onnx path}; every file sees the same tensors on both sides."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    photo_paths = []
+    for name, image in photos.items():
+        path = workdir / f"{name}.png"
+        image.save(path)
+        photo_paths.append(str(path))
+    cases, agreement, x86_logits = [], [], {}
+    for model, files in models.items():
+        reference = OnnxClassifier(files["fp32"], threads=threads)
+        inputs_path = workdir / f"{model}.inputs.npy"
+        np.save(inputs_path, reference.preprocess(list(photos.values())))
+        inputs = np.load(inputs_path)
+        for precision, path in files.items():
+            case_id = f"{model}.{precision}"
+            classifier = reference if precision == "fp32" else OnnxClassifier(path, threads=threads)
+            x86_logits[case_id] = np.concatenate([classifier.run(inputs[i : i + 1]) for i in range(len(inputs))])
+            cases.append({"id": case_id, "model": str(Path(path).resolve()), "inputs": str(inputs_path)})
+        if {"fp32", "int8"} <= set(files):
+            agreement.append([f"{model}.fp32", f"{model}.int8"])
+    first = next(iter(models))
+    manifest = {
+        "threads": threads,
+        "cases": cases,
+        "agreement": agreement,
+        "preprocess": {
+            "model": str(Path(models[first]["fp32"]).resolve()),
+            "photos": photo_paths,
+            "inputs": str(workdir / f"{first}.inputs.npy"),
+        },
+    }
+    manifest_path = workdir / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    outdir = workdir / "aarch64"
+    started = time.perf_counter()
+    completed = environment.run(
+        ["-m", "benchmarks.arm64.verify", str(manifest_path), str(outdir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    elapsed = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"aarch64 verification failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
+    result = json.loads((outdir / "result.json").read_text())
+    rows = []
+    for case in cases:
+        model, precision = case["id"].rsplit(".", 1)
+        rows.append(compare_logits(model, precision, x86_logits[case["id"]], np.load(outdir / f"{case['id']}.npy")))
+    return Comparison(rows, result, elapsed)
+
+
+def format_table(comparison: Comparison) -> str:
+    """The markdown table for the README / closing note."""
+    lines = [
+        "| model | precision | photos | max abs logit diff | max relative diff | tolerance | top-1 agreement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in comparison.rows:
+        lines.append(
+            f"| {row.model} | {row.precision} | {row.images} | {row.max_abs_diff:.2e} | {row.max_relative_diff:.2e} "
+            f"| {row.tolerance:.0e} | {row.top1_agreement:.0%} |"
+        )
+    info = comparison.aarch64
+    lines += [
+        "",
+        f"aarch64 side: {info['cpu']['model']}, onnxruntime {info['onnxruntime']} (providers: "
+        f"{', '.join(info['available_providers'])}), `auto` target -> {info['auto_target']['preset']}; "
+        f"emulated part took {comparison.emulated_seconds:.0f} s.",
+    ]
+    return "\n".join(lines)
+
+
+def build_artifacts(models: Mapping[str, str], outdir: Path) -> dict[str, dict[str, Path]]:
+    """Export each model (name -> weights) and optimize it for the ``arm64`` target, on this (x86) host."""
+    from export.onnx_export import ExportConfig, export_model
+    from optimize.pipeline import OptimizeConfig, optimize_model
+
+    built = {}
+    for name, weights in models.items():
+        exported = outdir / f"{name}.onnx"
+        if not exported.exists():
+            export_model(ExportConfig(model=name, weights=weights), exported)
+        optimized = outdir / f"{name}-arm64"
+        if not (optimized / "model.int8.onnx").exists():
+            optimize_model(exported, optimized, OptimizeConfig(target="arm64", force=True))
+        built[name] = {"fp32": optimized / "model.fp32.onnx", "int8": optimized / "model.int8.onnx"}
+        if not built[name]["int8"].exists():
+            report = json.loads((optimized / "report.json").read_text())
+            raise RuntimeError(f"optimize produced no arm64 int8 model for {name}: {report.get('decision')}")
+    return built
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compare x86 and emulated aarch64 logits of the arm64 artifacts.")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated registry names")
+    parser.add_argument("-o", "--outdir", type=Path, default=Path("artifacts/arm64-verify"))
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows and aarch64 facts here")
+    args = parser.parse_args(argv)
+    from serve.images import sample_photos
+
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    models = build_artifacts({name: DEFAULT_MODELS.get(name, "random") for name in names}, args.outdir)
+    workdir = args.outdir / "run"
+    shutil.rmtree(workdir, ignore_errors=True)
+    comparison = run_comparison(models, sample_photos(), workdir, Arm64Environment.load())
+    print(format_table(comparison))
+    if args.json:
+        rows = [{**asdict(row), "passed": row.passed} for row in comparison.rows]
+        payload = {"rows": rows, "aarch64": comparison.aarch64, "emulated_seconds": comparison.emulated_seconds}
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0 if all(row.passed for row in comparison.rows) else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (subprocess.TimeoutExpired, RuntimeError) as error:
+        print(f"arm64 compare: error: {error}", file=sys.stderr)
+        sys.exit(2)
