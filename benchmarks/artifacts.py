@@ -77,6 +77,14 @@ class ModelArtifacts:
     def optimized_dir(self) -> Path | None:
         return self.folder / self.target if self.target else None
 
+    def unavailable(self, variant: str) -> str | None:
+        """Why a variant cannot be measured (optimize rejected int8 for this model), or None when it can."""
+        path = self.path(variant)
+        if path is None or path.is_file():
+            return None
+        report = self.optimize_report() or {}
+        return f"{self.choice.label} {variant}: not built ({report.get('reason') or f'{path} is missing'})"
+
     def path(self, variant: str) -> Path | None:
         """The ONNX file of a variant (None for ``torch``, which is built from the registry)."""
         if variant == "onnx-fp32":
@@ -185,11 +193,16 @@ class ArtifactCache:
         return classifier.card
 
     def _optimize(self, artifacts: ModelArtifacts) -> None:
+        """Run optimize once per target; its report.json is written last, so it marks a complete build."""
         outdir = artifacts.optimized_dir
         assert outdir is not None
-        needed = [outdir / name for name in (*OPTIMIZED_FILES.values(), "report.json")]
-        if all(path.is_file() for path in needed) and not self.rebuild:
+        if (outdir / "report.json").is_file() and (outdir / OPTIMIZED_FILES["onnx-opt"]).is_file() and not self.rebuild:
             return
-        from optimize.pipeline import OptimizeConfig, optimize_model
-
+        try:
+            from optimize.pipeline import OptimizeConfig, optimize_model
+        except ImportError as error:
+            raise RuntimeError(
+                f"{artifacts.choice.label} has no optimized artifacts in {outdir} and building them needs the "
+                f"optimize stage ({error}); build the cache where it is installed and copy it here"
+            ) from error
         optimize_model(artifacts.exported, outdir, OptimizeConfig(target=artifacts.target or "auto", force=True))

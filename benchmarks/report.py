@@ -124,6 +124,8 @@ def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], plo
         selected = [row for row in rows if setting_key(row) == (batch, threads)]
         title = f"## Batch {batch}, {threads} thread{'s' if threads > 1 else ''}"
         parts += [title + (" (EMULATED)" if machine.get("emulated") else ""), "", markdown_table(selected), ""]
+    if machine.get("skipped"):
+        parts += ["## Not measured", "", *(f"- {reason}" for reason in machine["skipped"]), ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{Path(plot).stem}]({Path(plot).name})" for plot in plots] + [""]
     return "\n".join(parts)

@@ -78,7 +78,6 @@ def make_row(
     """One results.json row: the issue's keys first, then context (weights, target, iterations, quality)."""
     card = artifacts.card
     spec = measurement.spec
-    report = artifacts.optimize_report() if variant == "onnx-int8" else None
     return {
         "model": artifacts.choice.label,
         "family": card.family,
@@ -100,18 +99,32 @@ def make_row(
         "iterations": measurement.iterations,
         "timed_s": measurement.timed_s,
         "emulated": machine["emulated"],
-        **quality_fields(report),
+        **quality_fields(variant, artifacts.optimize_report()),
     }
 
 
-def quality_fields(report: dict[str, Any] | None) -> dict[str, Any]:
-    """Agreement (and accuracy, when optimize had labels) of int8 against fp32, from optimize's report.json."""
+def quality_fields(variant: str, report: dict[str, Any] | None) -> dict[str, Any]:
+    """What optimize measured about this variant's answers (its report.json), None where it measured nothing.
+
+    Agreement/overlap/cosine compare int8 with fp32; top-1 accuracy exists only when optimize had labels
+    (reference = fp32, candidate = int8).
+    """
     report = report or {}
-    return {key: report.get(key) for key in ("agreement_top1", "top5_overlap", "cosine_mean", "top1_accuracy")}
+    accuracy = report.get("accuracy") or {}
+    is_int8 = variant == "onnx-int8"
+    return {
+        "agreement_top1": report.get("agreement_top1") if is_int8 else None,
+        "top5_overlap": report.get("top5_overlap") if is_int8 else None,
+        "cosine_mean": report.get("cosine_mean") if is_int8 else None,
+        "top1_accuracy": accuracy.get("candidate_top1" if is_int8 else "reference_top1"),
+    }
 
 
 def plan(models: Sequence[ModelArtifacts], config: BenchConfig) -> list[tuple[ModelArtifacts, str, int, int]]:
-    """Measurement order: per model and (batch, threads) setting, all variants once per repeat (A B A B ...)."""
+    """Measurement order: per model and (batch, threads) setting, all variants once per repeat (A B A B ...).
+
+    Variants without an artifact (optimize rejected int8 for that model) are left out; ``skipped`` says why.
+    """
     return [
         (artifacts, variant, batch, threads)
         for artifacts in models
@@ -119,7 +132,12 @@ def plan(models: Sequence[ModelArtifacts], config: BenchConfig) -> list[tuple[Mo
         for threads in config.threads
         for _ in range(config.repeats)
         for variant in config.variants
+        if artifacts.unavailable(variant) is None
     ]
+
+
+def skipped(models: Sequence[ModelArtifacts], variants: Sequence[str]) -> list[str]:
+    return [reason for artifacts in models for variant in variants if (reason := artifacts.unavailable(variant))]
 
 
 def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
@@ -127,13 +145,13 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
     from benchmarks.plots import write_suite_plots
     from benchmarks.report import write_results
 
-    outdir = ensure_writable_dir(outdir)
-    ensure_writable_dir(config.cache_dir, "artifact cache folder")
     for choice in config.models:
         check_choice(choice)
     target, target_reason = (
         resolve_target(config.target) if set(config.variants) & set(OPTIMIZED_VARIANTS) else (None, None)
     )
+    outdir = ensure_writable_dir(outdir)
+    ensure_writable_dir(config.cache_dir, "artifact cache folder")
     machine = machine_block(config.threads, target, target_reason)
     cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild)
     built = []
@@ -141,6 +159,9 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
         built.append(cache.prepare(choice, config.variants, target))
     baseline_rss_mb = bare_interpreter_rss_mb()
     machine["bare_interpreter_rss_mb"] = baseline_rss_mb
+    machine["skipped"] = skipped(built, config.variants)
+    for reason in machine["skipped"]:
+        print(f"note: {reason}")
 
     results: dict[tuple[str, str, int, int], list[Measurement]] = {}
     order = plan(built, config)
