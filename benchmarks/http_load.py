@@ -105,10 +105,15 @@ def load_payloads(images: str) -> list[Payload]:
 
 
 def check_reachable(url: str, timeout_s: float = 3.0) -> None:
-    """Fail fast with a clear message when nothing listens at ``url`` (any HTTP answer counts as reachable)."""
+    """Fail fast with a clear message when nothing answers at ``url`` (any HTTP answer, even 404, will do)."""
     try:
         with httpx.Client(timeout=timeout_s, trust_env=False) as client:
             client.get(url)
+    except httpx.TimeoutException:
+        raise TimeoutError(
+            f"{url} accepted the connection but sent no answer within {timeout_s:.0f} s; if the server is still "
+            "starting, wait until its /readyz answers 200, then retry"
+        ) from None
     except httpx.TransportError as error:
         raise ConnectionError(
             f"cannot reach {url} ({type(error).__name__}: {error}); is the server running? "
