@@ -40,9 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "state-dict PATH [default: random]",
     )
     bounds = bench.add_mutually_exclusive_group()
-    bounds.add_argument("--duration", type=float, default=1.0, help="seconds of timed inference per run [default: 1]")
+    bounds.add_argument(
+        "--duration", type=float, default=0.5, help="seconds of timed inference per run (>= 3 runs) [default: 0.5]"
+    )
     bounds.add_argument("--iterations", type=int, help="a fixed number of timed iterations per run instead")
-    bench.add_argument("--warmup", type=int, default=3, help="untimed iterations after the first run [default: 3]")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed iterations after the first run [default: 2]")
     bench.add_argument("--repeats", type=int, default=2, help="interleaved runs per configuration [default: 2]")
     bench.add_argument("--providers", help="onnxruntime execution providers, e.g. cpu or xnnpack,cpu [default: best]")
     bench.add_argument(
@@ -105,7 +107,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def run_bench_http(args: argparse.Namespace) -> int:
     from benchmarks.files import ensure_writable_dir
-    from benchmarks.http_load import load_payloads, run_load
+    from benchmarks.http_load import load_payloads, run_load, server_metadata
     from benchmarks.report import write_http_results
     from benchmarks.selection import parse_positive_ints
 
@@ -115,6 +117,6 @@ def run_bench_http(args: argparse.Namespace) -> int:
     outdir = ensure_writable_dir(args.output)
     payloads = load_payloads(args.images)
     results = run_load(args.url, payloads, levels, args.duration, args.timeout, field=args.field)
-    report = write_http_results(outdir, args.url, results, images=args.images)
+    report = write_http_results(outdir, args.url, results, args.images, server_metadata(args.url))
     print(report.read_text())
     return 0

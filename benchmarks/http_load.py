@@ -121,6 +121,18 @@ def check_reachable(url: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
+def server_metadata(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """What the server says it serves (smallnets' GET /metadata), recorded with the results; None if it won't say."""
+    parts = urlsplit(url)
+    try:
+        with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+            response = client.get(f"{parts.scheme}://{parts.netloc}/metadata")
+        metadata = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
 def warm_up(url: str, payloads: Sequence[Payload], requests: int, timeout_s: float, field: str = "image") -> None:
     """A few untimed requests so lazy server-side setup is not billed to the first level."""
     with httpx.Client(timeout=timeout_s, trust_env=False) as client:

@@ -102,6 +102,20 @@ def machine_lines(machine: dict[str, Any]) -> list[str]:
         lines.append(f"- int8 target: {machine['target']} ({machine.get('target_reason') or 'given'})")
     if machine.get("bare_interpreter_rss_mb") is not None:
         lines.append(f"- Bare measuring interpreter: {machine['bare_interpreter_rss_mb']:.1f} MiB peak RSS")
+    if machine.get("measurement"):
+        loop = machine["measurement"]
+        bound = (
+            f"{loop['iterations']} timed iterations"
+            if loop["iterations"]
+            else f">= {loop['duration_s']} s and >= {loop['min_iterations']} timed iterations"
+        )
+        lines.append(
+            f"- Loop: {loop['warmup']} warm-up iterations, then {bound}; {loop['repeats']} interleaved repeat(s); "
+            f"weights {loop['weights']}"
+        )
+    if machine.get("suite_seconds"):
+        seconds = machine["suite_seconds"]
+        lines.append(f"- Suite time: {seconds['build']:.0f} s building artifacts, {seconds['measure']:.0f} s measuring")
     lines.append(f"- Date: {machine['date']}")
     return lines
 
@@ -187,7 +201,13 @@ HTTP_COLUMNS = (
 )
 
 
-def render_http_markdown(url: str, levels: Sequence[dict[str, Any]], machine: dict[str, Any], images: str) -> str:
+def render_http_markdown(
+    url: str,
+    levels: Sequence[dict[str, Any]],
+    machine: dict[str, Any],
+    images: str,
+    server: dict[str, Any] | None = None,
+) -> str:
     header = "| " + " | ".join(title for _, title in HTTP_COLUMNS) + " |"
     lines = [header, "|" + "|".join("---:" for _ in HTTP_COLUMNS) + "|"]
     for level in levels:
@@ -205,6 +225,13 @@ def render_http_markdown(url: str, levels: Sequence[dict[str, Any]], machine: di
         f"Target `{url}`, images: {images}, closed-loop clients, "
         f"{levels[0]['duration_s']:.1f} s per level. Latencies of successful (200) requests.",
         "",
+    ]
+    if server:
+        described = ", ".join(
+            f"{key} {server[key]}" for key in ("model", "precision", "providers", "threads", "workers") if key in server
+        )
+        parts += [f"Server: {described}", ""]
+    parts += [
         *lines,
         "",
         "## Machine",
@@ -217,7 +244,9 @@ def render_http_markdown(url: str, levels: Sequence[dict[str, Any]], machine: di
     return "\n".join(parts)
 
 
-def write_http_results(outdir: str | Path, url: str, results: Sequence[Any], images: str) -> Path:
+def write_http_results(
+    outdir: str | Path, url: str, results: Sequence[Any], images: str, server: dict[str, Any] | None = None
+) -> Path:
     """http_results.json, http_report.md and the throughput-vs-p99 plot; returns the report's path."""
     from benchmarks.machine import machine_block
     from benchmarks.plots import http_throughput_vs_p99
@@ -225,9 +254,9 @@ def write_http_results(outdir: str | Path, url: str, results: Sequence[Any], ima
     outdir = Path(outdir)
     machine = machine_block()
     levels = [result.to_dict() for result in results]
-    payload = {"machine": machine, "url": url, "images": images, "levels": levels}
+    payload = {"machine": machine, "url": url, "images": images, "server": server, "levels": levels}
     atomic_write(outdir / "http_results.json", json.dumps(payload, indent=2) + "\n")
     served = [level for level in levels if level["p99_ms"] is not None]
     if served:
         http_throughput_vs_p99(served, outdir / "http_throughput_vs_p99.png", machine["emulated"])
-    return atomic_write(outdir / "http_report.md", render_http_markdown(url, levels, machine, images))
+    return atomic_write(outdir / "http_report.md", render_http_markdown(url, levels, machine, images, server))

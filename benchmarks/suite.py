@@ -7,6 +7,7 @@ favouring the one that ran first.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +35,10 @@ class BenchConfig:
     threads: tuple[int, ...] = (1, 2)
     target: str = "auto"
     weights: str = "random"
-    duration_s: float = 1.0
+    duration_s: float = 0.5
     iterations: int | None = None
-    warmup: int = 3
-    min_iterations: int = 5
+    warmup: int = 2
+    min_iterations: int = 3
     repeats: int = 2
     providers: tuple[str, ...] | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
@@ -153,10 +154,22 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
     outdir = ensure_writable_dir(outdir)
     ensure_writable_dir(config.cache_dir, "artifact cache folder")
     machine = machine_block(config.threads, target, target_reason)
+    machine["measurement"] = {
+        "warmup": config.warmup,
+        "duration_s": config.duration_s if config.iterations is None else None,
+        "min_iterations": config.min_iterations,
+        "iterations": config.iterations,
+        "repeats": config.repeats,
+        "weights": config.weights,
+    }
     cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild)
+    started = time.perf_counter()
     built = []
-    for choice in tqdm(config.models, desc="artifacts", unit="model"):
-        built.append(cache.prepare(choice, config.variants, target))
+    with tqdm(config.models, desc="artifacts", unit="model") as progress:
+        for choice in progress:
+            progress.set_description(f"artifacts {choice.label}")
+            built.append(cache.prepare(choice, config.variants, target))
+    build_s = time.perf_counter() - started
     baseline_rss_mb = bare_interpreter_rss_mb()
     machine["bare_interpreter_rss_mb"] = baseline_rss_mb
     machine["skipped"] = skipped(built, config.variants)
@@ -172,6 +185,7 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
             key = (artifacts.choice.label, variant, batch, threads)
             results.setdefault(key, []).append(run_measurement(spec))
 
+    machine["suite_seconds"] = {"build": build_s, "measure": time.perf_counter() - started - build_s}
     by_label = {artifacts.choice.label: artifacts for artifacts in built}
     pooled = {key: pool(runs) for key, runs in results.items()}
     rows = [

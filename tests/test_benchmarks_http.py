@@ -39,13 +39,19 @@ class CountingServer(ThreadingHTTPServer):
 
 
 class ClassifyHandler(BaseHTTPRequestHandler):
-    """POST /classify: reads the multipart body, answers JSON 200, or 503 for every FAIL_EVERY-th upload."""
+    """POST /classify: reads the multipart body, answers JSON 200, or 503 for every FAIL_EVERY-th upload.
+
+    GET /metadata describes the "model", like smallnets' service does.
+    """
 
     protocol_version = "HTTP/1.1"
     server: CountingServer
 
     def do_GET(self) -> None:
-        self.answer(404, {"error": "not found"})
+        if self.path == "/metadata":
+            self.answer(200, {"model": "stub-net", "precision": "int8"})
+        else:
+            self.answer(404, {"error": "not found"})
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -151,8 +157,9 @@ def test_cli_writes_results_report_and_plot(
     data = json.loads((outdir / "http_results.json").read_text())
     assert [level["concurrency"] for level in data["levels"]] == [1, 2]
     assert data["machine"]["cpu"]["arch"]
+    assert data["server"] == {"model": "stub-net", "precision": "int8"}
     report = (outdir / "http_report.md").read_text()
-    assert "| concurrency | requests/s |" in report and "503" in report
+    assert "| concurrency | requests/s |" in report and "503" in report and "model stub-net" in report
     plot = outdir / "http_throughput_vs_p99.png"
     assert plot.read_bytes()[:8] == PNG_SIGNATURE
     with Image.open(plot) as image:
