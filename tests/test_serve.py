@@ -1,0 +1,370 @@
+"""The BentoML service over real HTTP: one `smallnets serve` process (real-weights EfficientNet-Lite0) per module.
+
+Every bad request must get a 4xx JSON ``{"error": ...}`` and leave the server serving the next good request.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from test_images import png_header_only
+
+MAX_UPLOAD_MB = 1  # small cap so the 413 case sends little
+MAX_BATCH_IMAGES = 4
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+ESPRESSO = 967
+JSON = {"content-type": "application/json"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def jpeg(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92, **options)
+    return buffer.getvalue()
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def model(exported) -> Path:
+    return exported("efficientnet_lite0", weights="imagenet")
+
+
+@pytest.fixture(scope="module")
+def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bentoml_home")
+
+
+@pytest.fixture(scope="module")
+def server(model: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`smallnets serve` (model store import + `bentoml serve`) on a free port, ready when /readyz says so."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(bentoml_home),
+        "SMALLNETS_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
+        "SMALLNETS_MAX_BATCH_IMAGES": str(MAX_BATCH_IMAGES),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    command = [sys.executable, "-m", "smallnets", "serve", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after 180 s:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        yield Server(url, process, log)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def upright(photos: dict[str, Image.Image]) -> dict[str, bytes]:
+    return {name: jpeg(photos[name]) for name in ("chelsea", "coffee", "astronaut", "rocket")}
+
+
+def classify(http: httpx.Client, data: bytes, top_k: int | None = None, name: str = "photo.jpg") -> httpx.Response:
+    fields = {} if top_k is None else {"top_k": str(top_k)}
+    return http.post("/classify", files={"image": (name, data, "image/jpeg")}, data=fields)
+
+
+def predictions(response: httpx.Response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"]
+
+
+def test_health_endpoints(http: httpx.Client) -> None:
+    assert http.get("/livez").status_code == 200
+    assert http.get("/readyz").status_code == 200
+
+
+def test_metadata_describes_the_model(http: httpx.Client) -> None:
+    response = http.get("/metadata")
+    assert response.status_code == 200
+    meta = response.json()
+    assert meta["name"] == "efficientnet_lite0" and meta["precision"] == "fp32"
+    assert meta["input_size"] == [3, 224, 224]
+    assert meta["params"] > 4_000_000 and meta["macs"] > 300_000_000
+    assert meta["model_tag"].startswith("efficientnet_lite0_fp32:")
+    assert "CPUExecutionProvider" in meta["providers"] and meta["threads"] >= 1
+    assert meta["max_upload_bytes"] == MAX_UPLOAD_MB * 1024 * 1024
+
+
+def test_cat_photo_gives_a_cat(http: httpx.Client, upright: dict[str, bytes]) -> None:
+    response = classify(http, upright["chelsea"])
+    body = response.json()
+    found = predictions(response)
+    assert body["model"] == "efficientnet_lite0_fp32" and body["inference_ms"] > 0
+    assert len(found) == 5
+    scores = [p["score"] for p in found]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
+    assert any(p["class_id"] in CAT_CLASSES for p in found[:3]), found
+    assert all("cat" in p["label"] for p in found[:3] if p["class_id"] in CAT_CLASSES)
+
+
+def test_top_k_is_honoured(http: httpx.Client, upright: dict[str, bytes]) -> None:
+    assert len(predictions(classify(http, upright["coffee"], top_k=1))) == 1
+    found = predictions(classify(http, upright["coffee"], top_k=20))
+    assert len(found) == 20 and found[0]["class_id"] == ESPRESSO
+
+
+def test_batch_endpoint_answers_in_order(http: httpx.Client, upright: dict[str, bytes]) -> None:
+    names = ["coffee", "chelsea", "coffee"]
+    files = [("images", (f"{name}.jpg", upright[name], "image/jpeg")) for name in names]
+    response = http.post("/classify_batch", files=files, data={"top_k": "3"})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == len(names)
+    for name, result in zip(names, results, strict=True):
+        single = predictions(classify(http, upright[name], top_k=3))
+        assert [p["class_id"] for p in result["predictions"]] == [p["class_id"] for p in single]
+        np.testing.assert_allclose([p["score"] for p in result["predictions"]], [p["score"] for p in single], atol=1e-4)
+        assert result["batch_size"] >= len(names)  # one request is one ONNX Runtime batch
+    assert results[0]["predictions"][0]["class_id"] == ESPRESSO
+    assert any(p["class_id"] in CAT_CLASSES for p in results[1]["predictions"])
+
+
+def test_concurrent_requests_get_their_own_answers(server: Server, upright: dict[str, bytes]) -> None:
+    """Several threads, different photos at once: adaptive batching must not mix up answers."""
+    with server.client() as client:
+        expected = {name: predictions(classify(client, data)) for name, data in upright.items()}
+    jobs = [name for _ in range(6) for name in upright]
+
+    def run(name: str) -> tuple[str, list[dict], int]:
+        with server.client() as client:
+            response = classify(client, upright[name])
+            return name, predictions(response), response.json()["batch_size"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(run, jobs))
+    assert [name for name, _, _ in answers] == jobs
+    for name, found, _ in answers:
+        assert [p["class_id"] for p in found] == [p["class_id"] for p in expected[name]], name
+        np.testing.assert_allclose([p["score"] for p in found], [p["score"] for p in expected[name]], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["coffee", "rocket"])
+def test_exif_orientation_matters(http: httpx.Client, photos: dict[str, Image.Image], name: str) -> None:
+    """A sideways-stored photo with its EXIF tag classifies like the upright one; without the tag it does not."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    sideways = photos[name].transpose(Image.Transpose.ROTATE_90)
+    reference = predictions(classify(http, jpeg(photos[name]), top_k=20))
+    tagged = predictions(classify(http, jpeg(sideways, exif=exif.tobytes()), top_k=20))
+    untagged = predictions(classify(http, jpeg(sideways), top_k=20))
+
+    def distance(found: list[dict]) -> float:
+        """L1 distance of the reference's top-20 probabilities (JPEG re-encoding alone gives ~0.01-0.04)."""
+        scores = {p["class_id"]: p["score"] for p in found}
+        return sum(abs(p["score"] - scores.get(p["class_id"], 0.0)) for p in reference)
+
+    assert tagged[0]["class_id"] == reference[0]["class_id"]
+    assert distance(tagged) < 0.1 < 0.3 < distance(untagged)
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "rgba", "palette", "cmyk", "png16", "gif_animated", "webp_animated"])
+def test_unusual_valid_images_are_classified(http: httpx.Client, photos: dict[str, Image.Image], kind: str) -> None:
+    coffee = photos["coffee"]
+    second = Image.new("RGB", coffee.size, (0, 90, 200))
+    third = Image.new("RGB", coffee.size, (200, 30, 0))
+    data = {
+        "grayscale": lambda: encode(coffee.convert("L"), "PNG"),
+        "rgba": lambda: encode(coffee.convert("RGBA"), "PNG"),
+        "palette": lambda: encode(coffee.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+        "cmyk": lambda: jpeg(coffee.convert("CMYK")),
+        "png16": lambda: encode(Image.fromarray(np.asarray(coffee.convert("L"), dtype=np.uint16) * 257), "PNG"),
+        "gif_animated": lambda: encode(coffee, "GIF", save_all=True, append_images=[second, third], duration=50),
+        "webp_animated": lambda: encode(coffee, "WEBP", save_all=True, append_images=[second, third], duration=50),
+    }[kind]()
+    found = predictions(classify(http, data, top_k=5))
+    if kind not in ("grayscale", "png16"):  # colour survives: the espresso is still an espresso
+        assert found[0]["class_id"] == ESPRESSO, found
+    else:
+        assert len(found) == 5
+
+
+def assert_rejected(response: httpx.Response, status: int | tuple[int, ...], fragment: str) -> None:
+    statuses = status if isinstance(status, tuple) else (status,)
+    assert response.status_code in statuses, (response.status_code, response.text)
+    body = response.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
+    assert fragment.lower() in body["error"].lower(), body["error"]
+
+
+@pytest.fixture
+def still_serving(http: httpx.Client, upright: dict[str, bytes]) -> Iterator[None]:
+    """After each bad request, a good one still gets the right answer."""
+    yield
+    found = predictions(classify(http, upright["coffee"], top_k=1))
+    assert found[0]["class_id"] == ESPRESSO
+
+
+# A chunked upload (no Content-Length) whose file part never ends: the cap must stop it while streaming.
+CHUNKED_PART_HEADER = (
+    b'--x\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+)
+
+BAD_REQUESTS = {
+    "empty_body": (lambda http: http.post("/classify"), 400, "multipart"),
+    "json_body": (lambda http: http.post("/classify", json={"image": "x"}), 415, "multipart"),
+    "missing_field": (lambda http: http.post("/classify", files={"photo": ("a.jpg", b"xx")}), 400, "'image'"),
+    "empty_file": (lambda http: http.post("/classify", files={"image": ("a.jpg", b"")}), 400, "empty"),
+    "not_an_image": (lambda http: http.post("/classify", files={"image": ("a.jpg", b"hello " * 100)}), 400, "a.jpg"),
+    "bomb": (lambda http: http.post("/classify", files={"image": ("b.png", png_header_only(30000, 30000))}), 400, ""),
+    "top_k_zero": (
+        lambda http: http.post("/classify", files={"image": ("a", b"x")}, data={"top_k": "0"}),
+        400,
+        "top_k",
+    ),
+    "top_k_big": (
+        lambda http: http.post("/classify", files={"image": ("a", b"x")}, data={"top_k": "21"}),
+        400,
+        "top_k",
+    ),
+    "top_k_text": (
+        lambda http: http.post("/classify", files={"image": ("a", b"x")}, data={"top_k": "ab"}),
+        400,
+        "top_k",
+    ),
+    "too_large": (
+        lambda http: http.post("/classify", files={"image": ("big.jpg", b"\xff" * (MAX_UPLOAD_MB * 1024 * 1024 + 1))}),
+        413,
+        "too large",
+    ),
+    "too_large_chunked": (
+        lambda http: http.post(
+            "/classify",
+            content=iter([CHUNKED_PART_HEADER] + [b"\0" * 65536] * (MAX_UPLOAD_MB * 16 + 2)),
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        ),
+        413,
+        "too large",
+    ),
+    "malformed_multipart": (
+        lambda http: http.post(
+            "/classify",
+            content=b"--nope\r\ngarbage",
+            headers={"content-type": "multipart/form-data; boundary=other"},
+        ),
+        400,
+        "",
+    ),
+    "two_images_on_single": (
+        lambda http: http.post("/classify", files=[("image", ("a", b"1")), ("image", ("b", b"2"))]),
+        400,
+        "too many",
+    ),
+    "too_many_batch_images": (
+        lambda http: http.post(
+            "/classify_batch", files=[("images", (f"{i}.jpg", b"x")) for i in range(MAX_BATCH_IMAGES + 1)]
+        ),
+        400,
+        "too many",
+    ),
+    "batch_missing_field": (lambda http: http.post("/classify_batch", files={"image": ("a", b"x")}), 400, "'images'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_input_is_a_clear_4xx(http: httpx.Client, still_serving: None, case: str) -> None:
+    send, status, fragment = BAD_REQUESTS[case]
+    assert_rejected(send(http), status, fragment)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image_is_a_clear_4xx(
+    http: httpx.Client, still_serving: None, photos: dict[str, Image.Image], fmt: str
+) -> None:
+    data = encode(photos["chelsea"], fmt)
+    response = http.post("/classify", files={"image": (f"cut.{fmt.lower()}", data[: len(data) // 2])})
+    assert_rejected(response, 400, f"cut.{fmt.lower()}")
+
+
+def test_one_bad_image_in_a_batch_names_it(http: httpx.Client, still_serving: None, upright: dict[str, bytes]) -> None:
+    files = [("images", ("good.jpg", upright["coffee"])), ("images", ("broken.jpg", b"not a picture"))]
+    assert_rejected(http.post("/classify_batch", files=files), 400, "broken.jpg")
+
+
+def test_url_in_a_file_field_is_never_fetched(http: httpx.Client, still_serving: None) -> None:
+    """A text value that looks like a URL must not make the server connect anywhere (no SSRF)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(1.0)
+        target = f"http://127.0.0.1:{listener.getsockname()[1]}/x.jpg"
+        for endpoint, field in (("/classify", "image"), ("/classify_batch", "images")):
+            text_part = f'--b\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{target}\r\n--b--\r\n'.encode()
+            multipart = {"content-type": "multipart/form-data; boundary=b"}
+            assert_rejected(http.post(endpoint, content=text_part, headers=multipart), 400, "never downloads")
+            assert_rejected(http.post(endpoint, data={field: target}), 415, "multipart")
+            assert_rejected(http.post(endpoint, content=f'"{target}"', headers=JSON), 415, "multipart")
+        with pytest.raises(TimeoutError):
+            listener.accept()
+
+
+def test_metrics_expose_the_project_histograms(http: httpx.Client, upright: dict[str, bytes]) -> None:
+    predictions(classify(http, upright["rocket"]))
+    text = http.get("/metrics").text
+    for metric in ("smallnets_inference_seconds", "smallnets_batch_size"):
+        counts = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(f"{metric}_count") and 'model="efficientnet_lite0_fp32"' in line
+        ]
+        assert counts and sum(counts) >= 1, f"{metric} missing or empty in /metrics"
+    assert "bentoml_service_request_total" in text or "request_total" in text
