@@ -123,12 +123,10 @@ register(
                 for resolution, macs, top1 in ((192, 418, 69.1), (160, 290, 67.2), (128, 186, 64.4))
             ),
         ),
+        # Published on the Hugging Face hub only (pytorch_model.bin / model.safetensors), with no checksummed direct
+        # URL to fetch through torch.hub: the user downloads it and passes --weights PATH (loads with strict=True).
         weights=WeightsSource(
-            description=(
-                "timm mobilenetv1_100.ra4_e3600_r224_in1k, published only on the Hugging Face hub "
-                "(hf-hub:timm/mobilenetv1_100.ra4_e3600_r224_in1k, no checksummed direct URL): "
-                "download it yourself and pass --weights PATH"
-            ),
+            description="timm mobilenetv1_100.ra4_e3600_r224_in1k (hf-hub:timm/mobilenetv1_100.ra4_e3600_r224_in1k)"
         ),
         description="MobileNet V1: depthwise-separable convs, width multiplier alpha and input resolution rho",
     )

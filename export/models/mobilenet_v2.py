@@ -114,15 +114,13 @@ register(
                 )
             ),
         ),
+        # torchvision's default weights; sha256 is the prefix torchvision puts in the file name (torch.hub checks it).
+        # The older IMAGENET1K_V1 (mobilenet_v2-b0353104.pth, 71.878 top-1) was evaluated at resize 256 instead.
         weights=WeightsSource(
             url="https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth",
             sha256="7ebf99e0",
             top1=72.154,
-            description=(
-                "torchvision MobileNet_V2_Weights.IMAGENET1K_V2 (torchvision's default; sha256 is the prefix in the "
-                "file name, which torch.hub verifies); IMAGENET1K_V1 is mobilenet_v2-b0353104.pth, 71.878 top-1 "
-                "at resize 256"
-            ),
+            description="torchvision MobileNet_V2_Weights.IMAGENET1K_V2",
         ),
         description="MobileNet V2: inverted residuals and linear bottlenecks, width multiplier",
     )

@@ -161,15 +161,13 @@ register(
                 macs_rel_tol=0.05e6 / 216.6e6,
             ),
         ),
+        # torchvision's default weights; sha256 is the prefix torchvision puts in the file name (torch.hub checks it).
+        # The older IMAGENET1K_V1 (mobilenet_v3_large-8738ca79.pth, 74.042 top-1) was evaluated at resize 256 instead.
         weights=WeightsSource(
             url="https://download.pytorch.org/models/mobilenet_v3_large-5c1a4163.pth",
             sha256="5c1a4163",
             top1=75.274,
-            description=(
-                "torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V2 (torchvision's default; sha256 is the prefix in "
-                "the file name, which torch.hub verifies); IMAGENET1K_V1 is mobilenet_v3_large-8738ca79.pth, 74.042 "
-                "top-1 at resize 256"
-            ),
+            description="torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V2",
         ),
         description="MobileNet V3 Large: NAS-found inverted residuals with SE and hard-swish",
     )
@@ -197,10 +195,7 @@ register(
             url="https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth",
             sha256="047dcff4",
             top1=67.668,
-            description=(
-                "torchvision MobileNet_V3_Small_Weights.IMAGENET1K_V1 (sha256 is the prefix in the file name, "
-                "which torch.hub verifies)"
-            ),
+            description="torchvision MobileNet_V3_Small_Weights.IMAGENET1K_V1",
         ),
         description="MobileNet V3 Small: the low-resource MobileNet V3 search result",
     )
