@@ -98,7 +98,7 @@ register(
             *(
                 Reference(
                     variant={"width": width},
-                    params=int(params * 1e6),
+                    params=round(params * 1e6),
                     macs=macs * 1_000_000,
                     top1=top1,
                     source=f"{_PAPER} Table 6",
