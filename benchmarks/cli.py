@@ -51,7 +51,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cache-dir", type=Path, help="artifact cache [default: $SMALLNETS_CACHE or ~/.cache/smallnets]"
     )
     bench.add_argument("--rebuild", action="store_true", help="rebuild cached artifacts instead of reusing them")
-    bench.add_argument("-o", "--output", type=Path, default=Path("results"), help="output folder [default: results]")
+    bench.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: redraw report.md, results.csv and plots from an earlier results.json",
+    )
+    bench.add_argument(
+        "-o", "--output", type=Path, help="output folder [default: results, or the folder of --from-results]"
+    )
     bench.set_defaults(handler=run_bench)
 
     http = subparsers.add_parser(
@@ -71,6 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.from_results:
+        return redraw(args.from_results, args.output or args.from_results.parent)
     from benchmarks.artifacts import default_cache_dir
     from benchmarks.report import markdown_table, ordered, with_speedups
     from benchmarks.selection import parse_models, parse_positive_ints, parse_variants
@@ -97,11 +107,23 @@ def run_bench(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir or default_cache_dir(),
         rebuild=args.rebuild,
     )
-    result = run_suite(config, args.output)
+    output = args.output or Path("results")
+    result = run_suite(config, output)
     first = ordered(with_speedups([row for row in result.rows if row["batch"] == config.batches[0]]))
     first = [row for row in first if row["threads"] == config.threads[0]]
     print(f"\nbatch {config.batches[0]}, {config.threads[0]} thread(s):\n{markdown_table(first)}")
-    print(f"\nwrote {args.output / 'report.md'}, results.json, results.csv and plots in {args.output}")
+    print(f"\nfull report: {output / 'report.md'} (results.json, results.csv, timings.json and plots beside it)")
+    return 0
+
+
+def redraw(results: Path, output: Path) -> int:
+    """Re-render an earlier run, e.g. results measured on a box without matplotlib."""
+    from benchmarks.files import ensure_writable_dir
+    from benchmarks.report import load_results, write_results
+
+    rows, machine = load_results(results)
+    written = write_results(ensure_writable_dir(output), rows, machine)
+    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 

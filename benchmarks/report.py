@@ -11,7 +11,6 @@ from typing import Any
 
 from benchmarks.files import atomic_write
 from benchmarks.machine import EMULATED_WARNING
-from benchmarks.runner import Measurement
 from benchmarks.selection import VARIANTS
 
 TABLE_COLUMNS = (
@@ -154,37 +153,44 @@ def render_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def draw_plots(outdir: Path, rows: Sequence[dict[str, Any]]) -> tuple[list[Path], str | None]:
+    """The suite's PNGs, or a note saying how to draw them later where matplotlib is missing (e.g. an ARM box)."""
+    try:
+        from benchmarks.plots import write_suite_plots
+    except ImportError as error:
+        return [], (
+            f"Plots not drawn here ({error}): install the bench extra (`pip install 'smallnets[bench]'`) and run "
+            f"`smallnets bench --from-results {outdir / 'results.json'} -o {outdir}`."
+        )
+    return write_suite_plots(outdir, rows), None
+
+
 def write_results(
     outdir: str | Path,
     rows: Sequence[dict[str, Any]],
     machine: dict[str, Any],
-    measurements: Sequence[Measurement],
-    plots: Sequence[str] = (),
+    timings: Sequence[dict[str, Any]] | None = None,
 ) -> list[Path]:
-    """results.json, results.csv, timings.json (every raw per-iteration time) and report.md in ``outdir``."""
+    """Plots, results.json, results.csv, report.md and (when given) timings.json, the raw per-iteration times."""
     outdir = Path(outdir)
     rows = with_speedups(rows)
-    timings = [
-        {
-            "model": row["model"],
-            "variant": row["variant"],
-            "batch": row["batch"],
-            "threads": row["threads"],
-            "timings_ms": list(measurement.timings_ms),
-        }
-        for row, measurement in zip(rows, measurements, strict=True)
-    ]
-    return [
+    plots, note = draw_plots(outdir, rows)
+    written = [
         atomic_write(outdir / "results.json", json.dumps({"machine": machine, "results": rows}, indent=2) + "\n"),
         atomic_write(outdir / "results.csv", render_csv(rows)),
-        atomic_write(outdir / "timings.json", json.dumps(timings) + "\n"),
-        atomic_write(outdir / "report.md", render_markdown(rows, machine, plots)),
     ]
+    if timings is not None:
+        written.append(atomic_write(outdir / "timings.json", json.dumps(list(timings)) + "\n"))
+    report = render_markdown(rows, machine, [plot.name for plot in plots])
+    written.append(atomic_write(outdir / "report.md", report + (f"\n{note}\n" if note else "")))
+    return written + plots
 
 
 def load_results(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, machine) of a results.json, to re-render reports and plots without measuring again."""
     data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not {"results", "machine"} <= data.keys():
+        raise ValueError(f"{path} is not a results.json of `smallnets bench` (it needs 'machine' and 'results')")
     return data["results"], data["machine"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -69,10 +70,20 @@ def measurement_env(threads: int) -> dict[str, str]:
     return env
 
 
+def interpreter() -> list[str]:
+    """The command that starts a measuring Python: this one, unless ``SMALLNETS_MEASURE_PYTHON`` says otherwise.
+
+    Under qemu user-mode emulation without binfmt the guest cannot exec its own aarch64 binary; the arm64
+    harness then sets it to ``qemu-aarch64 -L ROOT ROOT/usr/bin/python3.11`` (a host program the guest can exec).
+    """
+    override = os.environ.get("SMALLNETS_MEASURE_PYTHON", "").strip()
+    return shlex.split(override) if override else [sys.executable]
+
+
 def run_process(spec: MeasureSpec, timeout_s: float | None = None) -> dict[str, Any]:
     """``python -m benchmarks.measure --spec JSON`` in a fresh interpreter; its last stdout line is the result."""
     timeout_s = timeout_s or BASE_TIMEOUT_S + 20 * spec.duration_s
-    command = [sys.executable, "-m", "benchmarks.measure", "--spec", spec.to_json()]
+    command = [*interpreter(), "-m", "benchmarks.measure", "--spec", spec.to_json()]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout_s, env=measurement_env(spec.threads)

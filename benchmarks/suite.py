@@ -141,9 +141,16 @@ def skipped(models: Sequence[ModelArtifacts], variants: Sequence[str]) -> list[s
     return [reason for artifacts in models for variant in variants if (reason := artifacts.unavailable(variant))]
 
 
+def raw_timings(rows: Sequence[dict[str, Any]], measurements: Sequence[Measurement]) -> list[dict[str, Any]]:
+    """Every per-iteration time behind each row, so anyone can recompute the summaries (timings.json)."""
+    return [
+        {key: row[key] for key in ("model", "variant", "batch", "threads")} | {"timings_ms": list(m.timings_ms)}
+        for row, m in zip(rows, measurements, strict=True)
+    ]
+
+
 def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
     """Check inputs, build what is missing, measure, and write results.json/csv, report.md and plots to outdir."""
-    from benchmarks.plots import write_suite_plots
     from benchmarks.report import write_results
 
     for choice in config.models:
@@ -192,6 +199,5 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
         make_row(by_label[label], variant, measurement, baseline_rss_mb, machine)
         for (label, variant, _, _), measurement in pooled.items()
     ]
-    plots = write_suite_plots(outdir, rows)
-    write_results(outdir, rows, machine, list(pooled.values()), [plot.name for plot in plots])
+    write_results(outdir, rows, machine, raw_timings(rows, list(pooled.values())))
     return SuiteResult(rows, machine, list(pooled.values()))

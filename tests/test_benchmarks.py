@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,3 +282,21 @@ def test_measure_process_reports_its_own_peak_memory_not_the_parent_s() -> None:
     parent_rss_mb = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
     assert bare_interpreter_rss_mb() < parent_rss_mb - 32
     del ballast
+
+
+def test_from_results_redraws_report_and_plots(suite: SuiteRun, tmp_path: Path) -> None:
+    code = main(["bench", "--from-results", str(suite.outdir / "results.json"), "-o", str(tmp_path)])
+    assert code == 0
+    assert (tmp_path / "report.md").read_text() == (suite.outdir / "report.md").read_text()
+    assert (tmp_path / "latency_vs_macs.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_measuring_interpreter_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arm64 harness points this at `qemu-aarch64 -L ROOT python3.11` (no binfmt under emulation)."""
+    from benchmarks.runner import bare_interpreter_rss_mb
+
+    monkeypatch.setenv("SMALLNETS_MEASURE_PYTHON", shlex.join([sys.executable, "-X", "utf8"]))
+    assert bare_interpreter_rss_mb() > 0
+    monkeypatch.setenv("SMALLNETS_MEASURE_PYTHON", "/nonexistent/python3")
+    with pytest.raises(FileNotFoundError, match="/nonexistent/python3"):
+        bare_interpreter_rss_mb()
