@@ -24,7 +24,7 @@ from serve.preprocess import preprocess
 CALIBRATION_EXTRA_PHOTOS = ("retina", "colorwheel", "camera", "coins", "clock", "brick", "gravel", "page")
 # (scale of the shorter side kept, horizontal anchor in [0, 1], flip) for the evaluation grid.
 EVALUATION_GRID = tuple(
-    (scale, anchor, flip) for scale in (1.0, 0.8, 0.6, 0.45) for anchor in (0.5, 0.0, 1.0) for flip in (False, True)
+    (scale, anchor, flip) for scale in (1.0, 0.85, 0.7) for anchor in (0.5, 0.0, 1.0) for flip in (False, True)
 )[:16]
 
 

@@ -16,6 +16,7 @@ COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 GATE_OPS = ("Sigmoid", "HardSigmoid")
 POOL_OPS = ("GlobalAveragePool", "ReduceMean")
 SMOOTH_ACTIVATION_OPS = ("Sigmoid", "HardSigmoid", "HardSwish", "Mul", "Tanh", "Div")
+FUSABLE_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu")
 RESHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Identity")
 
 
@@ -103,10 +104,25 @@ def find_groups(model: onnx.ModelProto) -> dict[str, NodeGroup]:
         *((name, text, [n.name for n in graph.node if n.op_type == op]) for name, text, op in by_op),
     ]
     op_of = {node.name: node.op_type for node in graph.node}
+    by_name = {node.name: node for node in graph.node}
+
+    def with_trailing_activation(nodes: list[str]) -> tuple[str, ...]:
+        """A float conv keeps its trailing Relu/Clip float too: quantizing the clip's *input* would use the
+        conv's raw (unclipped) range and waste most of the 256 levels."""
+        result = list(nodes)
+        for name in nodes:
+            node = by_name[name]
+            if node.op_type not in COMPUTE_OPS:
+                continue
+            followers = consumers.get(node.output[0], [])
+            if len(followers) == 1 and followers[0].op_type in FUSABLE_ACTIVATIONS:
+                result.append(followers[0].name)
+        return tuple(dict.fromkeys(result))
+
     return {
-        name: NodeGroup(name, text, tuple(nodes), tuple(sorted({op_of[node] for node in nodes})))
+        name: NodeGroup(name, text, members, tuple(sorted({op_of[node] for node in members})))
         for name, text, nodes in candidates
-        if nodes
+        if (members := with_trailing_activation(nodes))
     }
 
 

@@ -11,7 +11,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -96,8 +98,45 @@ def quantize_model(
         )
     finally:
         quiet.setLevel(level)
-    quantized = onnx.load(str(output))
+    quantized = shield_float_nodes(onnx.load(str(output)), set(exclude_nodes))
     copy_metadata(onnx.load(str(prepared), load_external_data=False), quantized)
     check_model(quantized, "quantized model")
     save_model(quantized, output)
     return quantized
+
+
+def shield_float_nodes(model: onnx.ModelProto, float_nodes: set[str]) -> onnx.ModelProto:
+    """Put a range-preserving Clip between a DequantizeLinear and a Conv/Gemm/MatMul we kept float.
+
+    Why: ONNX Runtime's WeightBiasQuantization transformer (basic level, applied at every session load) turns
+    a float Conv/Gemm whose input comes straight from DequantizeLinear into a QDQ unit with *per-tensor* int8
+    weights, silently re-quantizing the node we kept float (a depthwise conv then loses most of its accuracy).
+    The Clip spans the whole dequantized range, so it changes no value; it only breaks that pattern.
+    """
+    graph = model.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in list(graph.node):
+        if node.name not in float_nodes or node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        dequantize = producers.get(node.input[0])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(dequantize.input) < 3:
+            continue
+        scale, zero_point = constants.get(dequantize.input[1]), constants.get(dequantize.input[2])
+        if scale is None or zero_point is None or scale.size != 1:
+            continue
+        info = np.iinfo(zero_point.dtype)
+        low = float((info.min - int(zero_point)) * float(scale))
+        high = float((info.max - int(zero_point)) * float(scale))
+        bounds = [
+            numpy_helper.from_array(np.array(value, dtype=np.float32), f"{node.name}_shield_{which}")
+            for which, value in (("min", low), ("max", high))
+        ]
+        graph.initializer.extend(bounds)
+        shielded = f"{node.input[0]}_shield_{node.name}"
+        clip = onnx.helper.make_node(
+            "Clip", [node.input[0], bounds[0].name, bounds[1].name], [shielded], name=f"{node.name}_shield"
+        )
+        graph.node.insert(list(graph.node).index(node), clip)
+        node.input[0] = shielded
+    return model
