@@ -1,7 +1,8 @@
 """Building the Bento: the root bentofile.yaml, pointed at one stored model and one target platform.
 
-`bentoml build` runs in a subprocess because it imports the service module, which reads SMALLNETS_MODEL_TAG at
-import time to declare its model (that is how the model gets packed into the Bento).
+The model tag travels as the Bento argument ``model_tag`` (`bentoml build --arg`): the service reads it at import
+to declare its model, so the model is packed with the Bento, and the Bento records it for every later start
+(`bentoml serve <bento>`, the container). `bentoml build` runs in a subprocess so that import happens fresh.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from serve.settings import ENV_MODEL_PATH, ENV_MODEL_TAG
+from serve.settings import ENV_MODEL_PATH
 
 # uv's --python-platform names for the Docker platforms we target; glibc 2.36 is Debian bookworm, the
 # python:3.11-slim base of the image.
@@ -32,10 +33,9 @@ class BentoBuild:
 
 
 def bentofile_for(model_tag: str, platform: str, bentofile: Path) -> dict:
-    """The build config of ``bentofile`` with the model tag baked in as an environment variable."""
+    """The build config of ``bentofile`` for one model and one platform."""
     config = yaml.safe_load(bentofile.read_text())
-    envs = [env for env in config.get("envs", []) if env.get("name") != ENV_MODEL_TAG]
-    config["envs"] = [*envs, {"name": ENV_MODEL_TAG, "value": model_tag}]
+    config["args"] = {**config.get("args", {}), "model_tag": model_tag}
     config.setdefault("labels", {})["platform"] = platform
     return config
 
@@ -47,8 +47,7 @@ def build_bento(model_tag: str, platform: str, root: Path) -> BentoBuild:
     if platform not in LOCK_PLATFORMS:
         raise ValueError(f"unknown platform {platform!r}: choose one of {sorted(LOCK_PLATFORMS)}")
     config = bentofile_for(model_tag, platform, root / "bentofile.yaml")
-    env = {**os.environ, ENV_MODEL_TAG: model_tag}
-    env.pop(ENV_MODEL_PATH, None)
+    env = {key: value for key, value in os.environ.items() if key != ENV_MODEL_PATH}
     with tempfile.TemporaryDirectory(prefix="smallnets-bento-") as scratch:
         bentofile = Path(scratch) / "bentofile.yaml"
         bentofile.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -75,11 +75,11 @@ def run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_environment(args: argparse.Namespace, tag: str) -> dict[str, str]:
+def serve_environment(args: argparse.Namespace) -> dict[str, str]:
     """What the BentoML worker processes read at import (serve/settings.py)."""
     from serve import settings
 
-    env = {**os.environ, settings.ENV_MODEL_TAG: tag, settings.ENV_WORKERS: str(args.workers)}
+    env = {**os.environ, settings.ENV_WORKERS: str(args.workers)}
     env.pop(settings.ENV_MODEL_PATH, None)
     if args.threads is not None:
         env[settings.ENV_THREADS] = str(args.threads)
@@ -107,8 +107,9 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     tag = import_model(args.model)
     print(f"serving {tag} from the BentoML model store on http://{args.host}:{args.port}", flush=True)
-    command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port)]
-    return subprocess.call(command, env=serve_environment(args, tag), cwd=project_root())
+    command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--arg", f"model_tag={tag}"]
+    command += ["--host", args.host, "--port", str(args.port)]
+    return subprocess.call(command, env=serve_environment(args), cwd=project_root())
 
 
 def project_root() -> Path:

@@ -6,8 +6,9 @@ batchable ``infer_batch`` API through BentoML's in-process proxy, so concurrent 
 ONNX Runtime batch by BentoML's adaptive dispatcher. The preprocessed tensors do not travel through that proxy
 (it would JSON-encode 600 KB per image): they wait in a per-worker table and only integer tokens are batched.
 
-Configuration comes from the environment (serve/settings.py): the model by BentoML store tag
-(SMALLNETS_MODEL_TAG, the normal path inside a Bento) or by file path (SMALLNETS_MODEL).
+The model comes from the BentoML model store by tag, given as the Bento argument ``model_tag`` (`bentoml serve
+... --arg model_tag=TAG`, recorded in a Bento by `bentoml build --arg`), or from a file path in SMALLNETS_MODEL
+(development). Everything else is configured by environment variables (serve/settings.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from serve.settings import DEFAULT_TOP_K, MAX_TOP_K, ServeSettings
 from serve.store import MODEL_FILENAME, model_name
 
 SETTINGS = ServeSettings.from_env()
+MODEL_TAG: str | None = getattr(bentoml.use_arguments(), "model_tag", None)
 # Largest batch ONNX Runtime sees: also the cap of one /classify_batch request, so one request is one batch.
 MAX_BATCH_SIZE = max(64, SETTINGS.max_batch_images)
 
@@ -111,19 +113,19 @@ metadata_app = Starlette(routes=[Route("/metadata", metadata_endpoint, methods=[
 class ImageClassifier:
     """One ONNX classifier per worker, warmed up before /readyz says yes."""
 
-    if SETTINGS.model_tag:
-        model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)
+    if MODEL_TAG:  # declared on the class so that `bentoml build` packs the model into the Bento
+        model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
         self._ready = False
-        if SETTINGS.model_tag:
+        if MODEL_TAG:
             self.model_path = Path(self.model_ref.path_of(MODEL_FILENAME))
         elif SETTINGS.model_path:
             self.model_path = Path(SETTINGS.model_path)
         else:
             raise RuntimeError(
-                "no model to serve: set SMALLNETS_MODEL_TAG (a BentoML model tag) or SMALLNETS_MODEL (an .onnx "
-                "path), or start the server with `smallnets serve MODEL.onnx`"
+                "no model to serve: pass a BentoML model tag (bentoml serve ... --arg model_tag=TAG) or set "
+                "SMALLNETS_MODEL to an .onnx path, or start the server with `smallnets serve MODEL.onnx`"
             )
         providers = list(SETTINGS.providers) or None
         self.classifier = OnnxClassifier(self.model_path, providers=providers, threads=SETTINGS.threads)
@@ -140,7 +142,7 @@ class ImageClassifier:
         return {
             **self.classifier.describe(),
             "model": self.model_name,
-            "model_tag": SETTINGS.model_tag,
+            "model_tag": MODEL_TAG,
             "model_file": str(self.model_path),
             "provider_notes": self.classifier.provider_notes,
             "workers": SETTINGS.workers,

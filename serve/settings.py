@@ -1,7 +1,8 @@
 """Serving settings from the environment: the one channel from `smallnets serve` / a Bento to the worker processes.
 
 `bentoml serve` imports the service module in fresh worker processes, so the CLI cannot pass Python objects; it
-sets these variables instead (a Bento bakes SMALLNETS_MODEL_TAG into its image the same way).
+sets these variables instead. The model's store tag is not among them: it is a Bento argument (``model_tag``, see
+serve/service.py), which BentoML records inside a built Bento.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 from serve.hardware import detect_cpu
 
 ENV_MODEL_PATH = "SMALLNETS_MODEL"
-ENV_MODEL_TAG = "SMALLNETS_MODEL_TAG"
 ENV_PROVIDERS = "SMALLNETS_PROVIDERS"
 ENV_THREADS = "SMALLNETS_THREADS"
 ENV_WORKERS = "SMALLNETS_WORKERS"
@@ -37,7 +37,6 @@ class ServeSettings:
     """Where the model comes from and how each worker runs it."""
 
     model_path: str | None
-    model_tag: str | None
     providers: tuple[str, ...]
     threads: int
     workers: int
@@ -54,7 +53,6 @@ class ServeSettings:
         providers = tuple(name.strip() for name in env.get(ENV_PROVIDERS, "").split(",") if name.strip())
         return cls(
             model_path=env.get(ENV_MODEL_PATH) or None,
-            model_tag=env.get(ENV_MODEL_TAG) or None,
             providers=providers,
             threads=_positive_int(env, ENV_THREADS, default_threads),
             workers=workers,
