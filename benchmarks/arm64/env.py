@@ -119,7 +119,7 @@ class Arm64Environment:
             environment = cls(Path(config["qemu"]), Path(config["root"]), Path(config["site"]), config["cpu"])
         except (OSError, ValueError, KeyError) as error:
             raise Arm64EnvironmentMissing(
-                f"no emulated aarch64 environment in {cache} ({error}); build it with `{SETUP_COMMAND}`"
+                f"no emulated aarch64 environment in {cache}: build it with `{SETUP_COMMAND}`"
             ) from error
         if not (environment.qemu.is_file() and (environment.root / ROOT_PYTHON).is_file()):
             raise Arm64EnvironmentMissing(f"{cache} is incomplete; rebuild it with `{SETUP_COMMAND}`")

@@ -1,0 +1,128 @@
+"""The arm64 path under QEMU user-mode emulation: artifacts built here (x86) give the same answers on aarch64.
+
+Needs the emulated environment (`bash benchmarks/arm64/setup.sh`, cached); without it every test here is skipped
+with that command in the message. One aarch64 run (benchmarks/arm64/verify.py) serves all checks: emulated
+onnxruntime is slow, so it uses three small models, batch 1, one thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from benchmarks.arm64.compare import Comparison, build_arm64_artifacts, run_comparison
+from benchmarks.arm64.env import Arm64Environment, Arm64EnvironmentMissing
+
+pytestmark = pytest.mark.arm64
+
+# (registry name, weights): EfficientNet-Lite0 has real ImageNet weights offline; the others are seeded random.
+MODELS = (("mobilenet_v2", "random"), ("efficientnet_lite0", "imagenet"), ("squeezenet1_1", "random"))
+PRECISIONS = ("fp32", "int8")
+
+
+@pytest.fixture(scope="module")
+def arm64() -> Arm64Environment:
+    try:
+        return Arm64Environment.load()
+    except Arm64EnvironmentMissing as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def arm64_artifacts(
+    arm64: Arm64Environment, exported: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, Path]]:
+    """fp32 and arm64-preset int8 files per model, built on this host as a user would before deploying."""
+    root = tmp_path_factory.mktemp("arm64-artifacts")
+    return {name: build_arm64_artifacts(exported(name, weights=weights), root / name) for name, weights in MODELS}
+
+
+@pytest.fixture(scope="module")
+def comparison(
+    arm64: Arm64Environment,
+    arm64_artifacts: dict[str, dict[str, Path]],
+    photos: dict[str, Image.Image],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Comparison:
+    return run_comparison(arm64_artifacts, photos, tmp_path_factory.mktemp("arm64-run"), arm64)
+
+
+def _row(comparison: Comparison, model: str, precision: str):
+    return next(row for row in comparison.rows if row.model == model and row.precision == precision)
+
+
+def test_project_runtime_runs_on_aarch64(comparison: Comparison) -> None:
+    facts = comparison.aarch64
+    assert facts["machine"] == "aarch64" and facts["cpu"]["arch"] == "aarch64"
+    assert facts["onnxruntime"] == ort.__version__  # the same pinned release on both sides
+    assert "asimd" in facts["cpu"]["features"]
+    assert all(case["providers"][-1] == "CPUExecutionProvider" for case in facts["cases"].values())
+    assert {case["threads"] for case in facts["cases"].values()} == {1}
+
+
+def test_aarch64_cpu_features_come_from_the_emulated_core(arm64: Arm64Environment) -> None:
+    """detect_cpu inside emulation reports the guest's ISA, never the x86 host's flags."""
+    probe = "import json; from serve.hardware import detect_cpu; print(json.dumps(detect_cpu().to_dict()))"
+    cpu = json.loads(arm64.run(["-c", probe], capture_output=True, text=True, check=True).stdout)
+    assert cpu["arch"] == "aarch64" and "emulated" in cpu["model"]
+    assert "asimd" in cpu["features"] and not {"avx2", "avx512_vnni"} & set(cpu["features"])
+    if arm64.cpu == "neoverse-n1":
+        assert "asimddp" in cpu["features"] and "sve" not in cpu["features"]
+
+
+def test_auto_target_picks_arm64_on_aarch64(comparison: Comparison) -> None:
+    auto = comparison.aarch64["auto_target"]
+    assert auto["preset"] == "arm64", auto
+    assert "aarch64" in auto["reason"]
+
+
+@pytest.mark.parametrize("name", ["xnnpack", "acl"])
+def test_accelerated_providers_fall_back_to_cpu_with_a_note(comparison: Comparison, name: str) -> None:
+    facts = comparison.aarch64
+    fallback = facts["provider_fallback"][name]
+    full = {"xnnpack": "XnnpackExecutionProvider", "acl": "ACLExecutionProvider"}[name]
+    if full in facts["available_providers"]:
+        assert fallback["providers"][0] == full and not fallback["notes"]
+    else:
+        assert fallback["providers"] == ["CPUExecutionProvider"]
+        assert f"{full} is not available" in fallback["notes"][0] and "using CPU" in fallback["notes"][0]
+
+
+def test_preprocessing_on_aarch64_matches_x86(comparison: Comparison) -> None:
+    """serve.images + serve.preprocess with the aarch64 pillow/numpy wheels give the host's tensors."""
+    assert comparison.aarch64["preprocess"]["max_abs_diff"] <= 1e-6
+
+
+@pytest.mark.parametrize("name", [name for name, _ in MODELS])
+def test_fp32_logits_match_x86(comparison: Comparison, name: str) -> None:
+    row = _row(comparison, name, "fp32")
+    assert row.images >= 1
+    assert row.max_relative_diff <= row.tolerance, row
+
+
+@pytest.mark.parametrize("name", [name for name, _ in MODELS])
+def test_int8_top1_identical_and_logits_close(comparison: Comparison, name: str) -> None:
+    row = _row(comparison, name, "int8")
+    assert row.x86_top1 == row.aarch64_top1, row
+    assert row.max_relative_diff <= row.tolerance, row
+
+
+def test_int8_files_carry_the_arm64_preset(arm64_artifacts: dict[str, dict[str, Path]]) -> None:
+    from serve.runtime import OnnxClassifier
+
+    for name, files in arm64_artifacts.items():
+        card = OnnxClassifier(files["int8"], threads=1).card
+        assert card.precision == "int8" and card.quantization["name"] == "arm64", (name, card.quantization)
+        assert card.quantization["signature"] == "S8S8"
+
+
+def test_real_weights_classify_the_cat_on_aarch64(comparison: Comparison, photos: dict[str, Image.Image]) -> None:
+    """EfficientNet-Lite0 with ImageNet weights: chelsea is a cat (ImageNet classes 281-285) on aarch64 too."""
+    chelsea = list(photos).index("chelsea")
+    for precision in PRECISIONS:
+        assert 281 <= _row(comparison, "efficientnet_lite0", precision).aarch64_top1[chelsea] <= 285
