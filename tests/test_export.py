@@ -223,7 +223,7 @@ def test_unwritable_output_is_refused_and_leaves_nothing(tmp_path: Path) -> None
     spec, variant = smallest()
     occupied = tmp_path / "occupied"
     occupied.write_text("a file where a directory is needed")
-    with pytest.raises(OSError, match="cannot write.*-o"):
+    with pytest.raises(OSError, match=r"cannot write.*-o"):
         export_model(ExportConfig(model=spec.name, variant=variant), occupied / "model.onnx")
     with pytest.raises(IsADirectoryError):
         export_model(ExportConfig(model=spec.name, variant=variant), tmp_path)
@@ -279,5 +279,5 @@ def test_imagenet_weights_need_the_default_variant_and_a_registered_checkpoint()
         load_weights(spec, {key: other}, "imagenet")
     with pytest.raises(WeightsUnavailableError, match="--weights PATH"):
         load_weights(dataclasses.replace(spec, weights=None), None, "imagenet")
-    with pytest.raises(WeightsUnavailableError, match="random.*imagenet"):
+    with pytest.raises(WeightsUnavailableError, match=r"random.*imagenet"):
         load_weights(spec, None, "best-weights")
