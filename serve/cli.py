@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -109,7 +108,9 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"serving {tag} from the BentoML model store on http://{args.host}:{args.port}", flush=True)
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--arg", f"model_tag={tag}"]
     command += ["--host", args.host, "--port", str(args.port)]
-    return subprocess.call(command, env=serve_environment(args), cwd=project_root())
+    os.chdir(project_root())
+    # Become the server (no idle parent holding onnxruntime in memory; signals reach BentoML directly).
+    os.execve(sys.executable, command, serve_environment(args))
 
 
 def project_root() -> Path:

@@ -23,7 +23,7 @@ MAX_FILES = 1000
 
 
 class RequestRejected(Exception):
-    """The request cannot be served as sent; ``status`` is the 4xx code, the message says what to change."""
+    """The request cannot be served as sent; ``status`` is the HTTP code, the message says what to change."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

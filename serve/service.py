@@ -1,10 +1,9 @@
 """The BentoML image-classification service: `bentoml serve serve.service:ImageClassifier`.
 
 Request flow: the public endpoints (``/classify``, ``/classify_batch``) read and validate the multipart upload
-(serve/forms.py), decode and preprocess in a worker thread (serve/images.py + the shared runtime), then call the
-batchable ``infer_batch`` API through BentoML's in-process proxy, so concurrent requests are merged into one
-ONNX Runtime batch by BentoML's adaptive dispatcher. The preprocessed tensors do not travel through that proxy
-(it would JSON-encode 600 KB per image): they wait in a per-worker table and only integer tokens are batched.
+(serve/forms.py), decode and preprocess in a worker thread (serve/images.py + the shared runtime), then hand the
+tensor to the worker's adaptive batcher (serve/batching.py: BentoML's CORK dispatcher), which merges concurrent
+requests into one ONNX Runtime batch and gives each request its own rows back.
 
 The model comes from the BentoML model store by tag, given as the Bento argument ``model_tag`` (`bentoml serve
 ... --arg model_tag=TAG`, recorded in a Bento by `bentoml build --arg`), or from a file path in SMALLNETS_MODEL
@@ -13,8 +12,6 @@ The model comes from the BentoML model store by tag, given as the Bento argument
 
 from __future__ import annotations
 
-import itertools
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,22 +19,24 @@ from typing import Any, ClassVar
 import anyio.to_thread
 import bentoml
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from serve.batching import AdaptiveBatcher, BatcherOverloaded
 from serve.forms import ImageUpload, RequestRejected, parse_top_k, read_form, uploaded_images
 from serve.images import ImageDecodeError, decode_image
-from serve.runtime import OnnxClassifier, softmax
+from serve.runtime import OnnxClassifier, softmax, top_k
 from serve.settings import DEFAULT_TOP_K, MAX_TOP_K, ServeSettings
 from serve.store import MODEL_FILENAME, model_name
 
 SETTINGS = ServeSettings.from_env()
 MODEL_TAG: str | None = getattr(bentoml.use_arguments(), "model_tag", None)
-# Largest batch ONNX Runtime sees: also the cap of one /classify_batch request, so one request is one batch.
-MAX_BATCH_SIZE = max(64, SETTINGS.max_batch_images)
+# Requests are shed (503) only after waiting this long for a batch: a queue of small-CNN batches on a busy
+# 2-core box can take a second or two, which is slow but still worth answering.
+MAX_LATENCY_MS = 10_000
 
 INFERENCE_SECONDS = bentoml.metrics.Histogram(
     name="smallnets_inference_seconds",
@@ -86,15 +85,6 @@ class ImagesUploadForm(MultipartUpload):
     )
 
 
-class RankedClasses(BaseModel):
-    """Internal result of ``infer_batch`` for one image: the MAX_TOP_K best classes and the batch's run time."""
-
-    class_ids: list[int]
-    scores: list[float]
-    inference_ms: float
-    batch_size: int
-
-
 async def metadata_endpoint(_: Request) -> JSONResponse:
     service: ImageClassifier = bentoml.get_current_service()
     return JSONResponse(service.metadata())
@@ -128,10 +118,14 @@ class ImageClassifier:
                 "SMALLNETS_MODEL to an .onnx path, or start the server with `smallnets serve MODEL.onnx`"
             )
         providers = list(SETTINGS.providers) or None
-        self.classifier = OnnxClassifier(self.model_path, providers=providers, threads=SETTINGS.threads)
+        self.classifier = OnnxClassifier(
+            self.model_path, providers=providers, threads=SETTINGS.threads, memory_arena=False
+        )
         self.model_name = model_name(self.classifier.card)
-        self._pending: dict[int, np.ndarray] = {}
-        self._tokens = itertools.count()
+        # A /classify_batch request larger than max_batch_size is split across batches by the dispatcher.
+        self.batcher = AdaptiveBatcher(
+            self._probabilities, SETTINGS.max_batch_size, MAX_LATENCY_MS, observe=self._observe
+        )
         self.classifier.warm_up()
         self._ready = True
 
@@ -148,6 +142,7 @@ class ImageClassifier:
             "workers": SETTINGS.workers,
             "max_upload_bytes": SETTINGS.max_upload_bytes,
             "max_batch_images": SETTINGS.max_batch_images,
+            "max_batch_size": SETTINGS.max_batch_size,
             "max_top_k": MAX_TOP_K,
         }
 
@@ -171,33 +166,16 @@ class ImageClassifier:
         except RequestRejected as rejected:
             return self._rejection(ctx, rejected)
 
-    # Requests are shed (503) only after waiting this long: a queue of small-CNN batches on a busy 2-core box can take
-    # a second or two, which is slow but still worth answering.
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=10_000)
-    def infer_batch(self, tokens: list[int]) -> list[RankedClasses]:
-        """Internal: run the waiting tensors of ``tokens`` as one batch (BentoML merges concurrent calls)."""
-        known = [token for token in tokens if token in self._pending]
-        ranked = {}
-        if known:
-            batch = np.concatenate([self._pending.pop(token) for token in known])
-            started = time.perf_counter()
-            probabilities = softmax(self.classifier.run(batch))
-            seconds = time.perf_counter() - started
-            INFERENCE_SECONDS.labels(model=self.model_name).observe(seconds)
-            BATCH_SIZE.labels(model=self.model_name).observe(len(known))
-            best = np.argsort(-probabilities, axis=1, kind="stable")[:, :MAX_TOP_K]
-            for token, row, order in zip(known, probabilities, best, strict=True):
-                ranked[token] = RankedClasses(
-                    class_ids=order.tolist(),
-                    scores=row[order].tolist(),
-                    inference_ms=seconds * 1000.0,
-                    batch_size=len(known),
-                )
-        # Unknown tokens (a stray external call) get an empty answer instead of failing the whole batch.
-        return [
-            ranked.get(token, RankedClasses(class_ids=[], scores=[], inference_ms=0.0, batch_size=0))
-            for token in tokens
-        ]
+    def _probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return softmax(self.classifier.run(batch))
+
+    def _observe(self, batch_size: int, seconds: float) -> None:
+        INFERENCE_SECONDS.labels(model=self.model_name).observe(seconds)
+        BATCH_SIZE.labels(model=self.model_name).observe(batch_size)
+
+    @bentoml.on_shutdown
+    def _stop_batching(self) -> None:
+        self.batcher.shutdown()
 
     @staticmethod
     def _rejection(ctx: bentoml.Context, rejected: RequestRejected) -> dict[str, Any]:
@@ -205,32 +183,21 @@ class ImageClassifier:
         ctx.response.status_code = rejected.status
         return {"error": rejected.message}
 
-    async def _classify(self, uploads: Sequence[ImageUpload], top_k: int) -> list[dict[str, Any]]:
-        """Decode + preprocess off the event loop, then go through the batching dispatcher."""
+    async def _classify(self, uploads: Sequence[ImageUpload], k: int) -> list[dict[str, Any]]:
+        """Decode + preprocess off the event loop, then wait for a batch slot."""
         batch = await anyio.to_thread.run_sync(self._prepare, uploads)
-        tokens = [next(self._tokens) for _ in uploads]
-        self._pending.update({token: batch[index : index + 1] for index, token in enumerate(tokens)})
         try:
-            ranked = await self.to_async.infer_batch(tokens)
-        finally:
-            for token in tokens:
-                self._pending.pop(token, None)
-        labels = self.classifier.card.labels
+            rows = await self.batcher(batch)
+        except BatcherOverloaded as error:
+            raise RequestRejected(503, str(error)) from error
         return [
             {
                 "model": self.model_name,
-                "predictions": [
-                    {
-                        "class_id": class_id,
-                        "label": labels[class_id] if class_id < len(labels) else str(class_id),
-                        "score": score,
-                    }
-                    for class_id, score in zip(result.class_ids[:top_k], result.scores[:top_k], strict=True)
-                ],
-                "inference_ms": round(result.inference_ms, 3),
-                "batch_size": result.batch_size,
+                "predictions": [prediction.to_dict() for prediction in top_k(row, k, self.classifier.card.labels)],
+                "inference_ms": round(rows.inference_ms, 3),
+                "batch_size": rows.batch_size,
             }
-            for result in (RankedClasses.model_validate(item) for item in ranked)
+            for row in rows.outputs
         ]
 
     def _prepare(self, uploads: Sequence[ImageUpload]) -> np.ndarray:

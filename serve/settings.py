@@ -19,10 +19,13 @@ ENV_THREADS = "SMALLNETS_THREADS"
 ENV_WORKERS = "SMALLNETS_WORKERS"
 ENV_MAX_UPLOAD_MB = "SMALLNETS_MAX_UPLOAD_MB"
 ENV_MAX_BATCH_IMAGES = "SMALLNETS_MAX_BATCH_IMAGES"
+ENV_MAX_BATCH_SIZE = "SMALLNETS_MAX_BATCH_SIZE"
 ENV_MAX_PIXELS = "SMALLNETS_MAX_PIXELS"
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_BATCH_IMAGES = 32
+# Largest ONNX Runtime batch adaptive batching forms: past ~16 a CPU gains no throughput, only latency and memory.
+DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_TOP_K = 20
 DEFAULT_TOP_K = 5
@@ -42,6 +45,7 @@ class ServeSettings:
     workers: int
     max_upload_bytes: int
     max_batch_images: int
+    max_batch_size: int
     max_pixels: int
 
     @classmethod
@@ -58,6 +62,7 @@ class ServeSettings:
             workers=workers,
             max_upload_bytes=int(_positive_float(env, ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024),
             max_batch_images=_positive_int(env, ENV_MAX_BATCH_IMAGES, DEFAULT_MAX_BATCH_IMAGES),
+            max_batch_size=_positive_int(env, ENV_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_SIZE),
             max_pixels=_positive_int(env, ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS),
         )
 

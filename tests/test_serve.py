@@ -25,6 +25,7 @@ from test_images import png_header_only
 
 MAX_UPLOAD_MB = 1  # small cap so the 413 case sends little
 MAX_BATCH_IMAGES = 4
+MAX_BATCH_SIZE = 2  # below MAX_BATCH_IMAGES, so a batch request is split across ONNX Runtime batches
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
 JSON = {"content-type": "application/json"}
@@ -78,6 +79,7 @@ def server(model: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathFac
         "BENTOML_HOME": str(bentoml_home),
         "SMALLNETS_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
         "SMALLNETS_MAX_BATCH_IMAGES": str(MAX_BATCH_IMAGES),
+        "SMALLNETS_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
         "BENTOML_DO_NOT_TRACK": "true",
     }
     command = [sys.executable, "-m", "smallnets", "serve", str(model), "--host", "127.0.0.1", "--port", str(port)]
@@ -143,6 +145,7 @@ def test_metadata_describes_the_model(http: httpx.Client) -> None:
     assert meta["model_tag"].startswith("efficientnet_lite0_fp32:")
     assert "CPUExecutionProvider" in meta["providers"] and meta["threads"] >= 1
     assert meta["max_upload_bytes"] == MAX_UPLOAD_MB * 1024 * 1024
+    assert meta["max_batch_images"] == MAX_BATCH_IMAGES and meta["max_batch_size"] == MAX_BATCH_SIZE
 
 
 def test_cat_photo_gives_a_cat(http: httpx.Client, upright: dict[str, bytes]) -> None:
@@ -164,6 +167,7 @@ def test_top_k_is_honoured(http: httpx.Client, upright: dict[str, bytes]) -> Non
 
 
 def test_batch_endpoint_answers_in_order(http: httpx.Client, upright: dict[str, bytes]) -> None:
+    """Three images, batches of at most two: the request is split across batches and joined back in order."""
     names = ["coffee", "chelsea", "coffee"]
     files = [("images", (f"{name}.jpg", upright[name], "image/jpeg")) for name in names]
     response = http.post("/classify_batch", files=files, data={"top_k": "3"})
@@ -174,7 +178,8 @@ def test_batch_endpoint_answers_in_order(http: httpx.Client, upright: dict[str, 
         single = predictions(classify(http, upright[name], top_k=3))
         assert [p["class_id"] for p in result["predictions"]] == [p["class_id"] for p in single]
         np.testing.assert_allclose([p["score"] for p in result["predictions"]], [p["score"] for p in single], atol=1e-4)
-        assert result["batch_size"] >= len(names)  # one request is one ONNX Runtime batch
+        assert 1 <= result["batch_size"] <= MAX_BATCH_SIZE
+    assert max(result["batch_size"] for result in results) == MAX_BATCH_SIZE
     assert results[0]["predictions"][0]["class_id"] == ESPRESSO
     assert any(p["class_id"] in CAT_CLASSES for p in results[1]["predictions"])
 
