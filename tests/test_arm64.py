@@ -126,3 +126,21 @@ def test_real_weights_classify_the_cat_on_aarch64(comparison: Comparison, photos
     chelsea = list(photos).index("chelsea")
     for precision in PRECISIONS:
         assert 281 <= _row(comparison, "efficientnet_lite0", precision).aarch64_top1[chelsea] <= 285
+
+
+def test_classify_cli_runs_on_aarch64_and_explains_the_provider_fallback(
+    arm64: Arm64Environment,
+    arm64_artifacts: dict[str, dict[str, Path]],
+    photos: dict[str, Image.Image],
+    tmp_path: Path,
+) -> None:
+    """`smallnets classify --providers xnnpack` on the aarch64 wheel: CPU provider, right answer, and a note."""
+    photo = tmp_path / "chelsea.png"
+    photos["chelsea"].save(photo)
+    model = arm64_artifacts["efficientnet_lite0"]["int8"]
+    command = ["-m", "smallnets", "classify", str(model), str(photo), "--providers", "xnnpack", "--top-k", "3"]
+    completed = arm64.run([*command, "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "CPUExecutionProvider" in completed.stdout and "cat" in completed.stdout
+    if "XnnpackExecutionProvider is not available" not in completed.stdout + completed.stderr:
+        pytest.xfail("serve/cli.py `classify` does not print OnnxClassifier.provider_notes yet")

@@ -55,6 +55,7 @@ mirror=${mirror:-http://deb.debian.org/debian}
 security=${mirror%/debian*}/debian-security
 apt_dir=$cache/apt
 mkdir -p "$apt_dir"/{lists/partial,archives/partial,etc/sources.list.d,etc/apt.conf.d,etc/preferences.d}
+rm -f "$apt_dir"/*.bin
 : >"$apt_dir/status"
 cat >"$apt_dir/etc/sources.list.d/debian.sources" <<EOF
 Types: deb
@@ -75,6 +76,8 @@ Dir::State::Lists "$apt_dir/lists";
 Dir::State::status "$apt_dir/status";
 Dir::Cache "$apt_dir";
 Dir::Cache::archives "$apt_dir/archives";
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
 Dir::Etc "$apt_dir/etc";
 Dir::Etc::Parts "$apt_dir/etc/apt.conf.d";
 Dir::Etc::PreferencesParts "$apt_dir/etc/preferences.d";
@@ -100,7 +103,9 @@ mkdir -p "$cache/root.new" "$cache/qemu.new"
 for deb in "$apt_dir"/archives/*_arm64.deb "$apt_dir"/archives/*_all.deb; do
     dpkg-deb -x "$deb" "$cache/root.new"
 done
-dpkg-deb -x "$apt_dir"/archives/qemu-user-static_*_"$host_arch".deb "$cache/qemu.new"
+dpkg-deb -x "$apt_dir"/archives/qemu-user-static_*_"$host_arch".deb "$cache/qemu.new/deb"
+mv "$cache/qemu.new/deb/usr/bin/qemu-aarch64-static" "$cache/qemu.new/"
+rm -rf "$cache/qemu.new/deb" "$apt_dir/lists"  # the other targets' emulators and the package lists: 500 MB
 # qemu -L looks a path up in the root first and falls back to the host: empty site dirs shadow the host's x86
 # packages; /proc/cpuinfo is written by env.py (qemu 7.2 passes the host's x86 one through, which crashes
 # onnxruntime's cpuinfo library at import).
@@ -122,7 +127,7 @@ rm -rf "$cache/root" "$cache/qemu"
 mv "$cache/root.new" "$cache/root"
 mv "$cache/qemu.new" "$cache/qemu"
 cat >"$cache/env.json" <<EOF
-{"qemu": "$cache/qemu/usr/bin/qemu-aarch64-static", "root": "$cache/root", "site": "$cache/root/opt/smallnets/site", "cpu": "$cpu"}
+{"qemu": "$cache/qemu/qemu-aarch64-static", "root": "$cache/root", "site": "$cache/root/opt/smallnets/site", "cpu": "$cpu"}
 EOF
 "$host_python" "$here/env.py" --write-cpuinfo
 "$host_python" "$here/env.py" --check
