@@ -95,6 +95,13 @@ class ModelArtifacts:
             return self.optimized_dir / OPTIMIZED_FILES[variant]
         return None
 
+    def optimized_complete(self) -> bool:
+        """optimize finished here: report.json is written last; int8 may be absent only when optimize rejected it."""
+        outdir, report = self.optimized_dir, self.optimize_report()
+        if outdir is None or report is None or not (outdir / OPTIMIZED_FILES["onnx-opt"]).is_file():
+            return False
+        return report.get("status") == "rejected" or (outdir / OPTIMIZED_FILES["onnx-int8"]).is_file()
+
     def optimize_report(self) -> dict[str, Any] | None:
         """optimize's report.json (agreement/accuracy of int8 vs fp32), when the int8 variant was built."""
         if self.optimized_dir is None or not (self.optimized_dir / "report.json").is_file():
@@ -196,7 +203,7 @@ class ArtifactCache:
         """Run optimize once per target; its report.json is written last, so it marks a complete build."""
         outdir = artifacts.optimized_dir
         assert outdir is not None
-        if (outdir / "report.json").is_file() and (outdir / OPTIMIZED_FILES["onnx-opt"]).is_file() and not self.rebuild:
+        if artifacts.optimized_complete() and not self.rebuild:
             return
         try:
             from optimize.pipeline import OptimizeConfig, optimize_model

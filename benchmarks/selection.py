@@ -71,7 +71,8 @@ def parse_models(text: str) -> list[ModelChoice]:
     names = ALL_DEFAULT if text.strip() == "all-default" else [part for part in text.split(",") if part.strip()]
     if not names:
         raise ValueError("no models given: pass --models NAME[,NAME...] or --models all-default")
-    return [ModelChoice.parse(name) for name in names]
+    choices = {choice.label: choice for choice in map(ModelChoice.parse, names)}  # the same model once
+    return list(choices.values())
 
 
 def parse_variants(text: str) -> list[str]:

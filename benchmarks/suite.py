@@ -142,11 +142,45 @@ def skipped(models: Sequence[ModelArtifacts], variants: Sequence[str]) -> list[s
 
 
 def raw_timings(rows: Sequence[dict[str, Any]], measurements: Sequence[Measurement]) -> list[dict[str, Any]]:
-    """Every per-iteration time behind each row, so anyone can recompute the summaries (timings.json)."""
+    """Every per-iteration time (ms, to 0.1 us) behind each row, so anyone can recompute the summaries."""
     return [
-        {key: row[key] for key in ("model", "variant", "batch", "threads")} | {"timings_ms": list(m.timings_ms)}
+        {key: row[key] for key in ("model", "variant", "batch", "threads")}
+        | {"timings_ms": [round(t, 4) for t in m.timings_ms]}
         for row, m in zip(rows, measurements, strict=True)
     ]
+
+
+def loop_settings(config: BenchConfig) -> dict[str, Any]:
+    """How each measurement was bounded, for the machine block (numbers mean little without it)."""
+    return {
+        "warmup": config.warmup,
+        "duration_s": config.duration_s if config.iterations is None else None,
+        "min_iterations": config.min_iterations,
+        "iterations": config.iterations,
+        "repeats": config.repeats,
+        "weights": config.weights,
+    }
+
+
+def build_all(config: BenchConfig, target: str | None) -> list[ModelArtifacts]:
+    cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild)
+    built = []
+    with tqdm(config.models, desc="artifacts", unit="model") as progress:
+        for choice in progress:
+            progress.set_description(f"artifacts {choice.label}")
+            built.append(cache.prepare(choice, config.variants, target))
+    return built
+
+
+def measure_all(built: Sequence[ModelArtifacts], config: BenchConfig) -> dict[tuple[str, str, int, int], Measurement]:
+    """Run the interleaved plan; repeats of one (model, variant, batch, threads) are pooled into one result."""
+    runs: dict[tuple[str, str, int, int], list[Measurement]] = {}
+    with tqdm(plan(built, config), desc="measure", unit="run") as progress:
+        for artifacts, variant, batch, threads in progress:
+            progress.set_description(f"{artifacts.choice.label} {variant} b{batch} t{threads}")
+            spec = spec_for(artifacts, variant, batch, threads, config)
+            runs.setdefault((artifacts.choice.label, variant, batch, threads), []).append(run_measurement(spec))
+    return {key: pool(measurements) for key, measurements in runs.items()}
 
 
 def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
@@ -155,49 +189,28 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
 
     for choice in config.models:
         check_choice(choice)
-    target, target_reason = (
-        resolve_target(config.target) if set(config.variants) & set(OPTIMIZED_VARIANTS) else (None, None)
-    )
+    optimized = set(config.variants) & set(OPTIMIZED_VARIANTS)
+    target, target_reason = resolve_target(config.target) if optimized else (None, None)
     outdir = ensure_writable_dir(outdir)
     ensure_writable_dir(config.cache_dir, "artifact cache folder")
-    machine = machine_block(config.threads, target, target_reason)
-    machine["measurement"] = {
-        "warmup": config.warmup,
-        "duration_s": config.duration_s if config.iterations is None else None,
-        "min_iterations": config.min_iterations,
-        "iterations": config.iterations,
-        "repeats": config.repeats,
-        "weights": config.weights,
-    }
-    cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild)
+    machine = machine_block(config.threads, target, target_reason) | {"measurement": loop_settings(config)}
+
     started = time.perf_counter()
-    built = []
-    with tqdm(config.models, desc="artifacts", unit="model") as progress:
-        for choice in progress:
-            progress.set_description(f"artifacts {choice.label}")
-            built.append(cache.prepare(choice, config.variants, target))
+    built = build_all(config, target)
     build_s = time.perf_counter() - started
     baseline_rss_mb = bare_interpreter_rss_mb()
     machine["bare_interpreter_rss_mb"] = baseline_rss_mb
     machine["skipped"] = skipped(built, config.variants)
     for reason in machine["skipped"]:
         print(f"note: {reason}")
-
-    results: dict[tuple[str, str, int, int], list[Measurement]] = {}
-    order = plan(built, config)
-    with tqdm(order, desc="measure", unit="run") as progress:
-        for artifacts, variant, batch, threads in progress:
-            progress.set_description(f"{artifacts.choice.label} {variant} b{batch} t{threads}")
-            spec = spec_for(artifacts, variant, batch, threads, config)
-            key = (artifacts.choice.label, variant, batch, threads)
-            results.setdefault(key, []).append(run_measurement(spec))
-
+    pooled = measure_all(built, config)
     machine["suite_seconds"] = {"build": build_s, "measure": time.perf_counter() - started - build_s}
+
     by_label = {artifacts.choice.label: artifacts for artifacts in built}
-    pooled = {key: pool(runs) for key, runs in results.items()}
+    measurements = list(pooled.values())
     rows = [
         make_row(by_label[label], variant, measurement, baseline_rss_mb, machine)
         for (label, variant, _, _), measurement in pooled.items()
     ]
-    write_results(outdir, rows, machine, raw_timings(rows, list(pooled.values())))
-    return SuiteResult(rows, machine, list(pooled.values()))
+    write_results(outdir, rows, machine, raw_timings(rows, measurements))
+    return SuiteResult(rows, machine, measurements)
