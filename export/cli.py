@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from export.registry import ModelSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,7 +102,7 @@ def model_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _default_reference(spec: Any) -> dict[str, Any] | None:
+def _default_reference(spec: ModelSpec) -> dict[str, Any] | None:
     """Published figures for the default variant, merged over references (a paper may give MACs, timm params)."""
     merged: dict[str, Any] = {}
     for reference in spec.references:

@@ -188,8 +188,11 @@ def _model_card(
 
 
 def _to_onnx(model: torch.nn.Module, resolution: int, opset: int) -> onnx.ModelProto:
-    """Dynamo export with only the batch axis symbolic (example batch 2: torch.export specialises sizes 0/1)."""
-    example = torch.randn(2, 3, resolution, resolution)
+    """Dynamo export with only the batch axis symbolic (example batch 2: torch.export specialises sizes 0/1).
+
+    The example's values never matter (no data-dependent control flow), so zeros leave the global RNG alone.
+    """
+    example = torch.zeros(2, 3, resolution, resolution)
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
     level = quiet.level
     quiet.setLevel(logging.ERROR)

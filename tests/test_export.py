@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import socket
 from collections.abc import Callable
@@ -176,6 +177,17 @@ def test_weights_file_loads_plain_and_wrapped_checkpoints(tmp_path: Path, wrappe
     loaded = load_weights(spec, variant, path)
     assert all(torch.equal(tensor, state[key]) for key, tensor in loaded.model.state_dict().items())
     assert loaded.weights.startswith("file: ") and "sha256:" in loaded.weights
+
+
+def test_weights_file_in_the_registered_checkpoint_layout_is_key_mapped() -> None:
+    """A hand-downloaded copy of a registered checkpoint works as --weights PATH, even when its keys need mapping."""
+    spec = next(s for s in list_specs() if s.weights and s.weights.package and s.weights.key_map)
+    from_registry = load_weights(spec, None, "imagenet").model.state_dict()
+    checkpoint = spec.weights.package_file
+    distribution = importlib.metadata.distribution(spec.weights.package)
+    path = Path(distribution.locate_file(next(f for f in distribution.files if f.as_posix().endswith(checkpoint))))
+    from_file = load_weights(spec, None, path).model.state_dict()
+    assert all(torch.equal(tensor, from_registry[key]) for key, tensor in from_file.items())
 
 
 def test_weights_file_that_does_not_match_names_the_keys(tmp_path: Path) -> None:
