@@ -12,6 +12,7 @@ from pathlib import Path
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
 SERVICE = "serve.service:ImageClassifier"
+MODEL_HELP = "an .onnx file, or a `smallnets optimize` output folder (its int8 model if there is one, else fp32)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     classify.set_defaults(handler=run_classify)
 
     serve = subparsers.add_parser("serve", help="serve an ONNX model over HTTP with BentoML")
-    serve.add_argument("model", type=Path, help="exported or optimized .onnx file")
+    serve.add_argument("model", type=Path, help=MODEL_HELP)
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--workers", type=int, default=1, help="worker processes, each with its own session")
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=run_serve)
 
     build = subparsers.add_parser("build", help="build a Docker-ready Bento around an ONNX model")
-    build.add_argument("model", type=Path, help="exported or optimized .onnx file")
+    build.add_argument("model", type=Path, help=MODEL_HELP)
     build.add_argument("--platform", choices=PLATFORMS, default="linux/amd64", help="target of the locked wheels")
     build.set_defaults(handler=run_build)
 
@@ -92,7 +93,7 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
 def run_serve(args: argparse.Namespace) -> int:
     from serve.hardware import detect_cpu
     from serve.runtime import resolve_providers
-    from serve.store import import_model
+    from serve.store import import_model, resolve_model_file
 
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise ValueError("--workers and --threads must be positive integers")
@@ -105,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     tag = import_model(args.model)
-    print(f"serving {tag} from the BentoML model store on http://{args.host}:{args.port}", flush=True)
+    print(f"serving {resolve_model_file(args.model)} as {tag} on http://{args.host}:{args.port}", flush=True)
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--arg", f"model_tag={tag}"]
     command += ["--host", args.host, "--port", str(args.port)]
     os.chdir(project_root())

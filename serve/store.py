@@ -17,7 +17,23 @@ import onnxruntime as ort
 from serve.metadata import ModelCard
 
 MODEL_FILENAME = "model.onnx"
+# What `smallnets optimize -o DIR` writes, best first: int8 only exists when it met the accuracy budget.
+OPTIMIZED_FILENAMES = ("model.int8.onnx", "model.fp32.onnx")
 _TAG_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
+
+
+def resolve_model_file(path: str | Path) -> Path:
+    """An .onnx file as given, or the best model in a `smallnets optimize` output folder (int8, else fp32)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in OPTIMIZED_FILENAMES:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(
+            f"{path} holds none of {', '.join(OPTIMIZED_FILENAMES)}: run `smallnets optimize MODEL.onnx -o {path}` "
+            "or pass an .onnx file"
+        )
+    return path
 
 
 def read_card(path: str | Path) -> ModelCard:
@@ -52,7 +68,7 @@ def import_model(path: str | Path) -> str:
     import bentoml
     from bentoml.exceptions import NotFound
 
-    path = Path(path)
+    path = resolve_model_file(path)
     card = read_card(path)
     tag = f"{model_name(card)}:{file_digest(path)[:16]}"
     try:

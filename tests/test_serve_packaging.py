@@ -16,6 +16,7 @@ from PIL import Image
 import serve
 from serve.hardware import detect_cpu
 from serve.settings import ServeSettings, SettingsError
+from serve.store import resolve_model_file
 
 FORBIDDEN_IN_SERVING = ("torch", "onnxsim", "onnx")
 ROW = re.compile(r"^(?P<image>\S*)\s+(?P<rank>\d+)\s+(?P<class_id>\d+)\s+(?P<score>[\d.]+)\s+(?P<label>.+)$")
@@ -93,6 +94,22 @@ def test_classify_cli_names_the_bad_file(model: Path, tmp_path: Path) -> None:
     assert result.returncode == 2 and "broken.jpg" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["serve", "build"])
+def test_serve_and_build_refuse_a_missing_or_foreign_model(command: str, tmp_path: Path) -> None:
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    missing = smallnets(command, str(tmp_path / "missing.onnx"), env=env)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "smallnets export" in missing.stderr
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    foreign = smallnets(command, str(garbage), env=env)
+    assert foreign.returncode == 2 and "not a loadable ONNX model" in foreign.stderr
+
+
+def test_serve_refuses_bad_worker_options(model: Path) -> None:
+    result = smallnets("serve", str(model), "--workers", "0")
+    assert result.returncode == 2 and "--workers" in result.stderr
+
+
 @pytest.mark.parametrize("platform", ["linux/arm64"])
 def test_build_makes_a_torch_free_bento(model: Path, tmp_path: Path, platform: str) -> None:
     """`smallnets build` imports the model, builds the Bento and locks its wheels for the target platform."""
@@ -138,3 +155,13 @@ def test_settings_defaults_share_cores_between_workers() -> None:
 def test_settings_reject_bad_values(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         ServeSettings.from_env({variable: value})
+
+
+def test_an_optimize_folder_serves_its_best_model(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="smallnets optimize"):
+        resolve_model_file(tmp_path)
+    (tmp_path / "model.fp32.onnx").write_bytes(b"fp32")
+    assert resolve_model_file(tmp_path) == tmp_path / "model.fp32.onnx"  # int8 was rejected by optimize
+    (tmp_path / "model.int8.onnx").write_bytes(b"int8")
+    assert resolve_model_file(tmp_path) == tmp_path / "model.int8.onnx"
+    assert resolve_model_file(tmp_path / "model.fp32.onnx") == tmp_path / "model.fp32.onnx"
