@@ -4,7 +4,7 @@ Cache layout (one folder per model + variant + weights, one sub-folder per optim
 
     CACHE/<model-label>--<weights>/model.onnx            onnx-fp32 (export's output, + model.export.json)
     CACHE/<model-label>--<weights>/input.npy             the sample photos preprocessed by the model's card
-    CACHE/<model-label>--<weights>/<target>/model.fp32.onnx, model.int8.onnx, report.json   (optimize's output)
+    CACHE/<model-label>--<weights>/<target>[-quick]/model.fp32.onnx, model.int8.onnx, report.json   (optimize's)
 
 A second run finds everything and builds nothing; building needs the export stage (torch), measuring does not,
 so a cache built on x86 can be copied to an ARM box and measured there.
@@ -29,6 +29,13 @@ from benchmarks.files import atomic_write
 from benchmarks.selection import OPTIMIZED_VARIANTS, ModelChoice
 from serve.metadata import ModelCard
 
+# Recipe-search bounds handed to optimize. "full" is optimize's own default (what `smallnets pipeline` ships);
+# "quick" halves calibration/evaluation images and timing runs so `--models all-default` fits its time budget.
+OPTIMIZE_EFFORTS: dict[str, dict[str, int]] = {
+    "full": {},
+    "quick": {"calib_images": 32, "eval_per_photo": 8, "latency_runs": 20, "max_repair_steps": 2},
+}
+DEFAULT_EFFORT = "quick"
 OPTIMIZED_FILES = dict(zip(OPTIMIZED_VARIANTS, ("model.fp32.onnx", "model.int8.onnx"), strict=True))
 
 
@@ -64,6 +71,7 @@ class ModelArtifacts:
     folder: Path
     card: ModelCard
     target: str | None = None
+    effort: str = DEFAULT_EFFORT
 
     @property
     def exported(self) -> Path:
@@ -75,7 +83,9 @@ class ModelArtifacts:
 
     @property
     def optimized_dir(self) -> Path | None:
-        return self.folder / self.target if self.target else None
+        if not self.target:
+            return None
+        return self.folder / (self.target if self.effort == "full" else f"{self.target}-{self.effort}")
 
     def unavailable(self, variant: str) -> str | None:
         """Why a variant cannot be measured (optimize rejected int8 for this model), or None when it can."""
@@ -138,10 +148,15 @@ def check_choice(choice: ModelChoice) -> None:
 class ArtifactCache:
     """Builds missing artifacts on demand and reuses existing ones (``rebuild=True`` forces a fresh build)."""
 
-    def __init__(self, root: str | Path, weights: str = "random", rebuild: bool = False) -> None:
+    def __init__(
+        self, root: str | Path, weights: str = "random", rebuild: bool = False, effort: str = DEFAULT_EFFORT
+    ) -> None:
+        if effort not in OPTIMIZE_EFFORTS:
+            raise ValueError(f"unknown optimize effort {effort!r}; choose from {', '.join(OPTIMIZE_EFFORTS)}")
         self.root = Path(root)
         self.weights = weights
         self.rebuild = rebuild
+        self.effort = effort
 
     def folder(self, choice: ModelChoice, weights: str) -> Path:
         return self.root / f"{_slug(choice.label)}--{weights_tag(weights)}"
@@ -151,7 +166,8 @@ class ArtifactCache:
         variants = set(variants)
         weights, folder = self._export(choice)
         card = self._write_input(folder)
-        artifacts = ModelArtifacts(choice, weights, folder, card, target if variants & set(OPTIMIZED_FILES) else None)
+        target = target if variants & set(OPTIMIZED_FILES) else None
+        artifacts = ModelArtifacts(choice, weights, folder, card, target, self.effort)
         if artifacts.optimized_dir is not None:
             self._optimize(artifacts)
         return artifacts
@@ -212,4 +228,5 @@ class ArtifactCache:
                 f"{artifacts.choice.label} has no optimized artifacts in {outdir} and building them needs the "
                 f"optimize stage ({error}); build the cache where it is installed and copy it here"
             ) from error
-        optimize_model(artifacts.exported, outdir, OptimizeConfig(target=artifacts.target or "auto", force=True))
+        bounds = OPTIMIZE_EFFORTS[artifacts.effort]
+        optimize_model(artifacts.exported, outdir, OptimizeConfig(target=artifacts.target, force=True, **bounds))

@@ -52,6 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--rebuild", action="store_true", help="rebuild cached artifacts instead of reusing them")
     bench.add_argument(
+        "--optimize-effort",
+        choices=("quick", "full"),
+        default="quick",
+        help="int8 recipe search when building: quick (bounded, fits the all-default time budget) or full "
+        "(optimize's defaults, what `smallnets pipeline` ships) [default: quick]",
+    )
+    bench.add_argument(
         "--from-results",
         type=Path,
         metavar="RESULTS_JSON",
@@ -106,6 +113,7 @@ def run_bench(args: argparse.Namespace) -> int:
         providers=tuple(args.providers.split(",")) if args.providers else None,
         cache_dir=args.cache_dir or default_cache_dir(),
         rebuild=args.rebuild,
+        optimize_effort=args.optimize_effort,
     )
     output = args.output or Path("results")
     result = run_suite(config, output)

@@ -112,6 +112,8 @@ def machine_lines(machine: dict[str, Any]) -> list[str]:
             f"- Loop: {loop['warmup']} warm-up iterations, then {bound}; {loop['repeats']} interleaved repeat(s); "
             f"weights {loop['weights']}"
         )
+    if machine.get("target") and machine.get("measurement", {}).get("optimize_effort"):
+        lines.append(f"- int8 recipe search: {machine['measurement']['optimize_effort']} (see --optimize-effort)")
     if machine.get("suite_seconds"):
         seconds = machine["suite_seconds"]
         lines.append(f"- Suite time: {seconds['build']:.0f} s building artifacts, {seconds['measure']:.0f} s measuring")

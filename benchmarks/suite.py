@@ -15,7 +15,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks.artifacts import ArtifactCache, ModelArtifacts, check_choice, default_cache_dir, resolve_target
+from benchmarks.artifacts import (
+    DEFAULT_EFFORT,
+    ArtifactCache,
+    ModelArtifacts,
+    check_choice,
+    default_cache_dir,
+    resolve_target,
+)
 from benchmarks.files import ensure_writable_dir
 from benchmarks.machine import machine_block
 from benchmarks.measure import MeasureSpec
@@ -43,6 +50,7 @@ class BenchConfig:
     providers: tuple[str, ...] | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
     rebuild: bool = False
+    optimize_effort: str = DEFAULT_EFFORT
 
 
 @dataclass(frozen=True)
@@ -159,11 +167,12 @@ def loop_settings(config: BenchConfig) -> dict[str, Any]:
         "iterations": config.iterations,
         "repeats": config.repeats,
         "weights": config.weights,
+        "optimize_effort": config.optimize_effort,
     }
 
 
 def build_all(config: BenchConfig, target: str | None) -> list[ModelArtifacts]:
-    cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild)
+    cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild, config.optimize_effort)
     built = []
     with tqdm(config.models, desc="artifacts", unit="model") as progress:
         for choice in progress:

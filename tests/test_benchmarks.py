@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.artifacts import ArtifactCache, ModelArtifacts
+from benchmarks.artifacts import OPTIMIZE_EFFORTS, ArtifactCache, ModelArtifacts
 from benchmarks.machine import EMULATED_WARNING, machine_block
 from benchmarks.measure import MeasureSpec
 from benchmarks.report import render_markdown
@@ -181,6 +181,7 @@ def test_second_run_reuses_the_cache(suite: SuiteRun, cache_dir: Path) -> None:
     stamps = {path: path.stat().st_mtime_ns for path in first.folder.rglob("*") if path.is_file()}
     second = cache.prepare(config.models[0], VARIANTS, target)
     assert second.folder == first.folder
+    assert first.optimize_report()["config"]["calib_images"] == OPTIMIZE_EFFORTS[first.effort]["calib_images"]
     assert {path: path.stat().st_mtime_ns for path in second.folder.rglob("*") if path.is_file()} == stamps
 
 
@@ -309,7 +310,7 @@ def test_half_built_optimize_output_is_not_taken_for_a_cache_hit(
 ) -> None:
     target = suite.result.machine["target"]
     cached = ArtifactCache(cache_dir).prepare(suite.config.models[0], VARIANTS, target)
-    copy = ModelArtifacts(cached.choice, cached.weights, tmp_path / "copy", cached.card, target)
+    copy = ModelArtifacts(cached.choice, cached.weights, tmp_path / "copy", cached.card, target, cached.effort)
     shutil.copytree(cached.folder, copy.folder)
     assert copy.optimized_complete()
     status = copy.optimize_report()["status"]
