@@ -24,9 +24,10 @@ from optimize.latency import measure_latency
 from optimize.modelio import load_model, save_model, write_card
 from optimize.presets import QuantPreset, resolve_target
 from optimize.quantize import calibration_method, prepare_for_quantization, quantize_model
-from optimize.recipe import LogitCache, SearchResult, SearchSettings, search_recipe
+from optimize.recipe import LogitCache, SearchResult, SearchSettings, accuracy_loss, search_recipe
 from optimize.report import OptimizeReport
 from optimize.simplify import simplify
+from optimize.validate import DECISIVE_MARGIN
 from serve.hardware import detect_cpu
 from serve.metadata import ModelCard
 
@@ -236,7 +237,13 @@ def make_report(
         top5_overlap=validation.top5_overlap if validation else None,
         cosine_mean=validation.cosine_mean if validation else None,
         accuracy=validation.to_dict() if validation else {},
-        max_drop=config.max_drop,
+        budget={
+            "max_drop": config.max_drop,
+            "metric": "top-1 accuracy points lost"
+            if evaluation_set.labels is not None
+            else f"% top-1 disagreement on decisive images (fp32 margin >= {DECISIVE_MARGIN:.0%})",
+            "loss": accuracy_loss(validation) if validation else None,
+        },
         kept_float=kept,
         calibration_images=len(calibration_set),
         calibration_source=calibration_set.source,

@@ -67,6 +67,8 @@ class Trial:
             "float_groups": list(self.float_groups),
             "within_budget": self.within_budget,
             "agreement_top1": self.validation.agreement_top1,
+            "agreement_top1_decisive": self.validation.agreement_top1_decisive,
+            "accuracy_loss": accuracy_loss(self.validation),
             "cosine_mean": self.validation.cosine_mean,
             "top1_drop_points": self.validation.top1_drop,
             "fp32_ms": self.fp32_ms,
@@ -84,10 +86,17 @@ class SearchResult:
     reason: str
 
 
+def accuracy_loss(report: ValidationReport) -> float:
+    """The budgeted number: top-1 points lost when labelled, else % top-1 disagreement on decisive images
+    (all images if none is decisive)."""
+    if report.top1_drop is not None:
+        return report.top1_drop
+    agreement = report.agreement_top1_decisive
+    return 100.0 * (1.0 - (agreement if agreement is not None else report.agreement_top1))
+
+
 def within_budget(report: ValidationReport, max_drop: float) -> bool:
-    """Top-1 accuracy drop in points when labelled, else top-1 disagreement in percent."""
-    drop = report.top1_drop if report.top1_drop is not None else 100.0 * (1.0 - report.agreement_top1)
-    return drop <= max_drop + 1e-9
+    return accuracy_loss(report) <= max_drop + 1e-9
 
 
 class LogitCache:
@@ -170,13 +179,14 @@ def search_recipe(
 
     passing = [trial for trial in trials if trial.within_budget]
     if not passing:
-        best = max(trials, key=lambda t: (t.validation.agreement_top1, t.validation.cosine_mean))
+        best = min(trials, key=lambda t: (accuracy_loss(t.validation), -t.validation.cosine_mean))
         return SearchResult(
             None,
             trials,
             sensitivity,
             f"no int8 variant met the accuracy budget (max drop {settings.max_drop}); best was {best.name} with "
-            f"top-1 agreement {best.validation.agreement_top1:.1%}",
+            f"accuracy loss {accuracy_loss(best.validation):.2f} "
+            f"(top-1 agreement {best.validation.agreement_top1:.1%})",
         )
     fastest = max(passing, key=lambda t: t.speedup or 0.0)
     if (fastest.speedup or 0.0) < 1.0:

@@ -30,7 +30,7 @@ class OptimizeReport:
     top5_overlap: float | None
     cosine_mean: float | None
     accuracy: dict[str, Any]
-    max_drop: float
+    budget: dict[str, Any]
     kept_float: list[dict[str, Any]]
     calibration_images: int
     calibration_source: str
@@ -67,7 +67,9 @@ class OptimizeReport:
         return (
             f"{self.outdir / self.output}: target {self.target}, {self.speedup:.2f}x faster than fp32 "
             f"({fp32['latency_ms_p50']:.2f} -> {int8['latency_ms_p50']:.2f} ms p50, batch 1, 1 thread), "
-            f"top-1 agreement {self.agreement_top1:.1%}, top-5 overlap {self.top5_overlap:.1%}, "
+            f"top-1 agreement {self.agreement_top1:.1%} "
+            f"({self.accuracy.get('agreement_top1_decisive') or 0:.1%} on {self.accuracy.get('decisive_images')} "
+            f"decisive), top-5 overlap {self.top5_overlap:.1%}, "
             f"cosine {self.cosine_mean:.4f} on {self.eval_images} images; "
             f"kept float: {', '.join(k['group'] for k in self.kept_float) or 'nothing'}"
         )
@@ -85,7 +87,8 @@ class OptimizeReport:
             f"per_channel={self.preset.get('per_channel')} format={self.preset.get('quant_format')}",
             f"- calibration: {self.calibration_images} images, {self.calibration_method} ({self.calibration_source})",
             f"- evaluation: {self.eval_images} images ({self.eval_source})",
-            f"- accuracy budget: max drop {self.max_drop} (top-1 points with labels, else % agreement)",
+            f"- accuracy budget: {self.budget['metric']} <= {self.budget['max_drop']} "
+            f"(measured: {number(self.budget['loss'], '.2f')})",
             "",
             "| model | size (bytes) | p50 ms (batch 1, 1 thread) |",
             "|---|---:|---:|",
@@ -95,7 +98,9 @@ class OptimizeReport:
             lines.append(f"| int8 | {self.int8['size_bytes']} | {number(self.int8['latency_ms_p50'], '.3f')} |")
         lines += [
             "",
-            f"speedup {number(self.speedup, '.2f')}x, top-1 agreement {number(self.agreement_top1, '.2%')}, "
+            f"speedup {number(self.speedup, '.2f')}x, top-1 agreement {number(self.agreement_top1, '.2%')} "
+            f"({number(self.accuracy.get('agreement_top1_decisive'), '.2%')} on "
+            f"{self.accuracy.get('decisive_images', '-')} decisive images), "
             f"top-5 overlap {number(self.top5_overlap, '.2%')}, logit cosine {number(self.cosine_mean, '.4f')}",
             "",
             "## Kept in float",
@@ -106,12 +111,13 @@ class OptimizeReport:
         ]
         lines += ["- nothing" if not self.kept_float else "", "## Candidates tried", ""]
         lines += [
-            "| candidate | float groups | agreement | cosine | within budget | speedup |",
-            "|---|---|---:|---:|---|---:|",
+            "| candidate | float groups | agreement | decisive agreement | cosine | within budget | speedup |",
+            "|---|---|---:|---:|---:|---|---:|",
         ]
         for trial in self.search.get("trials", []):
             lines.append(
                 f"| {trial['name']} | {', '.join(trial['float_groups']) or '-'} | {trial['agreement_top1']:.2%} | "
+                f"{number(trial['agreement_top1_decisive'], '.2%')} | "
                 f"{trial['cosine_mean']:.4f} | {trial['within_budget']} | {number(trial['speedup'], '.2f')} |"
             )
         lines += ["", "## Node counts (export -> fused fp32)", "", "| op | before | after |", "|---|---:|---:|"]
