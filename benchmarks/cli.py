@@ -117,9 +117,9 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     output = args.output or Path("results")
     result = run_suite(config, output)
-    first = ordered(with_speedups([row for row in result.rows if row["batch"] == config.batches[0]]))
-    first = [row for row in first if row["threads"] == config.threads[0]]
-    print(f"\nbatch {config.batches[0]}, {config.threads[0]} thread(s):\n{markdown_table(first)}")
+    setting = (config.batches[0], config.threads[0])
+    first = [row for row in with_speedups(result.rows) if (row["batch"], row["threads"]) == setting]
+    print(f"\nbatch {setting[0]}, {setting[1]} thread(s):\n{markdown_table(ordered(first))}")
     print(f"\nfull report: {output / 'report.md'} (results.json, results.csv, timings.json and plots beside it)")
     return 0
 
