@@ -81,6 +81,14 @@ def test_auto_target_picks_arm64_on_aarch64(comparison: Comparison) -> None:
     assert "aarch64" in auto["reason"]
 
 
+def test_benchmark_machine_block_is_marked_emulated(comparison: Comparison) -> None:
+    """What `smallnets bench` records inside the emulator: an aarch64 machine, flagged as emulated."""
+    machine = comparison.aarch64["benchmark_machine"]
+    assert machine["emulated"] is True
+    assert machine["cpu"]["arch"] == "aarch64" and "aarch64" in machine["platform"]
+    assert machine["libraries"]["onnxruntime"] == ort.__version__ and machine["libraries"]["torch"] is None
+
+
 @pytest.mark.parametrize("name", ["xnnpack", "acl"])
 def test_accelerated_providers_fall_back_to_cpu_with_a_note(comparison: Comparison, name: str) -> None:
     facts = comparison.aarch64

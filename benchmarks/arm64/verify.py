@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.machine import machine_block
 from optimize.presets import resolve_target
 from optimize.validate import compare_logits
 from serve.hardware import detect_cpu
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "available_providers": ort.get_available_providers(),
         "cpu": detect_cpu().to_dict(),
         "auto_target": {"preset": preset.name, "reason": reason},
+        "benchmark_machine": machine_block(threads=[threads], target=preset.name, target_reason=reason),
         "provider_fallback": {name: provider_fallback([name]) for name in ("xnnpack", "acl")},
         "cases": {},
     }
