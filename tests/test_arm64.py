@@ -17,12 +17,23 @@ from PIL import Image
 
 from benchmarks.arm64.compare import Comparison, build_arm64_artifacts, run_comparison
 from benchmarks.arm64.env import Arm64Environment, Arm64EnvironmentMissing
+from serve.hardware import parse_cpuinfo
 
 pytestmark = pytest.mark.arm64
 
 # (registry name, weights): EfficientNet-Lite0 has real ImageNet weights offline; the others are seeded random.
 MODELS = (("mobilenet_v2", "random"), ("efficientnet_lite0", "imagenet"), ("squeezenet1_1", "random"))
 PRECISIONS = ("fp32", "int8")
+# /proc/cpuinfo of an AWS Graviton2 (c6g) core as the kernel prints it: no "model name", only the MIDR fields.
+GRAVITON2_CPUINFO = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x3
+CPU part\t: 0xd0c
+CPU revision\t: 1
+"""
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +65,13 @@ def comparison(
 
 def _row(comparison: Comparison, model: str, precision: str):
     return next(row for row in comparison.rows if row.model == model and row.precision == precision)
+
+
+def test_native_aarch64_cpuinfo_names_the_core() -> None:
+    """No emulator needed: a real aarch64 kernel's cpuinfo gives the core name and the dot-product feature."""
+    model, features = parse_cpuinfo(GRAVITON2_CPUINFO, "aarch64")
+    assert model == "ARM Neoverse-N1"
+    assert {"asimd", "asimddp"} <= set(features) and "i8mm" not in features
 
 
 def test_project_runtime_runs_on_aarch64(comparison: Comparison) -> None:
