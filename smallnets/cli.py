@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("smallnets: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `smallnets models | head`: the reader left; silence the flush at exit too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, LookupError, OSError, RuntimeError) as error:
         if os.environ.get("SMALLNETS_DEBUG"):
             raise
