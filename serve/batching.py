@@ -11,11 +11,12 @@ the preprocessed tensors never leave the process.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import anyio.to_thread
 import numpy as np
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
@@ -40,7 +41,9 @@ class BatchedRows:
 class AdaptiveBatcher:
     """``await batcher(batch)`` runs ``run`` on that batch merged with whatever else is waiting.
 
-    ``run`` maps an (N, ...) float32 array to (N, classes) outputs; one call at a time, in a worker thread.
+    ``run`` maps an (N, ...) float32 array to (N, classes) outputs; one call at a time, always on the same
+    thread: ONNX Runtime's buffers then come from one malloc arena instead of one per pool thread, which keeps
+    the server's resident memory near one batch's worth.
     ``observe(batch_size, seconds)`` is called once per merged batch (metrics).
     """
 
@@ -61,6 +64,7 @@ class AdaptiveBatcher:
             batch_dim=(0, 0),
         )
         self._submit = self._dispatcher(self._run_merged)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.max_latency_ms = max_latency_ms
 
     async def __call__(self, batch: np.ndarray) -> BatchedRows:
@@ -70,6 +74,7 @@ class AdaptiveBatcher:
 
     def shutdown(self) -> None:
         self._dispatcher.shutdown()
+        self._thread.shutdown(wait=False)
 
     def _overloaded(self) -> np.ndarray:
         raise BatcherOverloaded(f"server overloaded: request waited more than {self.max_latency_ms} ms for a batch")
@@ -78,7 +83,7 @@ class AdaptiveBatcher:
         sizes = [len(batch) for batch in batches]
         merged = np.concatenate(batches) if len(batches) > 1 else batches[0]
         started = time.perf_counter()
-        outputs = await anyio.to_thread.run_sync(self._run, merged)
+        outputs = await asyncio.get_running_loop().run_in_executor(self._thread, self._run, merged)
         seconds = time.perf_counter() - started
         if self._observe is not None:
             self._observe(len(merged), seconds)

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from serve.batching import AdaptiveBatcher, BatcherOverloaded
 from serve.forms import ImageUpload, RequestRejected, parse_top_k, read_form, uploaded_images
+from serve.hardware import detect_cpu
 from serve.images import ImageDecodeError, decode_image
 from serve.runtime import OnnxClassifier, softmax, top_k
 from serve.settings import DEFAULT_TOP_K, MAX_TOP_K, ServeSettings
@@ -126,6 +127,9 @@ class ImageClassifier:
         self.batcher = AdaptiveBatcher(
             self._probabilities, SETTINGS.max_batch_size, MAX_LATENCY_MS, observe=self._observe
         )
+        # Decoding uses the same cores as inference: more parallel decoders than cores only queue for the CPU
+        # and multiply per-thread malloc arenas (resident memory).
+        self._decoders = anyio.CapacityLimiter(detect_cpu().usable_cores)
         self.classifier.warm_up()
         self._ready = True
 
@@ -185,7 +189,7 @@ class ImageClassifier:
 
     async def _classify(self, uploads: Sequence[ImageUpload], k: int) -> list[dict[str, Any]]:
         """Decode + preprocess off the event loop, then wait for a batch slot."""
-        batch = await anyio.to_thread.run_sync(self._prepare, uploads)
+        batch = await anyio.to_thread.run_sync(self._prepare, uploads, limiter=self._decoders)
         try:
             rows = await self.batcher(batch)
         except BatcherOverloaded as error:
