@@ -38,9 +38,11 @@ for name in "${wheels[@]}"; do
 done
 key=$(printf '%s\n' "$suite" "$cpu" "${debs[@]}" "${pins[@]}" | cat - "$0" "$here/env.py" | sha256sum | cut -d' ' -f1)
 if [[ -f "$cache/ready" && "$(cat "$cache/ready")" == "$key" ]]; then
-    "$host_python" "$here/env.py" --check >/dev/null
-    finish "cached, ready"
-    exit 0
+    if "$host_python" "$here/env.py" --check >/dev/null; then
+        finish "cached, ready"
+        exit 0
+    fi
+    log "the cached environment failed its check; rebuilding it"
 fi
 rm -f "$cache/ready" "$cache/env.json"
 mkdir -p "$cache"
