@@ -104,6 +104,8 @@ def check_outdir(outdir: Path, force: bool) -> None:
 
 
 def load_data(config: OptimizeConfig, card: ModelCard) -> tuple[ImageSet, ImageSet]:
+    if config.eval_labels and not config.eval_dir:
+        raise ValueError("--eval-labels needs --eval-dir (the CSV names files relative to it)")
     calibration = (
         folder_set(config.calib_dir, "calib", limit=config.calib_images)
         if config.calib_dir
@@ -114,8 +116,6 @@ def load_data(config: OptimizeConfig, card: ModelCard) -> tuple[ImageSet, ImageS
         if config.eval_dir
         else demo_evaluation_set(config.eval_per_photo)
     )
-    if config.eval_labels and not config.eval_dir:
-        raise ValueError("--eval-labels needs --eval-dir (the CSV names files relative to it)")
     return calibration, evaluation
 
 

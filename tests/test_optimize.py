@@ -1,0 +1,359 @@
+"""optimize/: simplify, fuse, quantize, presets, validation and the optimize pipeline, on real exports and photos.
+
+Per family the cheapest registered variant (fewest MACs, from the registry) keeps this file to a few minutes on
+two cores; the recipe search runs in its quick mode here (one candidate, few images), the CLI default is full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export.registry import list_specs
+from optimize.calibration import CalibrationDataError, ImageCalibrationReader, folder_set
+from optimize.card import PreprocessingFlags
+from optimize.fuse import fuse, op_counts
+from optimize.groups import find_groups
+from optimize.modelio import InvalidModelError, load_model, read_card
+from optimize.pipeline import FP32_NAME, INT8_NAME, OptimizeConfig, OutputExistsError, optimize_model
+from optimize.presets import PRESETS, UnknownTargetError, resolve_target
+from optimize.quantize import prepare_for_quantization, quantize_model
+from optimize.simplify import simplify
+from optimize.validate import compare
+from serve.hardware import CpuInfo, detect_cpu
+from serve.metadata import MissingMetadataError
+from serve.runtime import OnnxClassifier
+from smallnets.cli import main
+
+# Quick search for tests: one candidate, no repair loop, few images, short timing. Not the CLI default.
+QUICK = {"calib_images": 8, "eval_per_photo": 2, "max_candidates": 1, "max_repair_steps": 0, "latency_runs": 6}
+
+
+def cheapest_per_family() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Family -> (name, variant) with the fewest MACs among the registry's reference variants."""
+    best: dict[str, tuple[str, dict[str, Any], int]] = {}
+    for spec in list_specs():
+        for reference in spec.references:
+            if reference.macs is not None and (spec.family not in best or reference.macs < best[spec.family][2]):
+                best[spec.family] = (spec.name, dict(reference.variant), reference.macs)
+    return {family: (name, variant) for family, (name, variant, _) in best.items()}
+
+
+FAMILIES = cheapest_per_family()
+
+
+def cheapest(exported: Callable[..., Path], family: str) -> Path:
+    name, variant = FAMILIES[family]
+    return exported(name, **variant)
+
+
+FAMILY_IDS = sorted(FAMILIES)
+
+
+@pytest.fixture(scope="module")
+def fused_models(exported: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
+    """family -> (export path, simplified, fused, prepared path), built once per module."""
+    cache: dict[str, Any] = {}
+    root = tmp_path_factory.mktemp("fused")
+
+    def make(family: str) -> Any:
+        if family not in cache:
+            path = cheapest(exported, family)
+            simplified = simplify(path)
+            fused, diff = fuse(simplified)
+            prepared = root / f"{family}.prepared.onnx"
+            prepare_for_quantization(fused, prepared)
+            fused_path = root / f"{family}.fp32.onnx"
+            onnx.save(fused, str(fused_path))
+            cache[family] = (path, simplified, fused, fused_path, prepared, diff)
+        return cache[family]
+
+    return make
+
+
+def run_onnx(model: onnx.ModelProto | Path, batch: np.ndarray) -> np.ndarray:
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+
+def test_every_family_has_a_cheapest_variant() -> None:
+    assert {spec.family for spec in list_specs()} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILY_IDS)
+def test_simplify_keeps_numerics_and_dynamic_batch(family: str, fused_models: Callable[[str], Any]) -> None:
+    path, simplified, *_ = fused_models(family)
+    onnx.checker.check_model(simplified)
+    assert simplified.graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch axis must stay symbolic"
+    assert read_card(simplified) == read_card(onnx.load(str(path)))
+    size = read_card(simplified).preprocessing.crop
+    for batch in (1, 7):
+        data = np.random.default_rng(batch).standard_normal((batch, 3, size, size), dtype=np.float32)
+        expected, actual = run_onnx(path, data), run_onnx(simplified, data)
+        assert actual.shape == (batch, 1000)
+        np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("family", FAMILY_IDS)
+def test_fuse_keeps_card_and_never_adds_kernels(family: str, fused_models: Callable[[str], Any]) -> None:
+    """Exports are already BN-folded by the exporter; fuse must not grow them, except ORT's documented
+    inlining of HardSwish (no CPU kernel) into HardSigmoid * x, one extra node per HardSwish."""
+    path, _, fused, _, _, diff = fused_models(family)
+    before = onnx.load(str(path))
+    hardswish = op_counts(before).get("HardSwish", 0)
+    assert len(fused.graph.node) <= len(before.graph.node) + hardswish, diff
+    assert "BatchNormalization" not in op_counts(fused)
+    assert read_card(fused) == read_card(before), "fuse must carry the model card over"
+    assert sum(row["after"] for row in diff.values()) == len(fused.graph.node)
+
+
+def test_fusion_folds_batchnorm_and_reduces_node_count() -> None:
+    """A hand-built unfused graph (Conv -> BatchNormalization -> Relu, Identity): fewer nodes, same numbers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "scale": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+        "bias": rng.standard_normal(8).astype(np.float32),
+        "mean": rng.standard_normal(8).astype(np.float32),
+        "var": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["conv"], pads=[1, 1, 1, 1]),
+            helper.make_node("BatchNormalization", ["conv", "scale", "bias", "mean", "var"], ["bn"]),
+            helper.make_node("Relu", ["bn"], ["relu"]),
+            helper.make_node("Identity", ["relu"], ["logits"]),
+        ],
+        "unfused",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8, 8, 8])],
+        [numpy_helper.from_array(value, name) for name, value in arrays.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fused, diff = fuse(model)
+    assert diff["BatchNormalization"] == {"before": 1, "after": 0, "change": -1}
+    assert len(fused.graph.node) < len(model.graph.node)
+    data = rng.standard_normal((7, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(fused, data), run_onnx(model, data), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILY_IDS)
+def test_quantized_model_runs_and_stays_close_on_random_weights(
+    family: str, fused_models: Callable[[str], Any], photos: dict, tmp_path: Path
+) -> None:
+    """'Close' for random weights: mean logit cosine vs fp32 > 0.95 on the sample photos (agreement of
+    random nets' near-tied top-1 is not a meaningful budget)."""
+    _, _, _, fused_path, prepared, _ = fused_models(family)
+    card = read_card(onnx.load(str(prepared)))
+    from optimize.calibration import demo_calibration_set
+
+    reader = ImageCalibrationReader(demo_calibration_set(8).images, card.preprocessing, "input")
+    output = tmp_path / "int8.onnx"
+    quantize_model(prepared, output, PRESETS["x86-vnni"], "minmax", tmp_path / "cache.json", reader)
+    ops = op_counts(onnx.load(str(output)))
+    assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+    report = compare(fused_path, output, list(photos.values()))
+    assert report.cosine_mean > 0.95, report
+    size = card.preprocessing.crop
+    assert OnnxClassifier(output).run(np.zeros((7, 3, size, size), np.float32)).shape == (7, 1000)
+
+
+def test_groups_find_the_known_trouble_spots(fused_models: Callable[[str], Any]) -> None:
+    groups = find_groups(onnx.load(str(fused_models("mobilenet_v3")[4])))
+    assert {"stem", "classifier", "depthwise", "squeeze_excite", "activations"} <= set(groups)
+    assert len(groups["stem"].nodes) >= 1 and groups["classifier"].op_types
+
+
+@pytest.fixture(scope="module")
+def lite0_run(exported: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    outdir = tmp_path_factory.mktemp("lite0") / "out"
+    model = exported("efficientnet_lite0", weights="imagenet")
+    return outdir, optimize_model(model, outdir, OptimizeConfig(**QUICK))
+
+
+def test_lite0_imagenet_int8_meets_the_agreement_budget(lite0_run: tuple[Path, Any], photos: dict) -> None:
+    outdir, report = lite0_run
+    assert report.status == "accepted", report.reason
+    assert report.accuracy["decisive_images"] >= 4, "the budget must be judged on real decisions"
+    assert report.accuracy["agreement_top1_decisive"] >= 0.99 and report.cosine_mean > 0.98
+    int8 = OnnxClassifier(outdir / INT8_NAME)
+    top3 = [p.class_id for p in int8.classify([photos["chelsea"]], k=3)[0]]
+    assert set(top3) & set(range(281, 286)), top3
+    assert int8.classify([photos["coffee"]], k=1)[0][0].class_id == 967
+
+
+def test_report_and_artifacts(lite0_run: tuple[Path, Any]) -> None:
+    import json
+
+    outdir, _ = lite0_run
+    assert sorted(p.name for p in outdir.iterdir()) == sorted([FP32_NAME, INT8_NAME, "report.json", "report.md"])
+    data = json.loads((outdir / "report.json").read_text())
+    for key in ("target", "preset", "fp32", "int8", "speedup", "agreement_top1", "top5_overlap", "cosine_mean"):
+        assert key in data
+    assert data["calibration_images"] == QUICK["calib_images"] and data["eval_images"] == 7 * QUICK["eval_per_photo"]
+    assert data["preset"]["name"] == data["target"] and data["fp32"]["size_bytes"] > data["int8"]["size_bytes"]
+    assert data["speedup"] == pytest.approx(data["fp32"]["latency_ms_p50"] / data["int8"]["latency_ms_p50"])
+    assert all(entry["reason"] for entry in data["kept_float"])
+    card = OnnxClassifier(outdir / INT8_NAME).card
+    assert card.precision == "int8" and card.quantization["name"] == data["target"]
+    assert card.labels == OnnxClassifier(outdir / FP32_NAME).card.labels
+    assert "## Kept in float" in (outdir / "report.md").read_text()
+
+
+def test_presets_differ_as_documented(fused_models: Callable[[str], Any], tmp_path: Path) -> None:
+    avx2, vnni, arm = PRESETS["x86-avx2"], PRESETS["x86-vnni"], PRESETS["arm64"]
+    assert (avx2.signature, avx2.reduce_range) == ("U8S8", True)
+    assert (vnni.signature, vnni.reduce_range) == ("U8S8", False)
+    assert (arm.signature, arm.reduce_range) == ("S8S8", False)
+    assert all(p.per_channel and p.quant_format == "qdq" and p.rationale for p in PRESETS.values())
+
+    prepared = fused_models("squeezenet")[4]
+    card = read_card(onnx.load(str(prepared)))
+    from optimize.calibration import demo_calibration_set
+
+    images = demo_calibration_set(4).images
+    for preset in (avx2, vnni, arm):
+        output = tmp_path / f"{preset.name}.onnx"
+        reader = ImageCalibrationReader(images, card.preprocessing, "input")
+        model = quantize_model(prepared, output, preset, "minmax", tmp_path / f"{preset.name}.json", reader)
+        inits = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+        activation_zero_points = {
+            inits[node.input[2]].dtype for node in model.graph.node if node.op_type == "QuantizeLinear"
+        }
+        weights = [
+            inits[node.input[0]]
+            for node in model.graph.node
+            if node.op_type == "DequantizeLinear" and node.input[0] in inits
+        ]
+        peak = max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.dtype == np.int8)
+        assert activation_zero_points == {np.dtype(np.uint8 if preset.activation_type == "uint8" else np.int8)}
+        assert (peak <= 64) == preset.reduce_range, (preset.name, peak)  # 7-bit weights with reduce_range
+
+
+def test_auto_picks_the_preset_of_this_cpu() -> None:
+    cpu = detect_cpu()
+    preset, reason = resolve_target("auto")
+    if cpu.is_x86 and any(cpu.has(flag) for flag in ("avx512_vnni", "avx_vnni", "amx_int8")):
+        assert preset.name == "x86-vnni"  # this machine: Xeon with AVX-512 VNNI / AMX
+    assert preset.name in reason and "auto" in reason
+
+
+@pytest.mark.parametrize(
+    ("arch", "features", "expected"),
+    [
+        ("x86_64", ("avx2", "fma"), "x86-avx2"),
+        ("x86_64", ("avx2", "avx512f", "avx512_vnni"), "x86-vnni"),
+        ("x86_64", ("avx2", "avx_vnni"), "x86-vnni"),
+        ("x86_64", ("avx2", "amx_int8"), "x86-vnni"),
+        ("aarch64", ("asimd", "asimddp", "i8mm"), "arm64"),
+        ("aarch64", ("asimd",), "arm64"),
+    ],
+)
+def test_resolve_target_from_fabricated_cpus(arch: str, features: tuple[str, ...], expected: str) -> None:
+    preset, reason = resolve_target("auto", CpuInfo(arch, "fabricated", features, 4, 4))
+    assert preset.name == expected and expected in reason
+
+
+def test_unknown_target_and_architecture_are_refused() -> None:
+    with pytest.raises(UnknownTargetError, match="x86-vnni"):
+        resolve_target("x86-avx9")
+    with pytest.raises(UnknownTargetError, match="--target"):
+        resolve_target("auto", CpuInfo("riscv64", "fabricated", (), 4, 4))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["optimize", "m.onnx", "--target", "gpu"])
+    assert exit_info.value.code == 2
+
+
+def test_non_onnx_and_corrupt_files_are_refused(tmp_path: Path, exported: Callable[..., Path]) -> None:
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model")
+    with pytest.raises(InvalidModelError, match=r"notes\.onnx"):
+        load_model(text)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(cheapest(exported, "squeezenet").read_bytes()[:5000])
+    with pytest.raises(InvalidModelError, match=r"truncated\.onnx"):
+        load_model(truncated)
+    with pytest.raises(InvalidModelError, match="no such"):
+        load_model(tmp_path / "missing.onnx")
+    assert main(["optimize", str(text), "-o", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def cardless(exported: Callable[..., Path], tmp_path: Path) -> Path:
+    model = onnx.load(str(cheapest(exported, "shufflenet_v2")))
+    del model.metadata_props[:]
+    path = tmp_path / "foreign.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_model_without_card_needs_flags(cardless: Path, tmp_path: Path) -> None:
+    with pytest.raises(MissingMetadataError, match="--resolution"):
+        optimize_model(cardless, tmp_path / "out", OptimizeConfig(**QUICK))
+    assert not (tmp_path / "out").exists()
+    flags = PreprocessingFlags(resolution=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    report = optimize_model(cardless, tmp_path / "out", OptimizeConfig(preprocessing=flags, max_drop=100.0, **QUICK))
+    card = OnnxClassifier(tmp_path / "out" / report.output).card
+    assert card.resolution == 224 and card.num_classes == 1000 and report.notes
+
+
+def test_empty_or_unreadable_calibration_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CalibrationDataError, match=r"no \.jpg"):
+        folder_set(empty, "calib")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"not a jpeg")
+    (broken / "b.png").write_bytes(b"")
+    with pytest.raises(CalibrationDataError, match="could be read"):
+        folder_set(broken, "calib")
+    with pytest.raises(CalibrationDataError, match="not a folder"):
+        folder_set(tmp_path / "missing", "calib")
+
+
+def test_labels_from_synset_folders_and_csv(tmp_path: Path, photos: dict) -> None:
+    for synset, name in (("n02123045", "chelsea"), ("n07920052", "coffee")):
+        (tmp_path / synset).mkdir()
+        photos[name].save(tmp_path / synset / f"{name}.jpg")
+    synsets = ("n00000000", "n02123045", "n07920052")
+    assert folder_set(tmp_path, "eval", synsets=synsets).labels == (1, 2)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,class_id\nn02123045/chelsea.jpg,281\nn07920052/coffee.jpg,967\n")
+    assert folder_set(tmp_path, "eval", labels_csv=csv).labels == (281, 967)
+
+
+def test_outdir_with_other_content_needs_force(tmp_path: Path, exported: Callable[..., Path]) -> None:
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    (outdir / "keep.txt").write_text("mine")
+    model = cheapest(exported, "squeezenet")
+    with pytest.raises(OutputExistsError, match="--force"):
+        optimize_model(model, outdir, OptimizeConfig(**QUICK))
+    assert main(["optimize", str(model), "-o", str(outdir)]) == 2
+    assert (outdir / "keep.txt").read_text() == "mine"
+
+
+def test_interrupted_run_leaves_no_artifact(
+    tmp_path: Path, exported: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the search is interrupted after fp32 was written to the staging folder."""
+    import optimize.pipeline
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(optimize.pipeline, "search_recipe", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        optimize_model(cheapest(exported, "squeezenet"), tmp_path / "out", OptimizeConfig(**QUICK))
+    assert list(tmp_path.iterdir()) == []
