@@ -2,7 +2,8 @@
 
 Bounded and greedy, not a sweep:
 1. Speed candidates, from most to least quantized: everything; smooth activations float; + squeeze-excite
-   float; + depthwise float (the usual reasons int8 loses time: Q/DQ pairs around unfusable ops).
+   float; + grouped convs float; + depthwise float (the usual reasons int8 loses time on x86: Q/DQ pairs
+   around unfusable ops, kernels without a fast int8 path). Groups absent from the model are skipped.
 2. Each candidate is checked against the accuracy budget on the evaluation images. If it misses, groups are
    ranked by measured sensitivity (quantize with that group float, mean logit cosine vs fp32 on probe images)
    and the most sensitive are kept float one at a time until the budget holds or the step limit is reached.
@@ -25,11 +26,14 @@ from optimize.latency import measure_latency
 from optimize.validate import ValidationReport, compare_logits, predict_logits, preprocess_batches
 from serve.runtime import OnnxClassifier
 
+# Cumulative: each step keeps one more group float that costs int8 time on x86 (Q/DQ around unfusable
+# activations, tiny 1x1 SE convs, grouped convs without a fast MLAS int8 path, depthwise convs).
 SPEED_CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("all-int8", ()),
     ("float-activations", ("activations",)),
     ("float-activations-se", ("activations", "squeeze_excite")),
-    ("float-activations-se-depthwise", ("activations", "squeeze_excite", "depthwise")),
+    ("float-activations-se-grouped", ("activations", "squeeze_excite", "grouped")),
+    ("float-activations-se-grouped-depthwise", ("activations", "squeeze_excite", "grouped", "depthwise")),
 )
 
 
