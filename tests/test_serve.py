@@ -198,6 +198,8 @@ def test_concurrent_requests_get_their_own_answers(server: Server, upright: dict
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(run, jobs))
     assert [name for name, _, _ in answers] == jobs
+    # Eight clients against one inference at a time: requests queue while a batch runs and get merged.
+    assert max(batch_size for _, _, batch_size in answers) > 1
     for name, found, _ in answers:
         assert [p["class_id"] for p in found] == [p["class_id"] for p in expected[name]], name
         np.testing.assert_allclose([p["score"] for p in found], [p["score"] for p in expected[name]], atol=1e-4)
