@@ -141,11 +141,11 @@ def search_recipe(
             built[key] = (path, report)
         return path, report
 
-    candidates = []
-    for name, wanted in SPEED_CANDIDATES:
+    candidates: list[tuple[str, tuple[str, ...]]] = []
+    for _, wanted in SPEED_CANDIDATES:
         present = tuple(group for group in wanted if group in groups)
         if all(present != existing for _, existing in candidates):
-            candidates.append((name, present))
+            candidates.append(("float-" + "+".join(present) if present else "all-int8", present))
     candidates = candidates[: settings.max_candidates]
 
     sensitivity: dict[str, float] = {}
