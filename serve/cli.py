@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
 SERVICE = "serve.service:ImageClassifier"
@@ -90,7 +91,7 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace) -> NoReturn:
     from serve.hardware import detect_cpu
     from serve.runtime import resolve_providers
     from serve.store import import_model, resolve_model_file

@@ -72,12 +72,16 @@ _FILE_SCHEMA = {"type": "string", "format": "binary"}
 
 
 class ImageUploadForm(MultipartUpload):
+    """/classify: one ``image`` file, optional ``top_k``."""
+
     model_config = ConfigDict(
         json_schema_extra={"properties": {"image": _FILE_SCHEMA, "top_k": _TOP_K_SCHEMA}, "required": ["image"]}
     )
 
 
 class ImagesUploadForm(MultipartUpload):
+    """/classify_batch: repeated ``images`` files, optional ``top_k``."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "properties": {"images": {"type": "array", "items": _FILE_SCHEMA}, "top_k": _TOP_K_SCHEMA},
@@ -96,8 +100,7 @@ metadata_app = Starlette(routes=[Route("/metadata", metadata_endpoint, methods=[
 
 @bentoml.service(
     name="smallnets_classifier",
-    workers=SETTINGS.workers,
-    threads=1,  # one ONNX Runtime batch at a time per worker; its intra-op threads use the worker's cores
+    workers=SETTINGS.workers,  # each worker: its own session, batcher and share of the cores
     traffic={"timeout": 60},
 )
 @bentoml.asgi_app(metadata_app, path="/")
