@@ -61,7 +61,8 @@ def find_groups(model: onnx.ModelProto) -> dict[str, NodeGroup]:
     for output in graph.output:
         node = producers.get(output.name)
         while node is not None and node.op_type not in COMPUTE_OPS:
-            node = producers.get(node.input[0]) if node.op_type in (*RESHAPE_OPS, "Add") else None
+            passthrough = (*RESHAPE_OPS, *POOL_OPS, *FUSABLE_ACTIVATIONS, "AveragePool")
+            node = producers.get(node.input[0]) if node.op_type in passthrough else None
         if node is not None:
             classifier.append(node.name)
 
