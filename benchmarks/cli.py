@@ -41,10 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bounds = bench.add_mutually_exclusive_group()
     bounds.add_argument(
-        "--duration", type=float, default=0.5, help="seconds of timed inference per run (>= 3 runs) [default: 0.5]"
+        "--duration", type=float, default=0.3, help="seconds of timed inference per run (>= 3 runs) [default: 0.3]"
     )
     bounds.add_argument("--iterations", type=int, help="a fixed number of timed iterations per run instead")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed iterations after the first run [default: 2]")
+    bench.add_argument(
+        "--warmup", type=int, default=2, help="untimed iterations after the first run, within ~0.25 s [default: 2]"
+    )
     bench.add_argument("--repeats", type=int, default=2, help="interleaved runs per configuration [default: 2]")
     bench.add_argument("--providers", help="onnxruntime execution providers, e.g. cpu or xnnpack,cpu [default: best]")
     bench.add_argument(

@@ -28,8 +28,9 @@ class MeasureSpec:
     """What to measure and how long: the whole contract between the suite and the measuring process.
 
     ``input_path`` is an .npy batch of preprocessed photos shared by every variant of a model; rows are repeated
-    cyclically up to ``batch``. The loop stops after ``iterations`` runs when given, otherwise once at least
-    ``duration_s`` of inference was timed and ``min_iterations`` runs were made.
+    cyclically up to ``batch``. Warm-up runs ``warmup`` iterations but stops after the first that ends past
+    ``warmup_s`` (a slow model is warm after one). The timed loop stops after ``iterations`` runs when given,
+    otherwise once at least ``duration_s`` of inference was timed and ``min_iterations`` runs were made.
     """
 
     kind: str
@@ -41,9 +42,10 @@ class MeasureSpec:
     model: str | None = None
     variant: dict[str, Any] = field(default_factory=dict)
     weights: str = "random"
-    warmup: int = 3
-    duration_s: float = 1.0
-    min_iterations: int = 5
+    warmup: int = 2
+    warmup_s: float = 0.25
+    duration_s: float = 0.3
+    min_iterations: int = 3
     iterations: int | None = None
 
     def to_json(self) -> str:
@@ -127,8 +129,11 @@ def input_batch(path: str, batch: int) -> np.ndarray:
 
 def timed_loop(run: Callable[[Any], Any], prepared: Any, spec: MeasureSpec) -> list[float]:
     """Per-iteration wall times in ms, the clock around the inference call only."""
+    warmup_started = time.perf_counter()
     for _ in range(spec.warmup):
         run(prepared)
+        if time.perf_counter() - warmup_started >= spec.warmup_s:
+            break
     timings: list[float] = []
     timed_ns = 0
     budget_ns = int(spec.duration_s * 1e9)

@@ -109,8 +109,8 @@ def machine_lines(machine: dict[str, Any]) -> list[str]:
             else f">= {loop['duration_s']} s and >= {loop['min_iterations']} timed iterations"
         )
         lines.append(
-            f"- Loop: {loop['warmup']} warm-up iterations, then {bound}; {loop['repeats']} interleaved repeat(s); "
-            f"weights {loop['weights']}"
+            f"- Loop: up to {loop['warmup']} warm-up iterations (within {loop['warmup_s']} s), then {bound}; "
+            f"{loop['repeats']} interleaved repeat(s); weights {loop['weights']}"
         )
     if machine.get("target") and machine.get("measurement", {}).get("optimize_effort"):
         lines.append(f"- int8 recipe search: {machine['measurement']['optimize_effort']} (see --optimize-effort)")

@@ -42,9 +42,10 @@ class BenchConfig:
     threads: tuple[int, ...] = (1, 2)
     target: str = "auto"
     weights: str = "random"
-    duration_s: float = 0.5
+    duration_s: float = 0.3
     iterations: int | None = None
     warmup: int = 2
+    warmup_s: float = 0.25
     min_iterations: int = 3
     repeats: int = 2
     providers: tuple[str, ...] | None = None
@@ -66,6 +67,7 @@ def spec_for(artifacts: ModelArtifacts, variant: str, batch: int, threads: int, 
         "threads": threads,
         "input_path": str(artifacts.input_path),
         "warmup": config.warmup,
+        "warmup_s": config.warmup_s,
         "duration_s": config.duration_s,
         "min_iterations": config.min_iterations,
         "iterations": config.iterations,
@@ -162,6 +164,7 @@ def loop_settings(config: BenchConfig) -> dict[str, Any]:
     """How each measurement was bounded, for the machine block (numbers mean little without it)."""
     return {
         "warmup": config.warmup,
+        "warmup_s": config.warmup_s,
         "duration_s": config.duration_s if config.iterations is None else None,
         "min_iterations": config.min_iterations,
         "iterations": config.iterations,
