@@ -66,6 +66,7 @@ def latency_vs_macs(rows: Sequence[dict[str, Any]], path: Path) -> Path:
             )
     axes.set_xscale("log")
     axes.set_yscale("log")
+    axes.margins(0.12)  # room for the model names at the edges
     axes.set_xlabel("MACs per image (millions)")
     axes.set_ylabel("p50 latency (ms)")
     setting = f"batch {selected[0]['batch']}, {selected[0]['threads']} thread(s)"
@@ -139,6 +140,7 @@ def accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | No
             row["model"], (row["p50_ms"], row["top1_accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
         )
     axes.set_xscale("log")
+    axes.margins(0.12)
     axes.set_xlabel("p50 latency (ms)")
     axes.set_ylabel("top-1 accuracy")
     axes.set_title(f"Accuracy vs latency{emulated_suffix(rows)}")
