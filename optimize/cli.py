@@ -51,7 +51,7 @@ def add_optimize_arguments(parser: argparse.ArgumentParser) -> None:
         "--target", default="auto", choices=TARGET_CHOICES, help="CPU preset; auto detects it (default)"
     )
     parser.add_argument("--calib-dir", type=Path, help="calibration images (jpg/png/webp/bmp, recursive)")
-    parser.add_argument("--calib-images", type=int, default=64, help="max calibration images (default 64)")
+    parser.add_argument("--calib-images", type=int, help="max calibration images (default 64, quick search 16)")
     parser.add_argument(
         "--eval-dir", type=Path, help="evaluation images; synset sub-folders (n01440764/...) give labels"
     )
@@ -62,6 +62,12 @@ def add_optimize_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         help="accuracy budget: top-1 points lost with labels, else %% top-1 disagreement (default 1.0)",
+    )
+    parser.add_argument(
+        "--search",
+        default="full",
+        choices=("full", "quick"),
+        help="recipe search effort: full (default: every candidate, repair steps, 64/112 images) or quick",
     )
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--json", action="store_true", help="print report.json instead of the summary")
@@ -87,8 +93,11 @@ def _triple(text: str) -> tuple[float, float, float]:
 
 
 def optimize_config(args: argparse.Namespace, **extra: Any) -> Any:
-    from optimize.pipeline import OptimizeConfig
+    from optimize.pipeline import SEARCH_EFFORTS, OptimizeConfig
 
+    settings: dict[str, Any] = {**SEARCH_EFFORTS[args.search], **extra}
+    if args.calib_images is not None:
+        settings["calib_images"] = args.calib_images
     return OptimizeConfig(
         target=args.target,
         calibration=args.calibration,
@@ -97,8 +106,7 @@ def optimize_config(args: argparse.Namespace, **extra: Any) -> Any:
         eval_dir=args.eval_dir,
         eval_labels=args.eval_labels,
         force=args.force,
-        calib_images=args.calib_images,
-        **extra,
+        **settings,
     )
 
 

@@ -35,6 +35,13 @@ FP32_NAME = "model.fp32.onnx"
 INT8_NAME = "model.int8.onnx"
 
 
+# Bounds of the recipe search by name: "full" is the default decision procedure; "quick" is for smoke runs.
+SEARCH_EFFORTS: dict[str, dict[str, int]] = {
+    "full": {},
+    "quick": {"calib_images": 16, "eval_per_photo": 4, "max_candidates": 2, "max_repair_steps": 1, "latency_runs": 20},
+}
+
+
 class OutputExistsError(FileExistsError):
     """OUTDIR holds other files and --force was not given."""
 
