@@ -24,8 +24,11 @@ from serve.preprocess import preprocess
 CALIBRATION_EXTRA_PHOTOS = ("retina", "colorwheel", "camera", "coins", "clock", "brick", "gravel", "page")
 # (scale of the shorter side kept, horizontal anchor in [0, 1], flip) for the evaluation grid.
 EVALUATION_GRID = tuple(
-    (scale, anchor, flip) for scale in (1.0, 0.85, 0.7) for anchor in (0.5, 0.0, 1.0) for flip in (False, True)
-)[:16]
+    (scale, anchor, flip)
+    for scale in (1.0, 0.9, 0.8, 0.7)
+    for anchor in (0.5, 0.0, 1.0, 0.25)
+    for flip in (False, True)
+)
 
 
 class CalibrationDataError(ValueError):
@@ -53,7 +56,7 @@ def crop_box(image: Image.Image, scale: float, anchor_x: float, anchor_y: float)
     return image.crop((left, top, left + side, top + side))
 
 
-def demo_evaluation_set(count_per_photo: int = 16) -> ImageSet:
+def demo_evaluation_set(count_per_photo: int = 32) -> ImageSet:
     """The sample photos under the deterministic crop/scale/flip grid (first ``count_per_photo`` cells)."""
     photos = sample_photos(SAMPLE_PHOTOS)
     images = []

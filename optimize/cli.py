@@ -67,7 +67,8 @@ def add_optimize_arguments(parser: argparse.ArgumentParser) -> None:
         "--search",
         default="full",
         choices=("full", "quick"),
-        help="recipe search effort: full (default: every candidate, repair steps, 64/112 images) or quick",
+        help="recipe search effort: full (default: all candidates, repair steps, 64 calibration and 224 "
+        "evaluation images) or quick",
     )
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--json", action="store_true", help="print report.json instead of the summary")

@@ -52,7 +52,9 @@ class OptimizeConfig:
 
     ``max_candidates``/``max_repair_steps``/``latency_runs`` bound the recipe search (tests shrink them; the
     defaults run the full procedure). ``calib_images`` caps the calibration set, ``eval_per_photo`` sizes the
-    demo evaluation grid.
+    demo evaluation grid
+    (32 views x 7 photos = 224 images, about half of them decisive for a trained model, so a 1% budget can
+    tolerate one disagreement).
     """
 
     target: str = "auto"
@@ -63,7 +65,7 @@ class OptimizeConfig:
     eval_labels: Path | None = None
     force: bool = False
     calib_images: int = 64
-    eval_per_photo: int = 16
+    eval_per_photo: int = 32
     preprocessing: PreprocessingFlags = field(default_factory=PreprocessingFlags)
     max_candidates: int | None = None
     max_repair_steps: int = 3
