@@ -123,7 +123,7 @@ class ImageClassifier:
             )
         providers = list(SETTINGS.providers) or None
         self.classifier = OnnxClassifier(
-            self.model_path, providers=providers, threads=SETTINGS.threads, memory_arena=False
+            self.model_path, providers=providers, threads=SETTINGS.threads, memory_arena=False, spinning=False
         )
         self.model_name = model_name(self.classifier.card)
         # A /classify_batch request larger than max_batch_size is split across batches by the dispatcher.
