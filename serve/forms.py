@@ -8,6 +8,7 @@ as the text value of a file field (a server-side request forgery hole), and its 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from starlette.datastructures import FormData, UploadFile
@@ -63,6 +64,16 @@ async def read_form(request: Request, max_bytes: int) -> FormData:
         return await parser.parse()
     except MultiPartException as error:
         raise RequestRejected(400, f"malformed multipart body: {error}") from error
+
+
+@asynccontextmanager
+async def multipart_form(request: Request, max_bytes: int) -> AsyncIterator[FormData]:
+    """``read_form`` whose uploads (spooled to temporary files past 1 MB) are closed when the request is done."""
+    form = await read_form(request, max_bytes)
+    try:
+        yield form
+    finally:
+        await form.close()
 
 
 async def uploaded_images(form: FormData, field: str, max_count: int) -> list[ImageUpload]:

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serve.batching import AdaptiveBatcher, BatcherOverloaded
-from serve.forms import ImageUpload, RequestRejected, parse_top_k, read_form, uploaded_images
+from serve.forms import ImageUpload, RequestRejected, multipart_form, parse_top_k, uploaded_images
 from serve.hardware import detect_cpu
 from serve.images import ImageDecodeError, decode_image
 from serve.runtime import OnnxClassifier, softmax, top_k
@@ -157,9 +157,9 @@ class ImageClassifier:
     async def classify(self, ctx: bentoml.Context) -> dict[str, Any]:
         """Classify one photo: multipart field ``image``, optional ``top_k`` (1..20, default 5)."""
         try:
-            form = await read_form(ctx.request, SETTINGS.max_upload_bytes)
-            uploads = await uploaded_images(form, "image", max_count=1)
-            return (await self._classify(uploads, parse_top_k(form)))[0]
+            async with multipart_form(ctx.request, SETTINGS.max_upload_bytes) as form:
+                uploads = await uploaded_images(form, "image", max_count=1)
+                return (await self._classify(uploads, parse_top_k(form)))[0]
         except RequestRejected as rejected:
             return self._rejection(ctx, rejected)
 
@@ -167,9 +167,9 @@ class ImageClassifier:
     async def classify_batch(self, ctx: bentoml.Context) -> dict[str, Any]:
         """Classify several photos sent as repeated ``images`` fields; one result per image, in order."""
         try:
-            form = await read_form(ctx.request, SETTINGS.max_upload_bytes)
-            uploads = await uploaded_images(form, "images", max_count=SETTINGS.max_batch_images)
-            return {"model": self.model_name, "results": await self._classify(uploads, parse_top_k(form))}
+            async with multipart_form(ctx.request, SETTINGS.max_upload_bytes) as form:
+                uploads = await uploaded_images(form, "images", max_count=SETTINGS.max_batch_images)
+                return {"model": self.model_name, "results": await self._classify(uploads, parse_top_k(form))}
         except RequestRejected as rejected:
             return self._rejection(ctx, rejected)
 
