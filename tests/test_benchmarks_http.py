@@ -1,19 +1,25 @@
 """bench-http's load tool against a real local HTTP server (stdlib, loopback) whose answers we control.
 
 The server counts what it answered, so the client's request, success and per-status error counts can be checked
-exactly. The full serving stack is exercised by the serve tests; here the tool's own behaviour is under test.
+exactly. One last test drives the project's real BentoML service (`smallnets serve`) end to end.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -172,3 +178,48 @@ def test_cli_unreachable_url_is_one_error_line(tmp_path: Path, capsys: pytest.Ca
     assert main(["bench-http", "--url", url, "--duration", "1", "-o", str(tmp_path / "http")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("smallnets bench-http: error: cannot reach") and "smallnets serve" in err
+
+
+@pytest.fixture(scope="module")
+def bento_url(exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`smallnets serve` on the cheapest model, on a free loopback port, once /readyz answers 200."""
+    model = exported("mobilenet_v1", width=0.25, resolution=128)
+    folder = tmp_path_factory.mktemp("bento-serve")
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(folder / "home"), "BENTOML_DO_NOT_TRACK": "true"}
+    command = [sys.executable, "-m", "smallnets", "serve", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    log = folder / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while not ready(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"`smallnets serve` did not become ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2, trust_env=False).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_load_on_the_real_bento_service(bento_url: str, tmp_path: Path) -> None:
+    argv = ["bench-http", "--url", bento_url, "--concurrency", "1,4", "--duration", "1", "-o", str(tmp_path)]
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "http_results.json").read_text())
+    assert data["server"]["name"] == "mobilenet_v1"
+    for level in data["levels"]:
+        assert level["ok"] > 0 and level["errors"] == {}, level
+        assert 0 < level["p50_ms"] <= level["p90_ms"] <= level["p99_ms"]
