@@ -59,25 +59,22 @@ class MeasureSpec:
         return cls(**data)
 
 
+def _unchanged(batch: np.ndarray) -> np.ndarray:
+    return batch
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     """A model ready to run: ``prepare`` converts the input once (outside the clock), ``run`` is what is timed.
 
     ``load_ms`` is measured by the loader after its library is imported: session/model creation, not imports.
     """
 
-    def __init__(
-        self,
-        run: Callable[[Any], Any],
-        prepare: Callable[[np.ndarray], Any] = lambda batch: batch,
-        provider: str = "",
-        size_bytes: int = 0,
-        load_ms: float = 0.0,
-    ) -> None:
-        self.run = run
-        self.prepare = prepare
-        self.provider = provider
-        self.size_bytes = size_bytes
-        self.load_ms = load_ms
+    run: Callable[[Any], Any]
+    prepare: Callable[[np.ndarray], Any] = _unchanged
+    provider: str = ""
+    size_bytes: int = 0
+    load_ms: float = 0.0
 
 
 def peak_rss_mb() -> float:

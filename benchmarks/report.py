@@ -132,7 +132,8 @@ def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], plo
         "Each measurement is a fresh process: session load (`load ms`), one first run (`first run ms`), warm-up, "
         "then a bounded loop with the clock around inference only; repeats of all variants are interleaved and "
         "pooled, outliers kept. Speedups compare p50 latency with `torch` and `onnx-fp32` at the same batch and "
-        "threads. `+RSS` is peak RSS minus that of a bare measuring interpreter. MiB = 2^20 bytes.",
+        "threads. `+RSS` is peak RSS minus that of a bare measuring interpreter; `size` is the ONNX file (the state "
+        "dict for torch). MiB = 2^20 bytes.",
         "",
     ]
     for batch, threads in sorted({setting_key(row) for row in rows}):
