@@ -97,6 +97,9 @@ def machine_lines(machine: dict[str, Any]) -> list[str]:
             f"- Threads: intra-op {threads['intra_op']}, inter-op {threads['inter_op']}, "
             f"{threads['execution_mode']} execution"
         )
+    if machine.get("providers"):
+        notes = "; ".join(machine.get("provider_notes") or [])
+        lines.append(f"- onnxruntime providers: {', '.join(machine['providers'])}" + (f" ({notes})" if notes else ""))
     if machine.get("target"):
         lines.append(f"- int8 target: {machine['target']} ({machine.get('target_reason') or 'given'})")
     if machine.get("bare_interpreter_rss_mb") is not None:

@@ -28,6 +28,7 @@ from benchmarks.machine import machine_block
 from benchmarks.measure import MeasureSpec
 from benchmarks.runner import Measurement, bare_interpreter_rss_mb, pool, run_measurement
 from benchmarks.selection import OPTIMIZED_VARIANTS, VARIANTS, ModelChoice
+from serve.runtime import resolve_providers
 
 MIB = 2**20
 
@@ -201,11 +202,16 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
 
     for choice in config.models:
         check_choice(choice)
+    providers, provider_notes = resolve_providers(config.providers)  # an unknown provider fails here, not later
     optimized = set(config.variants) & set(OPTIMIZED_VARIANTS)
     target, target_reason = resolve_target(config.target) if optimized else (None, None)
     outdir = ensure_writable_dir(outdir)
     ensure_writable_dir(config.cache_dir, "artifact cache folder")
-    machine = machine_block(config.threads, target, target_reason) | {"measurement": loop_settings(config)}
+    machine = machine_block(config.threads, target, target_reason) | {
+        "measurement": loop_settings(config),
+        "providers": providers,
+        "provider_notes": provider_notes,
+    }
 
     started = time.perf_counter()
     built = build_all(config, target)

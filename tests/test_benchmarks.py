@@ -242,6 +242,13 @@ def test_unknown_benchmark_variant_lists_valid_ones(tmp_path: Path, capsys: pyte
     assert "onnx-fp16" in err and all(variant in err for variant in VARIANTS)
 
 
+def test_unknown_execution_provider_fails_before_building(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--models", TINY, "--providers", "tensorrt", "--cache-dir", str(tmp_path / "cache")]
+    code, err = run_cli([*argv, "-o", str(tmp_path / "out")], capsys)
+    assert code == 2 and "tensorrt" in err and "xnnpack" in err
+    assert not (tmp_path / "cache").exists()
+
+
 def test_unwritable_output_fails_before_measuring(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
