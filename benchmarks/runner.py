@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -90,6 +91,13 @@ def run_process(spec: MeasureSpec, timeout_s: float | None = None) -> dict[str, 
         )
     except subprocess.TimeoutExpired as error:
         raise MeasurementError(f"measurement timed out after {timeout_s:.0f} s: {spec.to_json()}") from error
+    except OSError as error:
+        if error.errno != errno.ENOEXEC:
+            raise
+        raise MeasurementError(
+            f"cannot start the measuring interpreter {command[0]} ({error.strerror}); under qemu user-mode emulation "
+            "without binfmt, set SMALLNETS_MEASURE_PYTHON='qemu-aarch64 -L ROOT ROOT/usr/bin/python3.11'"
+        ) from error
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise MeasurementError(f"measurement failed (exit {done.returncode}) for {spec.to_json()}:\n{tail}")
