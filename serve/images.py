@@ -40,7 +40,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             image.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except UnidentifiedImageError as error:
+        # PIL's own message only names the BytesIO object; say what the bytes should have been instead.
+        raise ImageDecodeError(
+            "not a decodable image: unrecognised format (expected JPEG, PNG, WebP, GIF, BMP or TIFF bytes)"
+        ) from error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageDecodeError(f"not a decodable image: {error}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from error

@@ -115,9 +115,16 @@ def test_truncated_file_is_rejected(picture: Image.Image, fmt: str) -> None:
         decode_image(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("data", [b"", b"this is not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
-def test_non_images_are_rejected(data: bytes) -> None:
-    with pytest.raises(ImageDecodeError):
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"this is not an image at all", "unrecognised format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image"),
+    ],
+)
+def test_non_images_are_rejected(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageDecodeError, match=reason):
         decode_image(data)
 
 
