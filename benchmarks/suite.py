@@ -213,11 +213,11 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
         "provider_notes": provider_notes,
     }
 
+    baseline_rss_mb = bare_interpreter_rss_mb()  # also proves a measuring interpreter starts, before any build
+    machine["bare_interpreter_rss_mb"] = baseline_rss_mb
     started = time.perf_counter()
     built = build_all(config, target)
     build_s = time.perf_counter() - started
-    baseline_rss_mb = bare_interpreter_rss_mb()
-    machine["bare_interpreter_rss_mb"] = baseline_rss_mb
     machine["skipped"] = skipped(built, config.variants)
     for reason in machine["skipped"]:
         print(f"note: {reason}")
