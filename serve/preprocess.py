@@ -14,25 +14,38 @@ _RESAMPLING = {
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
 }
+# Shrink large photos by whole factors first (box filter), then resample the last < 3x: Pillow documents the result
+# as indistinguishable from a full resample, at a fraction of the cost for 12-megapixel uploads.
+REDUCING_GAP = 3.0
 
 
 def resize_and_crop(image: Image.Image, config: Preprocessing) -> Image.Image:
-    """Resize the shorter side to ``config.resize`` then take the centered ``config.crop`` square."""
+    """Resize the shorter side to ``config.resize`` then take the centered ``config.crop`` square.
+
+    Done as one resample of the kept source region (Pillow's ``box``), so pixels that the crop discards are
+    never interpolated; the geometry is the same as resize-then-crop.
+    """
     width, height = image.size
     scale = config.resize / min(width, height)
-    new_size = (max(config.crop, round(width * scale)), max(config.crop, round(height * scale)))
-    image = image.resize(new_size, _RESAMPLING[config.interpolation])
-    left = (new_size[0] - config.crop) // 2
-    top = (new_size[1] - config.crop) // 2
-    return image.crop((left, top, left + config.crop, top + config.crop))
+    resized_width = max(config.crop, round(width * scale))
+    resized_height = max(config.crop, round(height * scale))
+    left = (resized_width - config.crop) // 2
+    top = (resized_height - config.crop) // 2
+    x_scale, y_scale = width / resized_width, height / resized_height
+    box = (left * x_scale, top * y_scale, (left + config.crop) * x_scale, (top + config.crop) * y_scale)
+    return image.resize(
+        (config.crop, config.crop), _RESAMPLING[config.interpolation], box=box, reducing_gap=REDUCING_GAP
+    )
 
 
 def preprocess(images: Sequence[Image.Image], config: Preprocessing) -> np.ndarray:
-    """Batch of RGB pictures -> float32 array of shape (N, 3, crop, crop)."""
-    mean = np.asarray(config.mean, dtype=np.float32).reshape(1, 1, 3)
-    std = np.asarray(config.std, dtype=np.float32).reshape(1, 1, 3)
+    """Batch of RGB pictures -> float32 array of shape (N, 3, crop, crop): ``(pixel / 255 - mean) / std``."""
+    std = np.asarray(config.std, dtype=np.float32)
+    scale = (1.0 / (255.0 * std)).reshape(3, 1, 1)
+    offset = (-np.asarray(config.mean, dtype=np.float32) / std).reshape(3, 1, 1)
     batch = np.empty((len(images), 3, config.crop, config.crop), dtype=np.float32)
     for index, image in enumerate(images):
-        pixels = np.asarray(resize_and_crop(image.convert("RGB"), config), dtype=np.float32) / 255.0
-        batch[index] = ((pixels - mean) / std).transpose(2, 0, 1)
+        pixels = np.asarray(resize_and_crop(image.convert("RGB"), config)).transpose(2, 0, 1)
+        np.multiply(pixels, scale, out=batch[index])
+        batch[index] += offset
     return batch
