@@ -21,7 +21,7 @@ pipeline: $(STAMP)
 	$(VENV)/bin/smallnets pipeline $(MODEL) --weights imagenet -o $(ARTIFACTS)/$(MODEL) --force
 
 run: pipeline
-	$(VENV)/bin/smallnets serve $(ARTIFACTS)/$(MODEL)/model.int8.onnx --port $(PORT)
+	$(VENV)/bin/smallnets serve $(ARTIFACTS)/$(MODEL) --port $(PORT)  # int8 if optimize kept it, else fp32
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
