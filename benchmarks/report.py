@@ -41,9 +41,8 @@ def with_speedups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     p50 = {(row["model"], row["variant"], *setting_key(row)): row["p50_ms"] for row in rows}
     result = []
     for row in rows:
-        reference = (row["model"], *setting_key(row))
-        torch_p50 = p50.get((reference[0], "torch", *reference[1:]))
-        fp32_p50 = p50.get((reference[0], "onnx-fp32", *reference[1:]))
+        torch_p50 = p50.get((row["model"], "torch", *setting_key(row)))
+        fp32_p50 = p50.get((row["model"], "onnx-fp32", *setting_key(row)))
         result.append(
             {
                 **row,
@@ -60,7 +59,7 @@ def format_value(key: str, value: Any) -> str:
     if key.startswith("speedup"):
         return f"{value:.2f}x"
     if key == "agreement_top1":
-        return f"{value:.1%}" if value <= 1 else f"{value:.1f}%"
+        return f"{value:.1%}"
     if isinstance(value, float):
         return f"{value:.2f}" if value < 100 else f"{value:.0f}"
     return str(value)
