@@ -61,6 +61,8 @@ def run_classify(args: argparse.Namespace) -> int:
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise ValueError(f"--top-k must be from 1 to {MAX_TOP_K}, got {args.top_k}")
     classifier = OnnxClassifier(args.model, providers=_providers(args.providers), threads=args.threads)
+    for note in classifier.provider_notes:
+        print(f"note: {note}", file=sys.stderr)
     images = [load_image(path) for path in args.images]
     results = classifier.classify(images, args.top_k)
     name_width = max(len("image"), *(len(path.name) for path in args.images))

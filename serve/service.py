@@ -12,6 +12,7 @@ The model comes from the BentoML model store by tag, given as the Bento argument
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ from serve.runtime import OnnxClassifier, softmax, top_k
 from serve.settings import DEFAULT_TOP_K, MAX_TOP_K, ServeSettings
 from serve.store import MODEL_FILENAME, model_name
 
+LOGGER = logging.getLogger(__name__)
 SETTINGS = ServeSettings.from_env()
 MODEL_TAG: str | None = getattr(bentoml.use_arguments(), "model_tag", None)
 # Requests are shed (503) only after waiting this long for a batch: a queue of small-CNN batches on a busy
@@ -125,6 +127,8 @@ class ImageClassifier:
         self.classifier = OnnxClassifier(
             self.model_path, providers=providers, threads=SETTINGS.threads, memory_arena=False, spinning=False
         )
+        for note in self.classifier.provider_notes:
+            LOGGER.warning("execution providers: %s", note)
         self.model_name = model_name(self.classifier.card)
         # A /classify_batch request larger than max_batch_size is split across batches by the dispatcher.
         self.batcher = AdaptiveBatcher(
