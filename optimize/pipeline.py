@@ -24,10 +24,9 @@ from optimize.latency import measure_latency
 from optimize.modelio import load_model, save_model, write_card
 from optimize.presets import QuantPreset, resolve_target
 from optimize.quantize import calibration_method, prepare_for_quantization, quantize_model
-from optimize.recipe import LogitCache, SearchResult, SearchSettings, accuracy_loss, search_recipe
+from optimize.recipe import LogitCache, SearchResult, SearchSettings, accuracy_loss, budget_metric, search_recipe
 from optimize.report import OptimizeReport
 from optimize.simplify import simplify
-from optimize.validate import DECISIVE_MARGIN
 from serve.hardware import detect_cpu
 from serve.metadata import ModelCard
 
@@ -248,9 +247,7 @@ def make_report(
         accuracy=validation.to_dict() if validation else {},
         budget={
             "max_drop": config.max_drop,
-            "metric": "top-1 accuracy points lost"
-            if evaluation_set.labels is not None
-            else f"% top-1 disagreement on decisive images (fp32 margin >= {DECISIVE_MARGIN:.0%})",
+            "metric": budget_metric(validation or result.trials[0].validation) if result.trials else None,
             "loss": accuracy_loss(validation) if validation else None,
         },
         kept_float=kept,

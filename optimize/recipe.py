@@ -23,7 +23,7 @@ from PIL import Image
 
 from optimize.groups import NodeGroup
 from optimize.latency import measure_latency
-from optimize.validate import ValidationReport, compare_logits, predict_logits, preprocess_batches
+from optimize.validate import DECISIVE_MARGIN, ValidationReport, compare_logits, predict_logits, preprocess_batches
 from serve.runtime import OnnxClassifier
 
 # Cumulative: each step keeps one more group float that costs int8 time on x86 (Q/DQ around unfusable
@@ -91,12 +91,28 @@ class SearchResult:
 
 
 def accuracy_loss(report: ValidationReport) -> float:
-    """The budgeted number: top-1 points lost when labelled, else % top-1 disagreement on decisive images
-    (all images if none is decisive)."""
+    """The budgeted number (see :func:`budget_metric`)."""
     if report.top1_drop is not None:
         return report.top1_drop
-    agreement = report.agreement_top1_decisive
-    return 100.0 * (1.0 - (agreement if agreement is not None else report.agreement_top1))
+    if report.agreement_top1_decisive is not None:
+        return 100.0 * (1.0 - report.agreement_top1_decisive)
+    return 100.0 * (1.0 - report.cosine_mean)
+
+
+def budget_metric(report: ValidationReport) -> str:
+    """What ``--max-drop`` bounds for this evaluation set.
+
+    Labels: top-1 points lost. Unlabeled: % top-1 disagreement on decisive images. If fp32 decides no image
+    at all (random weights: every prediction is a near-tie), top-1 agreement measures nothing, so the
+    budget falls back to the logit error, 100 * (1 - mean cosine).
+    """
+    if report.top1_drop is not None:
+        return "top-1 accuracy points lost"
+    if report.agreement_top1_decisive is not None:
+        return (
+            f"% top-1 disagreement on {report.decisive_images} decisive images (fp32 margin >= {DECISIVE_MARGIN:.0%})"
+        )
+    return "100 * (1 - mean logit cosine): fp32 makes no decisive prediction (random weights?)"
 
 
 def within_budget(report: ValidationReport, max_drop: float) -> bool:

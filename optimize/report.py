@@ -87,7 +87,7 @@ class OptimizeReport:
             f"per_channel={self.preset.get('per_channel')} format={self.preset.get('quant_format')}",
             f"- calibration: {self.calibration_images} images, {self.calibration_method} ({self.calibration_source})",
             f"- evaluation: {self.eval_images} images ({self.eval_source})",
-            f"- accuracy budget: {self.budget['metric']} <= {self.budget['max_drop']} "
+            f"- accuracy budget: {self.budget['metric'] or 'see candidates'} <= {self.budget['max_drop']} "
             f"(measured: {number(self.budget['loss'], '.2f')})",
             "",
             "| model | size (bytes) | p50 ms (batch 1, 1 thread) |",
