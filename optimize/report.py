@@ -109,7 +109,7 @@ class OptimizeReport:
         lines += [
             f"- {k['group']} ({k['nodes']} nodes: {', '.join(k['op_types'])}): {k['reason']}" for k in self.kept_float
         ]
-        lines += ["- nothing" if not self.kept_float else "", "## Candidates tried", ""]
+        lines += [*([] if self.kept_float else ["- nothing"]), "", "## Candidates tried", ""]
         lines += [
             "| candidate | float groups | agreement | decisive agreement | cosine | within budget | speedup |",
             "|---|---|---:|---:|---:|---|---:|",
