@@ -108,9 +108,16 @@ class ModelArtifacts:
         return None
 
     def optimized_complete(self) -> bool:
-        """optimize finished here: report.json is written last; int8 may be absent only when optimize rejected it."""
+        """optimize finished here with this effort's bounds.
+
+        report.json is written last; int8 may be absent only when optimize rejected it; a build made with other
+        bounds (the effort's definition changed since) does not count.
+        """
         outdir, report = self.optimized_dir, self.optimize_report()
         if outdir is None or report is None or not (outdir / OPTIMIZED_FILES["onnx-opt"]).is_file():
+            return False
+        used = report.get("config") or {}
+        if any(used.get(key) != value for key, value in OPTIMIZE_EFFORTS[self.effort].items()):
             return False
         return report.get("status") == "rejected" or (outdir / OPTIMIZED_FILES["onnx-int8"]).is_file()
 

@@ -320,6 +320,13 @@ def test_half_built_optimize_output_is_not_taken_for_a_cache_hit(
     copy = ModelArtifacts(cached.choice, cached.weights, tmp_path / "copy", cached.card, target, cached.effort)
     shutil.copytree(cached.folder, copy.folder)
     assert copy.optimized_complete()
+    report_path = copy.optimized_dir / "report.json"
+    original = report_path.read_text()
+    changed = json.loads(original)
+    changed["config"]["calib_images"] += 1  # built with other bounds than this effort's
+    report_path.write_text(json.dumps(changed))
+    assert not copy.optimized_complete()
+    report_path.write_text(original)
     status = copy.optimize_report()["status"]
     missing = copy.path("onnx-int8" if status == "accepted" else "onnx-opt")
     missing.unlink()
