@@ -68,11 +68,16 @@ class OptimizeReport:
             f"{self.outdir / self.output}: target {self.target}, {self.speedup:.2f}x faster than fp32 "
             f"({fp32['latency_ms_p50']:.2f} -> {int8['latency_ms_p50']:.2f} ms p50, batch 1, 1 thread), "
             f"top-1 agreement {self.agreement_top1:.1%} "
-            f"({self.accuracy.get('agreement_top1_decisive') or 0:.1%} on {self.accuracy.get('decisive_images')} "
-            f"decisive), top-5 overlap {self.top5_overlap:.1%}, "
+            f"({self._decisive_text()}), top-5 overlap {self.top5_overlap:.1%}, "
             f"cosine {self.cosine_mean:.4f} on {self.eval_images} images; "
             f"kept float: {', '.join(k['group'] for k in self.kept_float) or 'nothing'}"
         )
+
+    def _decisive_text(self) -> str:
+        agreement = self.accuracy.get("agreement_top1_decisive")
+        if agreement is None:
+            return "no decisive image: budget judged on logit cosine"
+        return f"{agreement:.1%} on {self.accuracy.get('decisive_images')} decisive"
 
     def to_markdown(self) -> str:
         def number(value: Any, fmt: str) -> str:
@@ -99,8 +104,7 @@ class OptimizeReport:
         lines += [
             "",
             f"speedup {number(self.speedup, '.2f')}x, top-1 agreement {number(self.agreement_top1, '.2%')} "
-            f"({number(self.accuracy.get('agreement_top1_decisive'), '.2%')} on "
-            f"{self.accuracy.get('decisive_images', '-')} decisive images), "
+            f"({self._decisive_text()}), "
             f"top-5 overlap {number(self.top5_overlap, '.2%')}, logit cosine {number(self.cosine_mean, '.4f')}",
             "",
             "## Kept in float",
