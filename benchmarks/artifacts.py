@@ -4,7 +4,7 @@ Cache layout (one folder per model + variant + weights, one sub-folder per optim
 
     CACHE/<model-label>--<weights>/model.onnx            onnx-fp32 (export's output, + model.export.json)
     CACHE/<model-label>--<weights>/input.npy             the sample photos preprocessed by the model's card
-    CACHE/<model-label>--<weights>/<target>[-quick]/model.fp32.onnx, model.int8.onnx, report.json   (optimize's)
+    CACHE/<model-label>--<weights>/<target>[-bounded]/model.fp32.onnx, model.int8.onnx, report.json   (optimize's)
 
 A second run finds everything and builds nothing; building needs the export stage (torch), measuring does not,
 so a cache built on x86 can be copied to an ARM box and measured there.
@@ -30,14 +30,14 @@ from benchmarks.selection import OPTIMIZED_VARIANTS, ModelChoice
 from serve.metadata import ModelCard
 
 # Recipe-search bounds handed to optimize. "full" is optimize's own default (what `smallnets pipeline` ships);
-# "quick" halves calibration images and cuts timing runs and repair steps so `--models all-default` fits its time
-# budget. The evaluation set stays the same: with fewer images one flipped prediction already exceeds the 1%
-# agreement budget, and int8 would be rejected for noise.
+# "bounded" halves calibration images and cuts timing runs and repair steps so `--models all-default` fits its time
+# budget. Unlike optimize's smoke-test "quick" search it keeps the whole evaluation set: with fewer images one
+# flipped prediction already exceeds the 1% agreement budget, and int8 would be rejected for noise.
 OPTIMIZE_EFFORTS: dict[str, dict[str, int]] = {
     "full": {},
-    "quick": {"calib_images": 32, "latency_runs": 20, "max_repair_steps": 2},
+    "bounded": {"calib_images": 32, "latency_runs": 20, "max_repair_steps": 2},
 }
-DEFAULT_EFFORT = "quick"
+DEFAULT_EFFORT = "bounded"
 OPTIMIZED_FILES = dict(zip(OPTIMIZED_VARIANTS, ("model.fp32.onnx", "model.int8.onnx"), strict=True))
 
 
@@ -108,18 +108,28 @@ class ModelArtifacts:
         return None
 
     def optimized_complete(self) -> bool:
-        """optimize finished here with this effort's bounds.
+        """optimize finished here, with the settings a build would use now.
 
         report.json is written last; int8 may be absent only when optimize rejected it; a build made with other
-        bounds (the effort's definition changed since) does not count.
+        settings (optimize's defaults or this effort changed since) does not count.
         """
         outdir, report = self.optimized_dir, self.optimize_report()
         if outdir is None or report is None or not (outdir / OPTIMIZED_FILES["onnx-opt"]).is_file():
             return False
+        expected = self.optimize_config()
         used = report.get("config") or {}
-        if any(used.get(key) != value for key, value in OPTIMIZE_EFFORTS[self.effort].items()):
+        if expected is not None and any(used.get(key) != value for key, value in expected.items() if key != "force"):
             return False
         return report.get("status") == "rejected" or (outdir / OPTIMIZED_FILES["onnx-int8"]).is_file()
+
+    def optimize_config(self) -> dict[str, Any] | None:
+        """The OptimizeConfig a build would use (as report.json records it); None without the optimize stage."""
+        try:
+            from optimize.pipeline import OptimizeConfig
+        except ImportError:
+            return None
+        config = OptimizeConfig(target=self.target or "auto", force=True, **OPTIMIZE_EFFORTS[self.effort])
+        return json.loads(json.dumps(config.to_dict()))
 
     def optimize_report(self) -> dict[str, Any] | None:
         """optimize's report.json (agreement/accuracy of int8 vs fp32), when the int8 variant was built."""

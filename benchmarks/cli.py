@@ -55,10 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--rebuild", action="store_true", help="rebuild cached artifacts instead of reusing them")
     bench.add_argument(
         "--optimize-effort",
-        choices=("quick", "full"),
-        default="quick",
-        help="int8 recipe search when building: quick (bounded, fits the all-default time budget) or full "
-        "(optimize's defaults, what `smallnets pipeline` ships) [default: quick]",
+        choices=("bounded", "full"),
+        default="bounded",
+        help="int8 recipe search when building: bounded (fewer calibration images and timing runs, same evaluation; "
+        "fits the all-default time budget) or full (optimize's defaults, what `smallnets pipeline` ships) "
+        "[default: bounded]",
     )
     bench.add_argument(
         "--from-results",
