@@ -140,9 +140,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
         )
         print(f"exported {exported.card.display_name} ({exported.card.weights})")
         status = _optimize(exported.path, outdir, config, args.json)
-        for name in ("model.export.onnx", "model.export.json"):
-            if (staging / name).exists():
-                (staging / name).replace(outdir / name)
+        for path in staging.iterdir():  # the export and the config/validation JSON written beside it
+            path.replace(outdir / path.name)
     finally:
         import shutil
 

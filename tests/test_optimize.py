@@ -365,6 +365,8 @@ def test_pipeline_cli_exports_and_optimizes(tmp_path: Path) -> None:
     outdir = tmp_path / "artifacts" / "squeezenet1_1"
     assert main(["pipeline", "squeezenet1_1", "-o", str(outdir), "--search", "quick", "--max-drop", "100"]) == 0
     report = json.loads((outdir / "report.json").read_text())
-    assert {"model.export.onnx", FP32_NAME, "report.json", "report.md"} <= {p.name for p in outdir.iterdir()}
+    names = {p.name for p in outdir.iterdir()}
+    assert {"model.export.onnx", FP32_NAME, "report.json", "report.md"} <= names
+    assert any(name.endswith(".json") and name != "report.json" for name in names), "export config kept"
     assert report["config"]["max_candidates"] == 2 and (outdir / report["output"]).is_file()
     assert [p.name for p in outdir.parent.iterdir()] == ["squeezenet1_1"], "no staging folders left behind"
