@@ -118,17 +118,22 @@ def make_row(
 def quality_fields(variant: str, report: dict[str, Any] | None) -> dict[str, Any]:
     """What optimize measured about this variant's answers (its report.json), None where it measured nothing.
 
-    Agreement/overlap/cosine compare int8 with fp32; top-1 accuracy exists only when optimize had labels
-    (reference = fp32, candidate = int8).
+    Agreement/overlap/cosine compare int8 with fp32 on optimize's evaluation images; ``decisive`` agreement counts
+    only images where fp32 is confident (random weights have none, then the logit cosine is what optimize
+    budgets). Top-1 accuracy exists only when optimize had labels (reference = fp32, candidate = int8).
     """
     report = report or {}
     accuracy = report.get("accuracy") or {}
-    is_int8 = variant == "onnx-int8"
+    budget = report.get("budget") or {}
+    int8 = variant == "onnx-int8"
     return {
-        "agreement_top1": report.get("agreement_top1") if is_int8 else None,
-        "top5_overlap": report.get("top5_overlap") if is_int8 else None,
-        "cosine_mean": report.get("cosine_mean") if is_int8 else None,
-        "top1_accuracy": accuracy.get("candidate_top1" if is_int8 else "reference_top1"),
+        "agreement_top1": report.get("agreement_top1") if int8 else None,
+        "agreement_top1_decisive": accuracy.get("agreement_top1_decisive") if int8 else None,
+        "decisive_images": accuracy.get("decisive_images") if int8 else None,
+        "top5_overlap": report.get("top5_overlap") if int8 else None,
+        "cosine_mean": report.get("cosine_mean") if int8 else None,
+        "quality_budget": budget.get("metric") if int8 else None,
+        "top1_accuracy": accuracy.get("candidate_top1" if int8 else "reference_top1"),
     }
 
 
