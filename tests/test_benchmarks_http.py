@@ -7,21 +7,16 @@ exactly. One last test drives the project's real BentoML service (`smallnets ser
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
+from servers import free_port, smallnets_server
 
 from benchmarks.http_load import Payload, endpoint_url, load_payloads, run_load
 from smallnets.cli import main
@@ -98,12 +93,6 @@ def server() -> Iterator[CountingServer]:
 @pytest.fixture(scope="module")
 def payloads() -> list[Payload]:
     return load_payloads("samples")[:3]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_counts_match_what_the_server_answered(server: CountingServer, payloads: list[Payload]) -> None:
@@ -184,35 +173,8 @@ def test_cli_unreachable_url_is_one_error_line(tmp_path: Path, capsys: pytest.Ca
 def bento_url(exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`smallnets serve` on the cheapest model, on a free loopback port, once /readyz answers 200."""
     model = exported("mobilenet_v1", width=0.25, resolution=128)
-    folder = tmp_path_factory.mktemp("bento-serve")
-    port = free_port()
-    env = {**os.environ, "BENTOML_HOME": str(folder / "home"), "BENTOML_DO_NOT_TRACK": "true"}
-    command = [sys.executable, "-m", "smallnets", "serve", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    log = folder / "serve.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while not ready(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"`smallnets serve` did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with smallnets_server(model, tmp_path_factory.mktemp("bento-serve")) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2, trust_env=False).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_load_on_the_real_bento_service(bento_url: str, tmp_path: Path) -> None:

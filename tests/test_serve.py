@@ -6,12 +6,7 @@ Every bad request must get a 4xx JSON ``{"error": ...}`` and leave the server se
 from __future__ import annotations
 
 import io
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from servers import smallnets_server
 from test_images import png_header_only
 
 MAX_UPLOAD_MB = 1  # small cap so the 413 case sends little
@@ -29,12 +25,6 @@ MAX_BATCH_SIZE = 2  # below MAX_BATCH_IMAGES, so a batch request is split across
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
 JSON = {"content-type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def jpeg(image: Image.Image, **options: object) -> bytes:
@@ -52,8 +42,6 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
 @dataclass
 class Server:
     url: str
-    process: subprocess.Popen
-    log: Path
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
@@ -65,48 +53,15 @@ def model(exported) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("bentoml_home")
-
-
-@pytest.fixture(scope="module")
-def server(model: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`smallnets serve` (model store import + `bentoml serve`) on a free port, ready when /readyz says so."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(bentoml_home),
+def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`smallnets serve` on real-weights Lite0 with small caps, so the 413 and batch-split cases stay cheap."""
+    limits = {
         "SMALLNETS_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
         "SMALLNETS_MAX_BATCH_IMAGES": str(MAX_BATCH_IMAGES),
         "SMALLNETS_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
-        "BENTOML_DO_NOT_TRACK": "true",
     }
-    command = [sys.executable, "-m", "smallnets", "serve", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 180 s:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        yield Server(url, process, log)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    with smallnets_server(model, tmp_path_factory.mktemp("server"), limits) as url:
+        yield Server(url)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -140,6 +141,9 @@ class Arm64Environment:
                 "PYTHONNOUSERSITE": "1",
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "SMALLNETS_EMULATED": "1",
+                # Without binfmt the guest cannot exec aarch64 binaries itself: the benchmark's fresh measuring
+                # processes are started through the emulator too.
+                "SMALLNETS_MEASURE_PYTHON": shlex.join(self.command([])),
             }
         )
         environment.update(extra or {})
