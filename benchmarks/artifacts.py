@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.files import atomic_write
 from benchmarks.selection import OPTIMIZED_VARIANTS, ModelChoice
+from serve.files import atomic_write
 from serve.metadata import ModelCard
 
 # Recipe-search bounds handed to optimize. "full" is optimize's own default (what `smallnets pipeline` ships);

@@ -129,8 +129,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def redraw(results: Path, output: Path) -> int:
     """Re-render an earlier run, e.g. results measured on a box without matplotlib."""
-    from benchmarks.files import ensure_writable_dir
     from benchmarks.report import load_results, write_results
+    from serve.files import ensure_writable_dir
 
     rows, machine = load_results(results)
     written = write_results(ensure_writable_dir(output), rows, machine)
@@ -139,10 +139,10 @@ def redraw(results: Path, output: Path) -> int:
 
 
 def run_bench_http(args: argparse.Namespace) -> int:
-    from benchmarks.files import ensure_writable_dir
     from benchmarks.http_load import load_payloads, run_load, server_metadata
     from benchmarks.report import write_http_results
     from benchmarks.selection import parse_positive_ints
+    from serve.files import ensure_writable_dir
 
     levels = parse_positive_ints(args.concurrency, "--concurrency")
     if args.duration <= 0 or args.timeout <= 0:

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.files import atomic_write
 from benchmarks.machine import EMULATED_WARNING
 from benchmarks.selection import VARIANTS
+from serve.files import atomic_write
 
 TABLE_COLUMNS = (
     ("model", "model"),

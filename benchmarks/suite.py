@@ -23,11 +23,11 @@ from benchmarks.artifacts import (
     default_cache_dir,
     resolve_target,
 )
-from benchmarks.files import ensure_writable_dir
 from benchmarks.machine import machine_block
 from benchmarks.measure import MeasureSpec
 from benchmarks.runner import Measurement, bare_interpreter_rss_mb, pool, run_measurement
 from benchmarks.selection import OPTIMIZED_VARIANTS, VARIANTS, ModelChoice
+from serve.files import ensure_writable_dir
 from serve.runtime import resolve_providers
 
 MIB = 2**20

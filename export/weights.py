@@ -6,7 +6,6 @@ an error that names the keys, never a silently half-initialised model.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import socket
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from export.registry import ModelSpec, WeightsSource
+from serve.files import sha256_file
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
 # Offline, DNS usually fails at once; a firewall that drops packets would otherwise hang for minutes.
@@ -69,15 +69,7 @@ def load_weights(
     path = _weights_path(weights)
     state_dict = read_state_dict(path)
     _load_strict(model, _in_our_layout(model, state_dict, spec), str(path), spec)
-    return LoadedModel(model, f"file: {path.resolve()} sha256:{sha256_of(path)}")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return LoadedModel(model, f"file: {path.resolve()} sha256:{sha256_file(path)}")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -148,7 +140,7 @@ def _package_file(spec: ModelSpec, source: WeightsSource) -> Path:
 
 def _verified_sha256(path: Path, source: WeightsSource, spec: ModelSpec) -> str:
     """Full sha256 of the file; a registered checksum (full or prefix, as torch.hub file names carry) must match."""
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if source.sha256 and not digest.startswith(source.sha256.lower()):
         raise WeightsUnavailableError(
             f"{path} has sha256 {digest}, but the registry expects {source.sha256} for {spec.name}: the file is "

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
+from serve.files import atomic_output
 from serve.metadata import CARD_KEY, ModelCard
 
 
@@ -40,12 +40,8 @@ def check_model(model: onnx.ModelProto, source: str = "model") -> None:
 def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write via a temporary name in the same folder and rename, so a crash never leaves half a file."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_output(path) as temporary:
         onnx.save(model, str(temporary))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -7,13 +7,13 @@ file gets a new version.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from pathlib import Path
 
 import onnxruntime as ort
 
+from serve.files import sha256_file
 from serve.metadata import ModelCard
 
 MODEL_FILENAME = "model.onnx"
@@ -55,14 +55,6 @@ def model_name(card: ModelCard) -> str:
     return _TAG_UNSAFE.sub("_", f"{card.name}_{card.precision}".lower()).strip("_.-")
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_model(path: str | Path) -> str:
     """Put ``path`` into the BentoML model store (if not there yet) and return its tag ``name:version``."""
     import bentoml
@@ -70,7 +62,7 @@ def import_model(path: str | Path) -> str:
 
     path = resolve_model_file(path)
     card = read_card(path)
-    tag = f"{model_name(card)}:{file_digest(path)[:16]}"
+    tag = f"{model_name(card)}:{sha256_file(path)[:16]}"
     try:
         return str(bentoml.models.get(tag).tag)
     except NotFound:

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve.files import atomic_write
+
 REPO = Path(__file__).resolve().parents[2]
 SETUP_COMMAND = "bash benchmarks/arm64/setup.sh"
 ROOT_PYTHON = "usr/bin/python3.11"
@@ -178,9 +180,7 @@ class Arm64Environment:
         text = "\n".join(blocks) + "\n"
         target = self.root / "proc" / "cpuinfo"
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(".tmp")
-        temporary.write_text(text)
-        os.replace(temporary, target)
+        atomic_write(target, text)
         return text
 
 
