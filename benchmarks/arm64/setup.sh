@@ -29,6 +29,8 @@ host_python=${PYTHON:-}
 if [[ -z "$host_python" ]]; then
     if [[ -x "$repo/.venv/bin/python" ]]; then host_python=$repo/.venv/bin/python; else host_python=$(command -v python3); fi
 fi
+# env.py imports the project's own modules (stdlib-only ones): CI runs this before `make test` creates the venv.
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 
 pins=()
 for name in "${wheels[@]}"; do
