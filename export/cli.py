@@ -31,27 +31,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build NAME, load weights, export to ONNX (dynamic batch, opset 18), attach the model card "
         "and check ONNX Runtime against PyTorch on random input and a real photo.",
     )
-    export.add_argument("name", metavar="NAME", help="registry name (see `smallnets models`)")
-    export.add_argument("--width", type=float, help="width multiplier, when the family has one")
-    export.add_argument("--resolution", type=int, help="input resolution, when the family supports several")
-    export.add_argument(
+    add_model_arguments(export)
+    export.add_argument("--seed", type=int, default=0, help="seed of random weights and validation input")
+    export.add_argument("--atol", type=float, default=1e-4, help="max |ONNX - PyTorch| accepted (default 1e-4)")
+    export.add_argument("-o", "--output", type=Path, help="output .onnx file (default: NAME.onnx)")
+    export.set_defaults(handler=run_export)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """NAME, its variant (--width, --resolution, --variant k=v) and --weights: shared by `export` and `pipeline`."""
+    parser.add_argument("name", metavar="NAME", help="registry name (see `smallnets models`)")
+    parser.add_argument("--width", type=float, help="width multiplier, when the family has one")
+    parser.add_argument("--resolution", type=int, help="input resolution, when the family supports several")
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="any other variant parameter, e.g. --variant groups=3 (repeatable)",
     )
-    export.add_argument(
+    parser.add_argument(
         "--weights",
         default="random",
         metavar="imagenet|random|PATH",
         help="'random' (seeded, default), 'imagenet' (registered checkpoint, verified by sha256) or a "
         "state-dict file (.pth/.pt/.bin)",
     )
-    export.add_argument("--seed", type=int, default=0, help="seed of random weights and validation input")
-    export.add_argument("--atol", type=float, default=1e-4, help="max |ONNX - PyTorch| accepted (default 1e-4)")
-    export.add_argument("-o", "--output", type=Path, help="output .onnx file (default: NAME.onnx)")
-    export.set_defaults(handler=run_export)
+
+
+def variant_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The variant overrides given on the command line (validated later against the registry)."""
+    variant: dict[str, Any] = dict(_parse_variant(item) for item in args.variant)
+    if args.width is not None:
+        variant["width"] = args.width
+    if args.resolution is not None:
+        variant["resolution"] = args.resolution
+    return variant
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -154,11 +169,7 @@ def _millions(value: int | None) -> str:
 def run_export(args: argparse.Namespace) -> int:
     from export.onnx_export import ExportConfig, export_model
 
-    variant: dict[str, Any] = dict(_parse_variant(item) for item in args.variant)
-    if args.width is not None:
-        variant["width"] = args.width
-    if args.resolution is not None:
-        variant["resolution"] = args.resolution
+    variant = variant_from_args(args)
     output = args.output or Path(f"{args.name}.onnx")
     config = ExportConfig(model=args.name, variant=variant, weights=args.weights, seed=args.seed, atol=args.atol)
     result = export_model(config, output)

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from export.cli import add_model_arguments, variant_from_args
+
 TARGET_CHOICES = ("auto", "x86-avx2", "x86-vnni", "arm64")
 CALIBRATION_CHOICES = ("minmax", "entropy", "percentile")
 
@@ -34,13 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export a registry model and optimize it in one go",
         description="smallnets export NAME -> OUTDIR/model.export.onnx, then smallnets optimize into OUTDIR.",
     )
-    pipeline.add_argument("name", metavar="NAME", help="registry name (see `smallnets models`)")
-    pipeline.add_argument("--weights", default="random", metavar="imagenet|random|PATH", help="weights to export")
-    pipeline.add_argument("--width", type=float, help="width multiplier, when the family has one")
-    pipeline.add_argument("--resolution", type=int, help="input resolution, when the family supports several")
-    pipeline.add_argument(
-        "--variant", action="append", default=[], metavar="KEY=VALUE", help="other variant parameter (repeatable)"
-    )
+    add_model_arguments(pipeline)
     pipeline.add_argument("-o", "--output", type=Path, help="output folder (default: artifacts/NAME)")
     add_optimize_arguments(pipeline)
     pipeline.set_defaults(handler=run_pipeline)
@@ -120,15 +116,10 @@ def run_optimize(args: argparse.Namespace) -> int:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    from export.cli import _parse_variant
     from export.onnx_export import ExportConfig, export_model
     from optimize.pipeline import check_outdir
 
-    variant: dict[str, Any] = dict(_parse_variant(item) for item in args.variant)
-    if args.width is not None:
-        variant["width"] = args.width
-    if args.resolution is not None:
-        variant["resolution"] = args.resolution
+    variant = variant_from_args(args)
     outdir = args.output or Path("artifacts") / args.name
     config = optimize_config(args)
     check_outdir(outdir, args.force)  # refuse before spending time on the export
