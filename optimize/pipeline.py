@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from optimize.fuse import count_diff, fuse, op_counts
 from optimize.groups import NodeGroup, find_groups
 from optimize.latency import measure_latency
 from optimize.modelio import load_model, save_model, write_card
-from optimize.presets import QuantPreset, resolve_target
+from optimize.presets import QuantPreset, resolve_target, runs_here
 from optimize.quantize import calibration_method, prepare_for_quantization, quantize_model
 from optimize.recipe import LogitCache, SearchResult, SearchSettings, accuracy_loss, budget_metric, search_recipe
 from optimize.report import OptimizeReport
@@ -167,7 +167,13 @@ def build(
 
     evaluation = LogitCache(fp32_path, evaluation_set.images, evaluation_set.labels, "evaluate")
     probe = LogitCache(fp32_path, calibration_set.images[: config.search_settings().probe_images], None, "probe")
-    result = search_recipe(fp32_path, groups, quantize, evaluation, probe, scratch, config.search_settings())
+    settings = replace(config.search_settings(), gate_on_speed=runs_here(preset))
+    if not settings.gate_on_speed:
+        notes.append(
+            f"target {preset.name} is for {preset.arch} CPUs and this machine is not: latencies here are host "
+            "figures, not device ones, and int8 was not rejected for them"
+        )
+    result = search_recipe(fp32_path, groups, quantize, evaluation, probe, scratch, settings)
 
     fp32_ms = result.chosen.fp32_ms if result.chosen else measure_latency([fp32_path], runs=config.latency_runs)[0]
     int8_entry = None

@@ -31,6 +31,7 @@ class QuantPreset:
     reduce_range: bool
     per_channel: bool = True
     quant_format: str = "qdq"  # QDQ: the format ORT's CPU graph transformers fuse into QLinear*/MLAS kernels
+    arch: str = "x86_64"  # the CPU architecture whose int8 kernels the preset is for
     hardware: str = ""
     rationale: str = ""
 
@@ -79,6 +80,7 @@ PRESETS: dict[str, QuantPreset] = {
             activation_type="int8",
             weight_type="int8",
             reduce_range=False,
+            arch="aarch64",
             hardware="AArch64 with dot-product (ARMv8.2 asimddp, SDOT) or i8mm (ARMv8.6 SMMLA)",
             rationale=(
                 "SDOT/SMMLA multiply signed int8 by signed int8 into int32; ORT's ARM guidance is symmetric S8S8 "
@@ -89,6 +91,12 @@ PRESETS: dict[str, QuantPreset] = {
     )
 }
 TARGETS = ("auto", *PRESETS)
+
+
+def runs_here(preset: QuantPreset, cpu: CpuInfo | None = None) -> bool:
+    """Whether timings on this machine say anything about the preset's kernels (same CPU architecture)."""
+    cpu = cpu or detect_cpu()
+    return (cpu.is_arm64 and preset.arch == "aarch64") or (cpu.is_x86 and preset.arch == "x86_64")
 
 
 def resolve_target(name: str, cpu: CpuInfo | None = None) -> tuple[QuantPreset, str]:

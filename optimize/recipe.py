@@ -8,7 +8,8 @@ Bounded and greedy, not a sweep:
    ranked by measured sensitivity (quantize with that group float, mean logit cosine vs fp32 on probe images)
    and the most sensitive are kept float one at a time until the budget holds or the step limit is reached.
 3. Every candidate is timed against fp32 (batch 1, one thread, interleaved); the fastest within budget wins.
-   If none beats fp32, or none meets the budget, int8 is rejected and fp32 remains the output.
+   If none beats fp32, or none meets the budget, int8 is rejected and fp32 remains the output. For a target
+   CPU of another architecture (arm64 built on x86) timings are reported but not gated on.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class SearchSettings:
     max_repair_steps: int = 3
     latency_runs: int = 60
     probe_images: int = 16
+    # False when the target CPU is not this machine's (e.g. arm64 built on x86): host timings of the target's
+    # kernels say nothing about the device, so the most-quantized variant within budget is chosen instead.
+    gate_on_speed: bool = True
 
 
 @dataclass
@@ -207,6 +211,19 @@ def search_recipe(
             f"no int8 variant met the accuracy budget (max drop {settings.max_drop}); best was {best.name} with "
             f"accuracy loss {accuracy_loss(best.validation):.2f} "
             f"(top-1 agreement {best.validation.agreement_top1:.1%})",
+        )
+    if not settings.gate_on_speed:
+        chosen = passing[0]  # candidates run from most to least quantized
+        final = workdir / "chosen.onnx"
+        shutil.copyfile(chosen.path, final)
+        chosen.path = final
+        return SearchResult(
+            chosen,
+            trials,
+            sensitivity,
+            f"{chosen.name}: most-quantized variant within the accuracy budget; speed not gated because the "
+            "target CPU is not this machine's (host timings are reported, measure on the device with "
+            "`smallnets bench`)",
         )
     fastest = max(passing, key=lambda t: t.speedup or 0.0)
     if (fastest.speedup or 0.0) < 1.0:

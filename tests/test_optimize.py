@@ -22,7 +22,7 @@ from optimize.fuse import fuse, op_counts
 from optimize.groups import find_groups
 from optimize.modelio import InvalidModelError, load_model, read_card
 from optimize.pipeline import FP32_NAME, INT8_NAME, OptimizeConfig, OutputExistsError, optimize_model
-from optimize.presets import PRESETS, UnknownTargetError, resolve_target
+from optimize.presets import PRESETS, UnknownTargetError, resolve_target, runs_here
 from optimize.quantize import prepare_for_quantization, quantize_model
 from optimize.simplify import simplify
 from optimize.validate import compare
@@ -261,6 +261,23 @@ def test_auto_picks_the_preset_of_this_cpu() -> None:
 def test_resolve_target_from_fabricated_cpus(arch: str, features: tuple[str, ...], expected: str) -> None:
     preset, reason = resolve_target("auto", CpuInfo(arch, "fabricated", features, 4, 4))
     assert preset.name == expected and expected in reason
+
+
+def test_presets_know_which_cpus_they_can_be_timed_on() -> None:
+    x86, arm = CpuInfo("x86_64", "fabricated", (), 4, 4), CpuInfo("aarch64", "fabricated", (), 4, 4)
+    assert runs_here(PRESETS["x86-vnni"], x86) and runs_here(PRESETS["x86-avx2"], x86)
+    assert not runs_here(PRESETS["arm64"], x86) and runs_here(PRESETS["arm64"], arm)
+    assert not runs_here(PRESETS["x86-vnni"], arm)
+
+
+def test_cross_target_int8_is_not_rejected_for_host_speed(exported: Callable[..., Path], tmp_path: Path) -> None:
+    """Building for another CPU architecture (arm64 on x86): host timings are reported, not gated on."""
+    foreign = next(name for name, preset in PRESETS.items() if not runs_here(preset))
+    config = OptimizeConfig(target=foreign, max_drop=100.0, **QUICK)
+    report = optimize_model(cheapest(exported, "squeezenet"), tmp_path / "out", config)
+    assert report.status == "accepted" and (tmp_path / "out" / INT8_NAME).exists(), report.reason
+    assert "speed not gated" in report.reason
+    assert any("not device ones" in note for note in report.notes)
 
 
 def test_unknown_target_and_architecture_are_refused() -> None:
