@@ -116,6 +116,28 @@ class MBConv(nn.Module):
         return out + x if self.use_residual else out
 
 
+def init_fan_out(model: nn.Module) -> None:
+    """He init over the *per-group* fan-out, as timm and the TF reference do (EfficientNet and -Lite).
+
+    torchvision's ``kaiming_normal_(mode="fan_out")`` ignores groups, which shrinks every depthwise output by
+    its channel count (random B0 logits ~1e-14). Even so, with BatchNorm's identity running statistics each
+    MBConv still damps activations ~3x at init (SE gates ~0.5, SiLU ~x/2 near 0): random B0 logits are ~1e-5.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            bound = 1.0 / math.sqrt(module.out_features)
+            nn.init.uniform_(module.weight, -bound, bound)
+            nn.init.zeros_(module.bias)
+
+
 class EfficientNet(nn.Module):
     """Stem conv -> MBConv stages -> 1x1 head conv -> global average pool -> dropout -> linear."""
 
@@ -143,28 +165,7 @@ class EfficientNet(nn.Module):
         self.features = nn.Sequential(*features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_channels, num_classes))
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He init over the *per-group* fan-out, as timm and the TF reference do.
-
-        torchvision's ``kaiming_normal_(mode="fan_out")`` ignores groups, which shrinks every depthwise output by
-        its channel count (random B0 logits ~1e-14). Even so, with BatchNorm's identity running statistics each
-        MBConv still damps activations ~3x at init (SE gates ~0.5, SiLU ~x/2 near 0): random B0 logits are ~1e-5.
-        """
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                bound = 1.0 / math.sqrt(module.out_features)
-                nn.init.uniform_(module.weight, -bound, bound)
-                nn.init.zeros_(module.bias)
+        init_fan_out(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))

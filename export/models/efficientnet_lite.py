@@ -11,7 +11,6 @@ strided convolutions asymmetrically (more on the bottom/right) depending on the 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.layers import BatchNormAct2d, make_divisible
-from export.models.efficientnet import B0_STAGES, MBConvStage, scale_repeats
+from export.models.efficientnet import B0_STAGES, MBConvStage, init_fan_out, scale_channels, scale_repeats
 from export.registry import (
     INCEPTION_MEAN,
     INCEPTION_STD,
@@ -131,7 +130,7 @@ class EfficientNetLite(nn.Module):
         channels = STEM_CHANNELS
         blocks: list[nn.Module] = []
         for stage, repeats in zip(stages, lite_repeats(stages, depth_mult), strict=True):
-            out_channels = make_divisible(stage.channels * width_mult, 8)
+            out_channels = scale_channels(stage.channels, width_mult)
             stage_blocks: list[nn.Module] = []
             for index in range(repeats):
                 stride = stage.stride if index == 0 else 1
@@ -148,21 +147,7 @@ class EfficientNetLite(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """timm's EfficientNet init (fan-out normal convs), so seeded random weights stay well scaled."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                bound = 1.0 / math.sqrt(module.out_features)
-                nn.init.uniform_(module.weight, -bound, bound)
-                nn.init.zeros_(module.bias)
+        init_fan_out(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
