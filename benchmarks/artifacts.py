@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.selection import OPTIMIZED_VARIANTS, ModelChoice
-from serve.files import atomic_write
-from serve.metadata import ModelCard
+from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, ModelChoice
+from smallnets.core.artifacts import FP32_NAME, INT8_NAME, REPORT_JSON
+from smallnets.core.files import atomic_write
+from smallnets.core.metadata import ModelCard
 
 # Recipe-search bounds handed to optimize. "full" is optimize's own default (what `smallnets pipeline` ships);
 # "bounded" halves calibration images and cuts timing runs and repair steps so `--models all-default` fits its time
@@ -38,7 +39,7 @@ OPTIMIZE_EFFORTS: dict[str, dict[str, int]] = {
     "bounded": {"calib_images": 32, "latency_runs": 20, "max_repair_steps": 2},
 }
 DEFAULT_EFFORT = "bounded"
-OPTIMIZED_FILES = dict(zip(OPTIMIZED_VARIANTS, ("model.fp32.onnx", "model.int8.onnx"), strict=True))
+OPTIMIZED_FILES = dict(zip(OPTIMIZED_VARIANTS, (FP32_NAME, INT8_NAME), strict=True))
 
 
 def default_cache_dir() -> Path:
@@ -125,7 +126,7 @@ class ModelArtifacts:
     def optimize_config(self) -> dict[str, Any] | None:
         """The OptimizeConfig a build would use (as report.json records it); None without the optimize stage."""
         try:
-            from optimize.pipeline import OptimizeConfig
+            from smallnets.optimize.pipeline import OptimizeConfig
         except ImportError:
             return None
         config = OptimizeConfig(target=self.target or "auto", force=True, **OPTIMIZE_EFFORTS[self.effort])
@@ -133,14 +134,14 @@ class ModelArtifacts:
 
     def optimize_report(self) -> dict[str, Any] | None:
         """optimize's report.json (agreement/accuracy of int8 vs fp32), when the int8 variant was built."""
-        if self.optimized_dir is None or not (self.optimized_dir / "report.json").is_file():
+        if self.optimized_dir is None or not (self.optimized_dir / REPORT_JSON).is_file():
             return None
-        return json.loads((self.optimized_dir / "report.json").read_text())
+        return json.loads((self.optimized_dir / REPORT_JSON).read_text())
 
 
 def resolve_target(target: str) -> tuple[str, str]:
     """(preset name, why) for ``auto`` or a named preset, as optimize decides it."""
-    from optimize.presets import resolve_target as optimize_resolve_target
+    from smallnets.optimize.presets import resolve_target as optimize_resolve_target
 
     preset, reason = optimize_resolve_target(target)
     return preset.name, reason
@@ -153,7 +154,7 @@ def check_choice(choice: ModelChoice) -> None:
     against the cache.
     """
     try:
-        from export.registry import get_spec, list_specs
+        from smallnets.export.registry import get_spec, list_specs
     except ImportError:
         return
     try:
@@ -199,7 +200,7 @@ class ArtifactCache:
             if (folder / "model.onnx").is_file() and not self.rebuild:
                 return weights, folder
         try:
-            from export.onnx_export import ExportConfig, WeightsUnavailableError, export_model
+            from smallnets.export.onnx_export import ExportConfig, WeightsUnavailableError, export_model
         except ImportError as error:
             raise RuntimeError(
                 f"{choice.label} is not in the artifact cache {self.root} and building it needs the export stage "
@@ -223,8 +224,8 @@ class ArtifactCache:
 
     def _write_input(self, folder: Path) -> ModelCard:
         """The sample photos preprocessed by the model's own card: the one input every variant is timed on."""
-        from serve.images import sample_photos
-        from serve.runtime import OnnxClassifier
+        from smallnets.core.images import sample_photos
+        from smallnets.core.runtime import OnnxClassifier
 
         classifier = OnnxClassifier(folder / "model.onnx", threads=1)
         input_path = folder / "input.npy"
@@ -241,7 +242,7 @@ class ArtifactCache:
         if artifacts.optimized_complete() and not self.rebuild:
             return
         try:
-            from optimize.pipeline import OptimizeConfig, optimize_model
+            from smallnets.optimize.pipeline import OptimizeConfig, optimize_model
         except ImportError as error:
             raise RuntimeError(
                 f"{artifacts.choice.label} has no optimized artifacts in {outdir} and building them needs the "

@@ -91,11 +91,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     if args.from_results:
         return redraw(args.from_results, args.output or args.from_results.parent)
-    from benchmarks.artifacts import default_cache_dir
-    from benchmarks.report import markdown_table, ordered, with_speedups
-    from benchmarks.selection import parse_models, parse_positive_ints, parse_variants
-    from benchmarks.suite import BenchConfig, run_suite
-    from serve.hardware import detect_cpu
+    from smallnets.benchmarks.artifacts import default_cache_dir
+    from smallnets.benchmarks.report import markdown_table, ordered, with_speedups
+    from smallnets.benchmarks.selection import parse_models, parse_positive_ints, parse_variants
+    from smallnets.benchmarks.suite import BenchConfig, run_suite
+    from smallnets.core.hardware import detect_cpu
 
     cores = detect_cpu().usable_cores
     if args.duration <= 0 or (args.iterations is not None and args.iterations < 1):
@@ -129,8 +129,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def redraw(results: Path, output: Path) -> int:
     """Re-render an earlier run, e.g. results measured on a box without matplotlib."""
-    from benchmarks.report import load_results, write_results
-    from serve.files import ensure_writable_dir
+    from smallnets.benchmarks.report import load_results, write_results
+    from smallnets.core.files import ensure_writable_dir
 
     rows, machine = load_results(results)
     written = write_results(ensure_writable_dir(output), rows, machine)
@@ -139,10 +139,10 @@ def redraw(results: Path, output: Path) -> int:
 
 
 def run_bench_http(args: argparse.Namespace) -> int:
-    from benchmarks.http_load import load_payloads, run_load, server_metadata
-    from benchmarks.report import write_http_results
-    from benchmarks.selection import parse_positive_ints
-    from serve.files import ensure_writable_dir
+    from smallnets.benchmarks.http_load import load_payloads, run_load, server_metadata
+    from smallnets.benchmarks.report import write_http_results
+    from smallnets.benchmarks.selection import parse_positive_ints
+    from smallnets.core.files import ensure_writable_dir
 
     levels = parse_positive_ints(args.concurrency, "--concurrency")
     if args.duration <= 0 or args.timeout <= 0:

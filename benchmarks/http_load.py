@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from serve.images import iter_image_files, sample_photos
+from smallnets.core.images import iter_image_files, sample_photos
 
 DEFAULT_ENDPOINT = "/classify"
 # A refused connection fails instantly; pausing after transport errors keeps a dead server from being spun on.

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from serve.hardware import detect_cpu
+from smallnets.core.hardware import detect_cpu
 
 LIBRARIES = ("smallnets", "onnxruntime", "numpy", "torch", "onnx", "onnxsim", "pillow")
 EMULATED_WARNING = (

@@ -1,4 +1,4 @@
-"""One measurement in one fresh process: ``python -m benchmarks.measure --spec JSON`` prints one JSON line.
+"""One measurement in one fresh process: ``python -m smallnets.benchmarks.measure --spec JSON`` prints one JSON line.
 
 A fresh interpreter per measurement keeps runs from polluting each other (allocator arenas, thread pools, peak
 RSS). Only the standard library and numpy are imported at module level, so the ``bare`` kind measures what an
@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from smallnets.benchmarks.loaded import LoadedModel
 
 KINDS = ("onnx", "torch", "bare")
 
@@ -59,24 +61,6 @@ class MeasureSpec:
         return cls(**data)
 
 
-def _unchanged(batch: np.ndarray) -> np.ndarray:
-    return batch
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready to run: ``prepare`` converts the input once (outside the clock), ``run`` is what is timed.
-
-    ``load_ms`` is measured by the loader after its library is imported: session/model creation, not imports.
-    """
-
-    run: Callable[[Any], Any]
-    prepare: Callable[[np.ndarray], Any] = _unchanged
-    provider: str = ""
-    size_bytes: int = 0
-    load_ms: float = 0.0
-
-
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB.
 
@@ -95,7 +79,7 @@ def peak_rss_mb() -> float:
 
 
 def load_onnx(spec: MeasureSpec) -> LoadedModel:
-    from serve.runtime import OnnxClassifier
+    from smallnets.core.runtime import OnnxClassifier
 
     if not spec.model_path:
         raise ValueError("an onnx measurement needs model_path")
@@ -112,7 +96,7 @@ def load_model(spec: MeasureSpec) -> LoadedModel:
     if spec.kind == "onnx":
         return load_onnx(spec)
     if spec.kind == "torch":
-        from benchmarks.torch_eager import load_torch
+        from smallnets.benchmarks.torch_eager import load_torch
 
         return load_torch(spec.model or "", spec.variant, spec.weights, spec.threads)
     raise ValueError(f"unknown measurement kind {spec.kind!r}; choose from {', '.join(KINDS)}")
@@ -176,7 +160,7 @@ def measure(spec: MeasureSpec) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.measure", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m smallnets.benchmarks.measure", description=__doc__)
     parser.add_argument("--spec", required=True, help="MeasureSpec as JSON")
     args = parser.parse_args(argv)
     result = measure(MeasureSpec.from_json(args.spec))

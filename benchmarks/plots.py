@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from benchmarks.selection import VARIANTS
-from serve.files import atomic_write
+from smallnets.benchmarks.selection import VARIANTS
+from smallnets.core.files import atomic_write
 
 MARKERS = dict(zip(VARIANTS, ("o", "s", "^", "D"), strict=True))
 

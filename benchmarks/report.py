@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.machine import EMULATED_WARNING
-from benchmarks.selection import VARIANTS
-from serve.files import atomic_write
+from smallnets.benchmarks.machine import EMULATED_WARNING
+from smallnets.benchmarks.selection import VARIANTS
+from smallnets.core.files import atomic_write
 
 TABLE_COLUMNS = (
     ("model", "model"),
@@ -174,7 +174,7 @@ def render_csv(rows: Sequence[dict[str, Any]]) -> str:
 def draw_plots(outdir: Path, rows: Sequence[dict[str, Any]]) -> tuple[list[Path], str | None]:
     """The suite's PNGs, or a note saying how to draw them later where matplotlib is missing (e.g. an ARM box)."""
     try:
-        from benchmarks.plots import write_suite_plots
+        from smallnets.benchmarks.plots import write_suite_plots
     except ImportError as error:
         return [], (
             f"Plots not drawn here ({error}): install the bench extra (`pip install 'smallnets[bench]'`) and run "
@@ -272,8 +272,8 @@ def write_http_results(
     outdir: str | Path, url: str, results: Sequence[Any], images: str, server: dict[str, Any] | None = None
 ) -> Path:
     """http_results.json, http_report.md and the throughput-vs-p99 plot; returns the report's path."""
-    from benchmarks.machine import machine_block
-    from benchmarks.plots import http_throughput_vs_p99
+    from smallnets.benchmarks.machine import machine_block
+    from smallnets.benchmarks.plots import http_throughput_vs_p99
 
     outdir = Path(outdir)
     machine = machine_block()

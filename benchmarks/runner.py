@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import MeasureSpec
+from smallnets.benchmarks.measure import MeasureSpec
 
 # A hung session (or a swapping machine) must not stall the suite forever.
 BASE_TIMEOUT_S = 300.0
@@ -82,9 +82,9 @@ def interpreter() -> list[str]:
 
 
 def run_process(spec: MeasureSpec, timeout_s: float | None = None) -> dict[str, Any]:
-    """``python -m benchmarks.measure --spec JSON`` in a fresh interpreter; its last stdout line is the result."""
+    """``python -m smallnets.benchmarks.measure --spec JSON`` in a fresh interpreter; prints one result line."""
     timeout_s = timeout_s or BASE_TIMEOUT_S + 20 * spec.duration_s
-    command = [*interpreter(), "-m", "benchmarks.measure", "--spec", spec.to_json()]
+    command = [*interpreter(), "-m", "smallnets.benchmarks.measure", "--spec", spec.to_json()]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout_s, env=measurement_env(spec.threads)

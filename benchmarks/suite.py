@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks.artifacts import (
+from smallnets.benchmarks.artifacts import (
     DEFAULT_EFFORT,
     ArtifactCache,
     ModelArtifacts,
@@ -23,12 +23,12 @@ from benchmarks.artifacts import (
     default_cache_dir,
     resolve_target,
 )
-from benchmarks.machine import machine_block
-from benchmarks.measure import MeasureSpec
-from benchmarks.runner import Measurement, bare_interpreter_rss_mb, pool, run_measurement
-from benchmarks.selection import OPTIMIZED_VARIANTS, VARIANTS, ModelChoice
-from serve.files import ensure_writable_dir
-from serve.runtime import resolve_providers
+from smallnets.benchmarks.machine import machine_block
+from smallnets.benchmarks.measure import MeasureSpec
+from smallnets.benchmarks.runner import Measurement, bare_interpreter_rss_mb, pool, run_measurement
+from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, VARIANTS, ModelChoice
+from smallnets.core.files import ensure_writable_dir
+from smallnets.core.runtime import resolve_providers
 
 MIB = 2**20
 
@@ -203,7 +203,7 @@ def measure_all(built: Sequence[ModelArtifacts], config: BenchConfig) -> dict[tu
 
 def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
     """Check inputs, build what is missing, measure, and write results.json/csv, report.md and plots to outdir."""
-    from benchmarks.report import write_results
+    from smallnets.benchmarks.report import write_results
 
     for choice in config.models:
         check_choice(choice)

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.measure import LoadedModel
+from smallnets.benchmarks.loaded import LoadedModel
 
 
 def load_torch(model: str, variant: Mapping[str, Any], weights: str, threads: int) -> LoadedModel:
     """Build the registry model in eval mode with ``threads`` intra-op threads (inter-op pinned to 1)."""
-    from export.registry import get_spec
-    from export.weights import load_weights
+    from smallnets.export.registry import get_spec
+    from smallnets.export.weights import load_weights
 
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from export.registry import ModelSpec
+    from smallnets.export.registry import ModelSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,8 +82,8 @@ def model_rows() -> list[dict[str, Any]]:
     """One JSON-able row per registered model at its default variant, with its reference figures."""
     from dataclasses import asdict
 
-    from export.profile import profile
-    from export.registry import list_specs
+    from smallnets.export.profile import profile
+    from smallnets.export.registry import list_specs
 
     rows = []
     for spec in list_specs():
@@ -167,7 +167,7 @@ def _millions(value: int | None) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from export.onnx_export import ExportConfig, export_model
+    from smallnets.export.onnx_export import ExportConfig, export_model
 
     variant = variant_from_args(args)
     output = args.output or Path(f"{args.name}.onnx")

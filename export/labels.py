@@ -21,7 +21,7 @@ class ClassNames:
 @functools.cache
 def imagenet_classes() -> ClassNames:
     """Read the shipped ImageNet-1k class list; class index = line number, which is sorted synset order."""
-    text = resources.files("export").joinpath("data", SYNSETS_FILE).read_text(encoding="utf-8")
+    text = resources.files("smallnets.export").joinpath("data", SYNSETS_FILE).read_text(encoding="utf-8")
     synsets, labels = [], []
     for line in text.splitlines():
         synset, label = line.split("\t", 1)

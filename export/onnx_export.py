@@ -29,12 +29,12 @@ import torch
 from PIL import Image
 
 import smallnets
-from export.labels import imagenet_classes
-from export.profile import count_macs, count_params
-from export.registry import ModelSpec, get_spec
-from export.weights import WeightsMismatchError, WeightsUnavailableError, load_weights
-from serve.metadata import ModelCard
-from serve.runtime import OnnxClassifier, Prediction, softmax, top_k
+from smallnets.core.metadata import ModelCard
+from smallnets.core.runtime import OnnxClassifier, Prediction, softmax, top_k
+from smallnets.export.labels import imagenet_classes
+from smallnets.export.profile import count_macs, count_params
+from smallnets.export.registry import ModelSpec, get_spec
+from smallnets.export.weights import WeightsMismatchError, WeightsUnavailableError, load_weights
 
 __all__ = [
     "ExportConfig",
@@ -273,7 +273,7 @@ def _compare(
 
 def _validation_photo() -> tuple[str, Image.Image]:
     """skimage's chelsea; without scikit-image a deterministic synthetic picture (recorded in the result)."""
-    from serve.images import sample_photos
+    from smallnets.core.images import sample_photos
 
     try:
         return VALIDATION_PHOTO, sample_photos((VALIDATION_PHOTO,))[VALIDATION_PHOTO]

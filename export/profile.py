@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from export.registry import ModelSpec
+from smallnets.export.registry import ModelSpec
 
 
 def count_params(model: nn.Module) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from serve.metadata import Preprocessing
+from smallnets.core.metadata import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -130,15 +130,15 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 FAMILY_MODULES = (
-    "export.models.mobilenet_v1",
-    "export.models.mobilenet_v2",
-    "export.models.mobilenet_v3",
-    "export.models.shufflenet_v1",
-    "export.models.shufflenet_v2",
-    "export.models.squeezenet",
-    "export.models.xception",
-    "export.models.efficientnet",
-    "export.models.efficientnet_lite",
+    "smallnets.export.models.mobilenet_v1",
+    "smallnets.export.models.mobilenet_v2",
+    "smallnets.export.models.mobilenet_v3",
+    "smallnets.export.models.shufflenet_v1",
+    "smallnets.export.models.shufflenet_v2",
+    "smallnets.export.models.squeezenet",
+    "smallnets.export.models.xception",
+    "smallnets.export.models.efficientnet",
+    "smallnets.export.models.efficientnet_lite",
 )
 
 

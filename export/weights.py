@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from export.registry import ModelSpec, WeightsSource
-from serve.files import sha256_file
+from smallnets.core.files import sha256_file
+from smallnets.export.registry import ModelSpec, WeightsSource
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
 # Offline, DNS usually fails at once; a firewall that drops packets would otherwise hang for minutes.

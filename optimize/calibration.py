@@ -16,9 +16,9 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from PIL import Image, ImageOps
 
-from serve.images import SAMPLE_PHOTOS, ImageDecodeError, iter_image_files, load_image, sample_photos
-from serve.metadata import Preprocessing
-from serve.preprocess import preprocess
+from smallnets.core.images import SAMPLE_PHOTOS, ImageDecodeError, iter_image_files, load_image, sample_photos
+from smallnets.core.metadata import Preprocessing
+from smallnets.core.preprocess import preprocess
 
 # Extra scikit-image pictures that ship with the wheel (no download), used for calibration only.
 CALIBRATION_EXTRA_PHOTOS = ("retina", "colorwheel", "camera", "coins", "clock", "brick", "gravel", "page")

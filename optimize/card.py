@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from optimize.modelio import input_hw, read_card
-from serve.metadata import MissingMetadataError, ModelCard, Preprocessing
+from smallnets.core.metadata import MissingMetadataError, ModelCard, Preprocessing
+from smallnets.optimize.modelio import input_hw, read_card
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from export.cli import add_model_arguments, variant_from_args
+from smallnets.core.artifacts import EXPORT_NAME
+from smallnets.export.cli import add_model_arguments, variant_from_args
 
 TARGET_CHOICES = ("auto", "x86-avx2", "x86-vnni", "arm64")
 CALIBRATION_CHOICES = ("minmax", "entropy", "percentile")
@@ -90,7 +91,7 @@ def _triple(text: str) -> tuple[float, float, float]:
 
 
 def optimize_config(args: argparse.Namespace, **extra: Any) -> Any:
-    from optimize.pipeline import SEARCH_EFFORTS, OptimizeConfig
+    from smallnets.optimize.pipeline import SEARCH_EFFORTS, OptimizeConfig
 
     settings: dict[str, Any] = {**SEARCH_EFFORTS[args.search], **extra}
     if args.calib_images is not None:
@@ -108,7 +109,7 @@ def optimize_config(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def run_optimize(args: argparse.Namespace) -> int:
-    from optimize.card import PreprocessingFlags
+    from smallnets.optimize.card import PreprocessingFlags
 
     flags = PreprocessingFlags(args.resolution, args.resize, args.mean, args.std, args.interpolation)
     outdir = args.output or args.model.with_suffix("")
@@ -116,8 +117,8 @@ def run_optimize(args: argparse.Namespace) -> int:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    from export.onnx_export import ExportConfig, export_model
-    from optimize.pipeline import check_outdir
+    from smallnets.export.onnx_export import ExportConfig, export_model
+    from smallnets.optimize.pipeline import check_outdir
 
     variant = variant_from_args(args)
     outdir = args.output or Path("artifacts") / args.name
@@ -127,7 +128,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     staging.mkdir(parents=True, exist_ok=True)
     try:
         exported = export_model(
-            ExportConfig(model=args.name, variant=variant, weights=args.weights), staging / "model.export.onnx"
+            ExportConfig(model=args.name, variant=variant, weights=args.weights), staging / EXPORT_NAME
         )
         print(f"exported {exported.card.display_name} ({exported.card.weights})")
         status = _optimize(exported.path, outdir, config, args.json)
@@ -141,7 +142,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def _optimize(model: Path, outdir: Path, config: Any, as_json: bool) -> int:
-    from optimize.pipeline import optimize_model
+    from smallnets.optimize.pipeline import optimize_model
 
     report = optimize_model(model, outdir, config)
     print(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())

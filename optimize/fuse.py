@@ -14,8 +14,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from optimize.modelio import check_model, copy_metadata, load_model, save_model
-from optimize.simplify import assert_same_outputs, restore_batch_axis
+from smallnets.optimize.modelio import check_model, copy_metadata, load_model, save_model
+from smallnets.optimize.simplify import assert_same_outputs, restore_batch_axis
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.runtime import OnnxClassifier
+from smallnets.core.runtime import OnnxClassifier
 
 LATENCY_THREADS = 1
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from serve.files import atomic_output
-from serve.metadata import CARD_KEY, ModelCard
+from smallnets.core.files import atomic_output
+from smallnets.core.metadata import CARD_KEY, ModelCard
 
 
 class InvalidModelError(ValueError):

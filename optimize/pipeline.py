@@ -16,23 +16,33 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
-from optimize.calibration import ImageCalibrationReader, ImageSet, demo_calibration_set, demo_evaluation_set, folder_set
-from optimize.card import PreprocessingFlags, resolve_card
-from optimize.fuse import count_diff, fuse, op_counts
-from optimize.groups import NodeGroup, find_groups
-from optimize.latency import measure_latency
-from optimize.modelio import load_model, save_model, write_card
-from optimize.presets import QuantPreset, resolve_target, runs_here
-from optimize.quantize import calibration_method, prepare_for_quantization, quantize_model
-from optimize.recipe import LogitCache, SearchResult, SearchSettings, accuracy_loss, budget_metric, search_recipe
-from optimize.report import OptimizeReport
-from optimize.simplify import simplify
-from serve.hardware import detect_cpu
-from serve.metadata import ModelCard
-
-FP32_NAME = "model.fp32.onnx"
-INT8_NAME = "model.int8.onnx"
-
+from smallnets.core.artifacts import FP32_NAME, INT8_NAME
+from smallnets.core.hardware import detect_cpu
+from smallnets.core.metadata import ModelCard
+from smallnets.optimize.calibration import (
+    ImageCalibrationReader,
+    ImageSet,
+    demo_calibration_set,
+    demo_evaluation_set,
+    folder_set,
+)
+from smallnets.optimize.card import PreprocessingFlags, resolve_card
+from smallnets.optimize.fuse import count_diff, fuse, op_counts
+from smallnets.optimize.groups import NodeGroup, find_groups
+from smallnets.optimize.latency import measure_latency
+from smallnets.optimize.modelio import load_model, save_model, write_card
+from smallnets.optimize.presets import QuantPreset, resolve_target, runs_here
+from smallnets.optimize.quantize import calibration_method, prepare_for_quantization, quantize_model
+from smallnets.optimize.recipe import (
+    LogitCache,
+    SearchResult,
+    SearchSettings,
+    accuracy_loss,
+    budget_metric,
+    search_recipe,
+)
+from smallnets.optimize.report import OptimizeReport
+from smallnets.optimize.simplify import simplify
 
 # Bounds of the recipe search by name: "full" is the default decision procedure; "quick" is for smoke runs.
 SEARCH_EFFORTS: dict[str, dict[str, int]] = {

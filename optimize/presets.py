@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from serve.hardware import CpuInfo, detect_cpu
+from smallnets.core.hardware import CpuInfo, detect_cpu
 
 INT8_TYPES = ("uint8", "int8")
 

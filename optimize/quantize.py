@@ -23,9 +23,9 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from optimize.groups import name_nodes
-from optimize.modelio import check_model, copy_metadata, save_model
-from optimize.presets import QuantPreset
+from smallnets.optimize.groups import name_nodes
+from smallnets.optimize.modelio import check_model, copy_metadata, save_model
+from smallnets.optimize.presets import QuantPreset
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,

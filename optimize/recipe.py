@@ -22,10 +22,16 @@ from typing import Any
 
 from PIL import Image
 
-from optimize.groups import NodeGroup
-from optimize.latency import measure_latency
-from optimize.validate import DECISIVE_MARGIN, ValidationReport, compare_logits, predict_logits, preprocess_batches
-from serve.runtime import OnnxClassifier
+from smallnets.core.runtime import OnnxClassifier
+from smallnets.optimize.groups import NodeGroup
+from smallnets.optimize.latency import measure_latency
+from smallnets.optimize.validate import (
+    DECISIVE_MARGIN,
+    ValidationReport,
+    compare_logits,
+    predict_logits,
+    preprocess_batches,
+)
 
 # Cumulative: each step keeps one more group float that costs int8 time on x86 (Q/DQ around unfusable
 # activations, tiny 1x1 SE convs, grouped convs without a fast MLAS int8 path, depthwise convs).

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smallnets.core.artifacts import REPORT_JSON, REPORT_MARKDOWN
+
 
 @dataclass
 class OptimizeReport:
@@ -52,8 +54,8 @@ class OptimizeReport:
         return {key: value for key, value in self.__dict__.items() if key != "outdir"}
 
     def write(self, folder: Path) -> None:
-        (folder / "report.json").write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-        (folder / "report.md").write_text(self.to_markdown())
+        (folder / REPORT_JSON).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        (folder / REPORT_MARKDOWN).write_text(self.to_markdown())
 
     def summary(self) -> str:
         """The lines the CLI prints."""
@@ -61,7 +63,7 @@ class OptimizeReport:
         if not self.accepted:
             return (
                 f"int8 REJECTED: {self.reason}.\nThe output is the fp32 model {self.outdir / self.output} "
-                f"({fp32['latency_ms_p50']:.2f} ms p50 at batch 1); see {self.outdir / 'report.md'}"
+                f"({fp32['latency_ms_p50']:.2f} ms p50 at batch 1); see {self.outdir / REPORT_MARKDOWN}"
             )
         int8 = self.int8 or {}
         return (

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from optimize.modelio import InvalidModelError, check_model, copy_metadata, load_model, save_model
+from smallnets.optimize.modelio import InvalidModelError, check_model, copy_metadata, load_model, save_model
 
 CHECK_BATCH_SIZES = (1, 7)
 

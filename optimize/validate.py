@@ -1,4 +1,4 @@
-"""fp32 vs int8 on the same pictures, through the project's one runtime (serve.runtime.OnnxClassifier)."""
+"""fp32 vs int8 on the same pictures, through the project's one runtime (smallnets.core.runtime.OnnxClassifier)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from serve.runtime import OnnxClassifier, softmax
+from smallnets.core.runtime import OnnxClassifier, softmax
 
 EVAL_BATCH = 16
 # fp32 must prefer its top-1 by this many softmax probability points for an image to count as "decisive".

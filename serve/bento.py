@@ -3,11 +3,15 @@
 The model tag travels as the Bento argument ``model_tag`` (`bentoml build --arg`): the service reads it at import
 to declare its model, so the model is packed with the Bento, and the Bento records it for every later start
 (`bentoml serve <bento>`, the container). `bentoml build` runs in a subprocess so that import happens fresh.
+
+The build context is staged: only the top-level modules of ``smallnets``, ``smallnets/core`` and ``smallnets/serve`` are copied
+in, so the Bento holds the serving code and nothing of export/, optimize/ or benchmarks/ (nor torch's imports).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,7 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from serve.settings import ENV_MODEL_PATH
+import smallnets
+import smallnets.core
+import smallnets.serve
+from smallnets.serve.settings import ENV_MODEL_PATH
 
 # uv's --python-platform names for the Docker platforms we target; glibc 2.36 is Debian bookworm, the
 # python:3.11-slim base of the image.
@@ -40,6 +47,18 @@ def bentofile_for(model_tag: str, platform: str, bentofile: Path) -> dict:
     return config
 
 
+def stage_sources(context: Path) -> None:
+    """Lay the serving packages out under ``context/smallnets`` as the Bento will import them."""
+    package = context / "smallnets"
+    package.mkdir(parents=True)
+    for module in Path(smallnets.__file__).parent.glob("*.py"):  # __init__ and the lazy public API
+        shutil.copyfile(module, package / module.name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for subpackage in (smallnets.core, smallnets.serve):
+        source = Path(subpackage.__file__).parent
+        shutil.copytree(source, package / subpackage.__name__.rpartition(".")[2], ignore=ignore)
+
+
 def build_bento(model_tag: str, platform: str, root: Path) -> BentoBuild:
     """``bentoml build`` of ``root`` for ``platform`` (linux/amd64 | linux/arm64); returns where things are."""
     import bentoml
@@ -49,11 +68,13 @@ def build_bento(model_tag: str, platform: str, root: Path) -> BentoBuild:
     config = bentofile_for(model_tag, platform, root / "bentofile.yaml")
     env = {key: value for key, value in os.environ.items() if key != ENV_MODEL_PATH}
     with tempfile.TemporaryDirectory(prefix="smallnets-bento-") as scratch:
-        bentofile = Path(scratch) / "bentofile.yaml"
+        context = Path(scratch)
+        stage_sources(context)
+        bentofile = context / "bentofile.yaml"
         bentofile.write_text(yaml.safe_dump(config, sort_keys=False))
-        command = [sys.executable, "-m", "bentoml", "build", str(root), "-f", str(bentofile)]
+        command = [sys.executable, "-m", "bentoml", "build", str(context), "-f", str(bentofile)]
         command += ["--platform", LOCK_PLATFORMS[platform], "--output", "tag"]
-        completed = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
+        completed = subprocess.run(command, env=env, cwd=context, capture_output=True, text=True)
     if completed.returncode != 0:
         raise RuntimeError(f"bentoml build failed (exit {completed.returncode}):\n{completed.stderr.strip()}")
     lines = [line for line in completed.stdout.splitlines() if line.startswith(TAG_PREFIX)]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
-SERVICE = "serve.service:ImageClassifier"
+SERVICE = "smallnets.serve.service:ImageClassifier"
 MODEL_HELP = "an .onnx file, or a `smallnets optimize` output folder (its int8 model if there is one, else fp32)"
 
 
@@ -54,9 +54,9 @@ def _providers(value: str | None) -> list[str] | None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from serve.images import load_image
-    from serve.runtime import OnnxClassifier
-    from serve.settings import MAX_TOP_K
+    from smallnets.core.images import load_image
+    from smallnets.core.runtime import OnnxClassifier
+    from smallnets.serve.settings import MAX_TOP_K
 
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise ValueError(f"--top-k must be from 1 to {MAX_TOP_K}, got {args.top_k}")
@@ -80,7 +80,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
 def serve_environment(args: argparse.Namespace) -> dict[str, str]:
     """What the BentoML worker processes read at import (serve/settings.py)."""
-    from serve import settings
+    from smallnets.serve import settings
 
     env = {**os.environ, settings.ENV_WORKERS: str(args.workers)}
     env.pop(settings.ENV_MODEL_PATH, None)
@@ -94,9 +94,10 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run_serve(args: argparse.Namespace) -> NoReturn:
-    from serve.hardware import detect_cpu
-    from serve.runtime import resolve_providers
-    from serve.store import import_model, resolve_model_file
+    from smallnets.core.artifacts import resolve_model_file
+    from smallnets.core.hardware import detect_cpu
+    from smallnets.core.runtime import resolve_providers
+    from smallnets.serve.store import import_model
 
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise ValueError("--workers and --threads must be positive integers")
@@ -123,8 +124,8 @@ def project_root() -> Path:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from serve.bento import build_bento
-    from serve.store import import_model
+    from smallnets.serve.bento import build_bento
+    from smallnets.serve.store import import_model
 
     tag = import_model(args.model)
     result = build_bento(tag, args.platform, project_root())

@@ -15,7 +15,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from serve.settings import DEFAULT_TOP_K, MAX_TOP_K
+from smallnets.serve.settings import DEFAULT_TOP_K, MAX_TOP_K
 
 # Non-file form fields (top_k) are tiny; a bigger text part is a misuse, not a photo.
 MAX_TEXT_FIELD_BYTES = 64 * 1024

@@ -1,4 +1,4 @@
-"""The BentoML image-classification service: `bentoml serve serve.service:ImageClassifier`.
+"""The BentoML image-classification service: `bentoml serve smallnets.serve.service:ImageClassifier`.
 
 Request flow: the public endpoints (``/classify``, ``/classify_batch``) read and validate the multipart upload
 (serve/forms.py), decode and preprocess in a worker thread (serve/images.py + the shared runtime), then hand the
@@ -26,13 +26,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serve.batching import AdaptiveBatcher, BatcherOverloaded
-from serve.forms import ImageUpload, RequestRejected, multipart_form, parse_top_k, uploaded_images
-from serve.hardware import detect_cpu
-from serve.images import ImageDecodeError, decode_image
-from serve.runtime import OnnxClassifier, softmax, top_k
-from serve.settings import DEFAULT_TOP_K, MAX_TOP_K, ServeSettings
-from serve.store import MODEL_FILENAME, model_name
+from smallnets.core.hardware import detect_cpu
+from smallnets.core.images import ImageDecodeError, decode_image
+from smallnets.core.runtime import OnnxClassifier, softmax, top_k
+from smallnets.serve.batching import AdaptiveBatcher, BatcherOverloaded
+from smallnets.serve.forms import ImageUpload, RequestRejected, multipart_form, parse_top_k, uploaded_images
+from smallnets.serve.settings import DEFAULT_TOP_K, MAX_TOP_K, ServeSettings
+from smallnets.serve.store import MODEL_FILENAME, model_name
 
 LOGGER = logging.getLogger(__name__)
 SETTINGS = ServeSettings.from_env()

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from serve.hardware import detect_cpu
+from smallnets.core.hardware import detect_cpu
 
 ENV_MODEL_PATH = "SMALLNETS_MODEL"
 ENV_PROVIDERS = "SMALLNETS_PROVIDERS"

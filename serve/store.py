@@ -13,27 +13,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from serve.files import sha256_file
-from serve.metadata import ModelCard
+from smallnets.core.artifacts import resolve_model_file
+from smallnets.core.files import sha256_file
+from smallnets.core.metadata import ModelCard
 
 MODEL_FILENAME = "model.onnx"
-# What `smallnets optimize -o DIR` writes, best first: int8 only exists when it met the accuracy budget.
-OPTIMIZED_FILENAMES = ("model.int8.onnx", "model.fp32.onnx")
 _TAG_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
-
-
-def resolve_model_file(path: str | Path) -> Path:
-    """An .onnx file as given, or the best model in a `smallnets optimize` output folder (int8, else fp32)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in OPTIMIZED_FILENAMES:
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(
-            f"{path} holds none of {', '.join(OPTIMIZED_FILENAMES)}: run `smallnets optimize MODEL.onnx -o {path}` "
-            "or pass an .onnx file"
-        )
-    return path
 
 
 def read_card(path: str | Path) -> ModelCard:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from smallnets import __version__
 
-STAGE_CLIS = ("export.cli", "optimize.cli", "serve.cli", "benchmarks.cli")
+STAGE_CLIS = ("smallnets.export.cli", "smallnets.optimize.cli", "smallnets.serve.cli", "smallnets.benchmarks.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from serve.images import sample_photos
+from smallnets.core.images import sample_photos
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def photos() -> dict[str, Image.Image]:
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``exported(name, weights="random", **variant)`` -> path of a validated ONNX export, cached per session."""
-    from export.onnx_export import ExportConfig, export_model
+    from smallnets.export.onnx_export import ExportConfig, export_model
 
     cache: dict[tuple[Any, ...], Path] = {}
     root = tmp_path_factory.mktemp("exports")

@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from benchmarks.arm64.compare import Comparison, build_arm64_artifacts, run_comparison
-from benchmarks.arm64.env import Arm64Environment, Arm64EnvironmentMissing
-from serve.hardware import parse_cpuinfo
+from smallnets.benchmarks.arm64.compare import Comparison, build_arm64_artifacts, run_comparison
+from smallnets.benchmarks.arm64.env import Arm64Environment, Arm64EnvironmentMissing
+from smallnets.core.hardware import parse_cpuinfo
 
 pytestmark = pytest.mark.arm64
 
@@ -85,7 +85,7 @@ def test_project_runtime_runs_on_aarch64(comparison: Comparison) -> None:
 
 def test_aarch64_cpu_features_come_from_the_emulated_core(arm64: Arm64Environment) -> None:
     """detect_cpu inside emulation reports the guest's ISA, never the x86 host's flags."""
-    probe = "import json; from serve.hardware import detect_cpu; print(json.dumps(detect_cpu().to_dict()))"
+    probe = "import json; from smallnets.core.hardware import detect_cpu; print(json.dumps(detect_cpu().to_dict()))"
     cpu = json.loads(arm64.run(["-c", probe], capture_output=True, text=True, check=True).stdout)
     assert cpu["arch"] == "aarch64" and "emulated" in cpu["model"]
     assert "asimd" in cpu["features"] and not {"avx2", "avx512_vnni"} & set(cpu["features"])
@@ -120,7 +120,7 @@ def test_accelerated_providers_fall_back_to_cpu_with_a_note(comparison: Comparis
 
 
 def test_preprocessing_on_aarch64_matches_x86(comparison: Comparison) -> None:
-    """serve.images + serve.preprocess with the aarch64 pillow/numpy wheels give the host's tensors."""
+    """core.images + core.preprocess with the aarch64 pillow/numpy wheels give the host's tensors."""
     assert comparison.aarch64["preprocess"]["max_abs_diff"] <= 1e-6
 
 
@@ -139,7 +139,7 @@ def test_int8_top1_identical_and_logits_close(comparison: Comparison, name: str)
 
 
 def test_int8_files_carry_the_arm64_preset(arm64_artifacts: dict[str, dict[str, Path]]) -> None:
-    from serve.runtime import OnnxClassifier
+    from smallnets.core.runtime import OnnxClassifier
 
     for name, files in arm64_artifacts.items():
         card = OnnxClassifier(files["int8"], threads=1).card

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.artifacts import OPTIMIZE_EFFORTS, ArtifactCache, ModelArtifacts
-from benchmarks.machine import EMULATED_WARNING, machine_block
-from benchmarks.measure import MeasureSpec
-from benchmarks.report import render_markdown
-from benchmarks.runner import run_measurement
-from benchmarks.selection import VARIANTS, ModelChoice, parse_models
-from benchmarks.suite import BenchConfig, SuiteResult, make_row, plan, run_suite
+from smallnets.benchmarks.artifacts import OPTIMIZE_EFFORTS, ArtifactCache, ModelArtifacts
+from smallnets.benchmarks.machine import EMULATED_WARNING, machine_block
+from smallnets.benchmarks.measure import MeasureSpec
+from smallnets.benchmarks.report import render_markdown
+from smallnets.benchmarks.runner import run_measurement
+from smallnets.benchmarks.selection import VARIANTS, ModelChoice, parse_models
+from smallnets.benchmarks.suite import BenchConfig, SuiteResult, make_row, plan, run_suite
 from smallnets.cli import main
 
 TINY = "mobilenet_v1:width=0.25:resolution=128"  # ~14M MACs: the cheapest registry variant
@@ -276,7 +276,7 @@ def row_stub(**changes: Any) -> dict[str, Any]:
 
 
 def test_speedups_against_torch_and_onnx_fp32() -> None:
-    from benchmarks.report import with_speedups
+    from smallnets.benchmarks.report import with_speedups
 
     rows = with_speedups(
         [row_stub(variant="torch", p50_ms=8.0), row_stub(p50_ms=4.0), row_stub(variant="onnx-int8", p50_ms=1.0)]
@@ -287,7 +287,7 @@ def test_speedups_against_torch_and_onnx_fp32() -> None:
 
 def test_measure_process_reports_its_own_peak_memory_not_the_parent_s() -> None:
     """ru_maxrss survives exec, so a child spawned by a big parent would inherit its peak; VmHWM does not."""
-    from benchmarks.runner import bare_interpreter_rss_mb
+    from smallnets.benchmarks.runner import bare_interpreter_rss_mb
 
     ballast = np.ones(64 * 2**20, dtype=np.uint8)  # make this (parent) process clearly bigger
     parent_rss_mb = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
@@ -304,7 +304,7 @@ def test_from_results_redraws_report_and_plots(suite: SuiteRun, tmp_path: Path) 
 
 def test_measuring_interpreter_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
     """The arm64 harness points this at `qemu-aarch64 -L ROOT python3.11` (no binfmt under emulation)."""
-    from benchmarks.runner import bare_interpreter_rss_mb
+    from smallnets.benchmarks.runner import bare_interpreter_rss_mb
 
     monkeypatch.setenv("SMALLNETS_MEASURE_PYTHON", shlex.join([sys.executable, "-X", "utf8"]))
     assert bare_interpreter_rss_mb() > 0
@@ -335,7 +335,7 @@ def test_half_built_optimize_output_is_not_taken_for_a_cache_hit(
 
 
 def test_accuracy_plot_appears_when_accuracy_is_known(suite: SuiteRun, tmp_path: Path) -> None:
-    from benchmarks.plots import write_suite_plots
+    from smallnets.benchmarks.plots import write_suite_plots
 
     rows = [{**row, "top1_accuracy": 0.7 + 0.01 * index} for index, row in enumerate(suite.result.rows)]
     written = {path.name for path in write_suite_plots(tmp_path, rows)}

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from servers import free_port, smallnets_server
 
-from benchmarks.http_load import Payload, endpoint_url, load_payloads, run_load
+from smallnets.benchmarks.http_load import Payload, endpoint_url, load_payloads, run_load
 from smallnets.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

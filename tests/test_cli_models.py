@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from export.profile import profile
-from export.registry import list_specs
 from smallnets.cli import main
+from smallnets.export.profile import profile
+from smallnets.export.registry import list_specs
 
 
 def test_models_json_lists_every_spec_with_its_numbers(capsys: pytest.CaptureFixture) -> None:

@@ -19,15 +19,15 @@ from onnx import numpy_helper
 from PIL import Image
 from torch import nn
 
-from export import registry
-from export.labels import imagenet_classes
-from export.onnx_export import ExportConfig, ExportValidationError, export_model
-from export.profile import profile
-from export.registry import ModelSpec, UnknownModelError, UnsupportedVariantError, get_spec, list_specs
-from export.weights import WeightsMismatchError, WeightsUnavailableError, load_weights
-from serve.metadata import ModelCard
-from serve.runtime import OnnxClassifier
 from smallnets.cli import main
+from smallnets.core.metadata import ModelCard
+from smallnets.core.runtime import OnnxClassifier
+from smallnets.export import registry
+from smallnets.export.labels import imagenet_classes
+from smallnets.export.onnx_export import ExportConfig, ExportValidationError, export_model
+from smallnets.export.profile import profile
+from smallnets.export.registry import ModelSpec, UnknownModelError, UnsupportedVariantError, get_spec, list_specs
+from smallnets.export.weights import WeightsMismatchError, WeightsUnavailableError, load_weights
 
 FAMILIES = sorted({spec.family for spec in list_specs()})
 ATOL = 1e-4

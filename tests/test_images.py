@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.images import ImageDecodeError, decode_image
+from smallnets.core.images import ImageDecodeError, decode_image
 
 SIZE = (96, 64)  # small and not square, so a wrong rotation changes the shape
 

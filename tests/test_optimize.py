@@ -15,21 +15,23 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.registry import list_specs
-from optimize.calibration import CalibrationDataError, ImageCalibrationReader, folder_set
-from optimize.card import PreprocessingFlags
-from optimize.fuse import fuse, op_counts
-from optimize.groups import find_groups
-from optimize.modelio import InvalidModelError, load_model, read_card
-from optimize.pipeline import FP32_NAME, INT8_NAME, OptimizeConfig, OutputExistsError, optimize_model
-from optimize.presets import PRESETS, UnknownTargetError, resolve_target, runs_here
-from optimize.quantize import prepare_for_quantization, quantize_model
-from optimize.simplify import simplify
-from optimize.validate import compare
-from serve.hardware import CpuInfo, detect_cpu
-from serve.metadata import MissingMetadataError
-from serve.runtime import OnnxClassifier
+import smallnets.optimize.pipeline
 from smallnets.cli import main
+from smallnets.core.artifacts import FP32_NAME, INT8_NAME
+from smallnets.core.hardware import CpuInfo, detect_cpu
+from smallnets.core.metadata import MissingMetadataError
+from smallnets.core.runtime import OnnxClassifier
+from smallnets.export.registry import list_specs
+from smallnets.optimize.calibration import CalibrationDataError, ImageCalibrationReader, folder_set
+from smallnets.optimize.card import PreprocessingFlags
+from smallnets.optimize.fuse import fuse, op_counts
+from smallnets.optimize.groups import find_groups
+from smallnets.optimize.modelio import InvalidModelError, load_model, read_card
+from smallnets.optimize.pipeline import OptimizeConfig, OutputExistsError, optimize_model
+from smallnets.optimize.presets import PRESETS, UnknownTargetError, resolve_target, runs_here
+from smallnets.optimize.quantize import prepare_for_quantization, quantize_model
+from smallnets.optimize.simplify import simplify
+from smallnets.optimize.validate import compare
 
 # Quick search for tests: one candidate, no repair loop, few images, short timing. Not the CLI default.
 QUICK = {"calib_images": 8, "eval_per_photo": 2, "max_candidates": 1, "max_repair_steps": 0, "latency_runs": 6}
@@ -154,7 +156,7 @@ def test_quantized_model_runs_and_stays_close_on_random_weights(
     random nets' near-tied top-1 is not a meaningful budget)."""
     _, _, _, fused_path, prepared, _ = fused_models(family)
     card = read_card(onnx.load(str(prepared)))
-    from optimize.calibration import demo_calibration_set
+    from smallnets.optimize.calibration import demo_calibration_set
 
     reader = ImageCalibrationReader(demo_calibration_set(8).images, card.preprocessing, "input")
     output = tmp_path / "int8.onnx"
@@ -218,7 +220,7 @@ def test_presets_differ_as_documented(fused_models: Callable[[str], Any], tmp_pa
 
     prepared = fused_models("squeezenet")[4]
     card = read_card(onnx.load(str(prepared)))
-    from optimize.calibration import demo_calibration_set
+    from smallnets.optimize.calibration import demo_calibration_set
 
     images = demo_calibration_set(4).images
     for preset in (avx2, vnni, arm):
@@ -365,12 +367,11 @@ def test_interrupted_run_leaves_no_artifact(
     tmp_path: Path, exported: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fault injection: the search is interrupted after fp32 was written to the staging folder."""
-    import optimize.pipeline
 
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(optimize.pipeline, "search_recipe", interrupted)
+    monkeypatch.setattr(smallnets.optimize.pipeline, "search_recipe", interrupted)
     with pytest.raises(KeyboardInterrupt):
         optimize_model(cheapest(exported, "squeezenet"), tmp_path / "out", OptimizeConfig(**QUICK))
     assert list(tmp_path.iterdir()) == []

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.hardware import detect_cpu, parse_cpuinfo
-from serve.metadata import CARD_KEY, MissingMetadataError, ModelCard, Preprocessing
-from serve.preprocess import preprocess
-from serve.runtime import ProviderError, resolve_providers, softmax, top_k
+from smallnets.core.hardware import detect_cpu, parse_cpuinfo
+from smallnets.core.metadata import CARD_KEY, MissingMetadataError, ModelCard, Preprocessing
+from smallnets.core.preprocess import preprocess
+from smallnets.core.runtime import ProviderError, resolve_providers, softmax, top_k
 
 X86_CPUINFO = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8480+

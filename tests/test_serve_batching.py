@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from serve.batching import AdaptiveBatcher, BatcherOverloaded
+from smallnets.serve.batching import AdaptiveBatcher, BatcherOverloaded
 
 
 def tagged(tag: int, rows: int) -> np.ndarray:

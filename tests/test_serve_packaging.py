@@ -13,10 +13,11 @@ import pytest
 import yaml
 from PIL import Image
 
-import serve
-from serve.hardware import detect_cpu
-from serve.settings import ServeSettings, SettingsError
-from serve.store import resolve_model_file
+import smallnets.core as core
+import smallnets.serve as serve
+from smallnets.core.artifacts import resolve_model_file
+from smallnets.core.hardware import detect_cpu
+from smallnets.serve.settings import ServeSettings, SettingsError
 
 FORBIDDEN_IN_SERVING = ("torch", "onnxsim", "onnx")
 ROW = re.compile(r"^(?P<image>\S*)\s+(?P<rank>\d+)\s+(?P<class_id>\d+)\s+(?P<score>[\d.]+)\s+(?P<label>.+)$")
@@ -44,9 +45,12 @@ def smallnets(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 
 def test_serve_modules_import_no_torch_onnx_or_onnxsim() -> None:
-    """Every serve/ module, imported in a fresh interpreter, leaves torch, onnx and onnxsim unloaded."""
-    modules = sorted(f"serve.{info.name}" for info in pkgutil.iter_modules(serve.__path__))
-    assert {"serve.service", "serve.runtime", "serve.cli", "serve.store", "serve.bento"} <= set(modules)
+    """`smallnets` and every core and serve module, imported afresh, leave torch, onnx and onnxsim unloaded."""
+    submodules = (f"{pkg.__name__}.{info.name}" for pkg in (core, serve) for info in pkgutil.iter_modules(pkg.__path__))
+    modules = ["smallnets", *sorted(submodules)]
+    assert {"smallnets.serve.service", "smallnets.core.runtime", "smallnets.serve.cli", "smallnets.serve.bento"} <= set(
+        modules
+    )
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
@@ -137,7 +141,8 @@ def test_build_makes_a_torch_free_bento(model: Path, tmp_path: Path, platform: s
     assert manifest["args"] == {"model_tag": model_tag}
     assert model_tag in [entry["tag"] for service in manifest["services"] for entry in service["models"]]
     sources = sorted(path.relative_to(bento / "src").as_posix() for path in (bento / "src").rglob("*.py"))
-    assert sources and all(path.startswith("serve/") for path in sources), sources
+    assert "smallnets/serve/service.py" in sources and "smallnets/core/runtime.py" in sources, sources
+    assert not {path.split("/")[1] for path in sources} & {"export", "optimize", "benchmarks"}, sources
 
 
 def test_settings_defaults_share_cores_between_workers() -> None:

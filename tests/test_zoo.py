@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from export.profile import profile
-from export.registry import ModelSpec, Reference, list_specs
+from smallnets.export.profile import profile
+from smallnets.export.registry import ModelSpec, Reference, list_specs
 
 CASES = [
     pytest.param(spec, reference, id=f"{spec.name}-" + "-".join(f"{k}{v}" for k, v in reference.variant.items()))

@@ -1,8 +1,9 @@
 """x86 vs aarch64: the same ONNX files on the same input tensors, here and under emulated aarch64 onnxruntime.
 
-The host preprocesses the photos once per model (the card's recipe), runs every model through serve.runtime, and
-hands the identical tensors to ``benchmarks.arm64.verify`` inside the aarch64 environment; the logits of the two
-sides are then compared per model and precision. ``python -m benchmarks.arm64.compare`` builds the artifacts
+The host preprocesses the photos once per model (the card's recipe), runs every model through the core
+runtime, and hands the identical tensors to ``smallnets.benchmarks.arm64.verify`` inside the aarch64 environment;
+the logits of the two sides are then compared per model and precision.
+``python -m smallnets.benchmarks.arm64.compare`` builds the artifacts
 (export, then optimize's stages with the ``arm64`` preset) and prints the table; tests/test_arm64.py runs the same
 functions.
 
@@ -33,8 +34,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.arm64.env import Arm64Environment
-from serve.runtime import OnnxClassifier
+from smallnets.benchmarks.arm64.env import Arm64Environment
+from smallnets.core.artifacts import FP32_NAME, INT8_NAME
+from smallnets.core.runtime import OnnxClassifier
 
 FP32_RELATIVE_TOLERANCE = 1e-3
 INT8_RELATIVE_TOLERANCE = 5e-2
@@ -133,7 +135,7 @@ def run_comparison(
     outdir = workdir / "aarch64"
     started, cpu_before = time.perf_counter(), _children_cpu_seconds()
     completed = environment.run(
-        ["-m", "benchmarks.arm64.verify", str(manifest_path), str(outdir)],
+        ["-m", "smallnets.benchmarks.arm64.verify", str(manifest_path), str(outdir)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -182,12 +184,12 @@ def build_arm64_artifacts(exported: Path, outdir: Path, calibration_images: int 
     search keeps int8 only where it is faster *on the machine it runs on*, and x86 timings say nothing about ARM
     kernels. What is checked here is that the arm64 quantization computes the same on both architectures.
     """
-    from optimize.calibration import ImageCalibrationReader, demo_calibration_set
-    from optimize.fuse import fuse
-    from optimize.modelio import load_model, read_card, save_model, write_card
-    from optimize.presets import PRESETS
-    from optimize.quantize import prepare_for_quantization, quantize_model
-    from optimize.simplify import simplify
+    from smallnets.optimize.calibration import ImageCalibrationReader, demo_calibration_set
+    from smallnets.optimize.fuse import fuse
+    from smallnets.optimize.modelio import load_model, read_card, save_model, write_card
+    from smallnets.optimize.presets import PRESETS
+    from smallnets.optimize.quantize import prepare_for_quantization, quantize_model
+    from smallnets.optimize.simplify import simplify
 
     outdir.mkdir(parents=True, exist_ok=True)
     model = load_model(exported)
@@ -195,13 +197,13 @@ def build_arm64_artifacts(exported: Path, outdir: Path, calibration_images: int 
     if card is None:
         raise ValueError(f"{exported} has no smallnets model card: export it with `smallnets export`")
     fused, _ = fuse(simplify(model))
-    fp32 = save_model(fused, outdir / "model.fp32.onnx")
+    fp32 = save_model(fused, outdir / FP32_NAME)
     prepared = outdir / "prepared.onnx"
     prepare_for_quantization(fused, prepared)
     preset = PRESETS["arm64"]
     calibration = demo_calibration_set(calibration_images)
     reader = ImageCalibrationReader(calibration.images, card.preprocessing, model.graph.input[0].name)
-    int8 = outdir / "model.int8.onnx"
+    int8 = outdir / INT8_NAME
     cache = outdir / "calibration.json"
     cache.unlink(missing_ok=True)
     quantized = quantize_model(prepared, int8, preset, "minmax", cache, reader)
@@ -223,8 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-o", "--outdir", type=Path, default=Path("artifacts/arm64-verify"))
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and aarch64 facts here")
     args = parser.parse_args(argv)
-    from export.onnx_export import ExportConfig, export_model
-    from serve.images import sample_photos
+    from smallnets.core.images import sample_photos
+    from smallnets.export.onnx_export import ExportConfig, export_model
 
     models = {}
     for name in (name.strip() for name in args.models.split(",") if name.strip()):

@@ -12,11 +12,12 @@ import os
 import shlex
 import subprocess
 import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve.files import atomic_write
+from smallnets.core.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP_COMMAND = "bash benchmarks/arm64/setup.sh"
@@ -93,6 +94,27 @@ _HWCAP_PROBE = (
 )
 
 
+def package_view(cache: Path) -> Path:
+    """A folder from which ``import smallnets.<stage>`` works without installing the project.
+
+    The stage folders sit at the top of the checkout and pyproject's package-dir maps them into ``smallnets``; the
+    guest interpreter cannot use the host's editable install, so it gets a tree of links laid out the same way.
+    """
+    mapping = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    view = cache / "src"
+    package = view / "smallnets"
+    package.mkdir(parents=True, exist_ok=True)
+    links = {entry.name: entry for entry in (REPO / mapping["smallnets"]).iterdir() if entry.name != "__pycache__"}
+    links |= {name.removeprefix("smallnets."): REPO / folder for name, folder in mapping.items() if "." in name}
+    for name, target in links.items():
+        link = package / name
+        if link.is_symlink() and link.readlink() == target:
+            continue
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    return view
+
+
 class Arm64EnvironmentMissing(RuntimeError):
     """The emulated aarch64 environment has not been built on this machine."""
 
@@ -139,7 +161,7 @@ class Arm64Environment:
         environment.update(
             {
                 "LANG": "C.UTF-8",
-                "PYTHONPATH": f"{self.site}{os.pathsep}{REPO}",
+                "PYTHONPATH": f"{self.site}{os.pathsep}{package_view(cache_dir())}",
                 "PYTHONNOUSERSITE": "1",
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "SMALLNETS_EMULATED": "1",
@@ -200,7 +222,7 @@ def _host_cpu_count() -> int:
 _CHECK = """
 import platform, sys
 import numpy, onnxruntime, PIL
-from serve.hardware import detect_cpu
+from smallnets.core.hardware import detect_cpu
 print(f"python {platform.python_version()} on {platform.machine()}; onnxruntime {onnxruntime.__version__}, "
       f"numpy {numpy.__version__}, pillow {PIL.__version__}")
 print("providers:", ", ".join(onnxruntime.get_available_providers()))

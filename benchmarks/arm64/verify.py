@@ -1,7 +1,7 @@
-"""The aarch64 side of the x86-vs-ARM check: run models through serve.runtime and write logits + facts.
+"""The aarch64 side of the x86-vs-ARM check: run models through smallnets.core.runtime and write logits + facts.
 
 Runs inside the emulated (or a native) aarch64 interpreter with only the runtime dependencies (onnxruntime, numpy,
-pillow): ``benchmarks/arm64/python -m benchmarks.arm64.verify MANIFEST.json OUTDIR``. The host prepares the
+pillow): ``benchmarks/arm64/python -m smallnets.benchmarks.arm64.verify MANIFEST.json OUTDIR``. The host prepares the
 manifest (models and preprocessed .npy inputs, so both sides see identical tensors) and compares the logits.
 
 Manifest: ``{"threads": 1, "cases": [{"id", "model", "inputs"}], "preprocess": {"model", "photos", "inputs"},
@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.machine import machine_block
-from optimize.presets import resolve_target
-from optimize.validate import compare_logits
-from serve.hardware import detect_cpu
-from serve.images import load_image
-from serve.runtime import OnnxClassifier, resolve_providers
+from smallnets.benchmarks.machine import machine_block
+from smallnets.core.hardware import detect_cpu
+from smallnets.core.images import load_image
+from smallnets.core.runtime import OnnxClassifier, resolve_providers
+from smallnets.optimize.presets import resolve_target
+from smallnets.optimize.validate import compare_logits
 
 
 def run_case(case: dict[str, str], threads: int, outdir: Path) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def run_case(case: dict[str, str], threads: int, outdir: Path) -> dict[str, Any]
 
 
 def check_preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
-    """serve.images + serve.preprocess (aarch64 pillow/numpy) on the same files vs the host's tensors."""
+    """core.images + core.preprocess (aarch64 pillow/numpy) on the same files vs the host's tensors."""
     classifier = OnnxClassifier(spec["model"], threads=1)
     batch = classifier.preprocess([load_image(path) for path in spec["photos"]])
     reference = np.load(spec["inputs"])

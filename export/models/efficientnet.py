@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.layers import ConvNormAct, SqueezeExcitation, make_divisible
-from export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
+from smallnets.export.layers import ConvNormAct, SqueezeExcitation, make_divisible
+from smallnets.export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
 
 # Paper section 3.3: alpha (depth), beta (width), gamma (resolution), found by grid search at phi=1.
 DEPTH_BASE, WIDTH_BASE, RESOLUTION_BASE = 1.2, 1.1, 1.15

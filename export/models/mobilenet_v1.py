@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from export.layers import BatchNormAct2d, make_divisible
-from export.registry import (
+from smallnets.export.layers import BatchNormAct2d, make_divisible
+from smallnets.export.registry import (
     INCEPTION_MEAN,
     INCEPTION_STD,
     ModelSpec,

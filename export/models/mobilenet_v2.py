@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from export.layers import ConvNormAct, make_divisible
-from export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
+from smallnets.export.layers import ConvNormAct, make_divisible
+from smallnets.export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
 
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280

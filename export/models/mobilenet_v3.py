@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from export.layers import ConvNormAct, SqueezeExcitation, make_divisible
-from export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
+from smallnets.export.layers import ConvNormAct, SqueezeExcitation, make_divisible
+from smallnets.export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
 
 STEM_CHANNELS = 16
 # torchvision's BatchNorm settings for MobileNetV3 (TF defaults), part of what makes its checkpoints reproduce.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from export.layers import ConvNormAct, channel_shuffle, make_divisible
-from export.registry import ModelSpec, Reference, register
+from smallnets.export.layers import ConvNormAct, channel_shuffle, make_divisible
+from smallnets.export.registry import ModelSpec, Reference, register
 
 STAGE_REPEATS = (4, 8, 4)  # units per stage (stage2, stage3, stage4), the first of each with stride 2
 BOTTLENECK_RATIO = 4  # bottleneck width = unit output channels / 4 (paper §3.3)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from export.layers import ConvNormAct, channel_shuffle
-from export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
+from smallnets.export.layers import ConvNormAct, channel_shuffle
+from smallnets.export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
 
 STAGE_REPEATS = (4, 8, 4)  # units per stage (stage2, stage3, stage4), the first of each with stride 2
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
+from smallnets.export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
 
 POOL = "pool"
 # version -> (stem channels, stem kernel, features after the stem: POOL or a fire (squeeze, expand1x1, expand3x3)).

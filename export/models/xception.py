@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from export.registry import (
+from smallnets.export.registry import (
     INCEPTION_MEAN,
     INCEPTION_STD,
     ModelSpec,

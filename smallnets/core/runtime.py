@@ -14,9 +14,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from serve.hardware import detect_cpu
-from serve.metadata import ModelCard
-from serve.preprocess import preprocess
+from smallnets.core.hardware import detect_cpu
+from smallnets.core.metadata import ModelCard
+from smallnets.core.preprocess import preprocess
 
 # Preference order when the caller does not choose: accelerated CPU providers first, the default CPU last.
 PROVIDER_PREFERENCE = ("XnnpackExecutionProvider", "ACLExecutionProvider", "CPUExecutionProvider")

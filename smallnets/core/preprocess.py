@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from serve.metadata import Preprocessing
+from smallnets.core.metadata import Preprocessing
 
 _RESAMPLING = {
     "bilinear": Image.Resampling.BILINEAR,

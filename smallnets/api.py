@@ -1,0 +1,53 @@
+"""The public Python API: the pipeline's stages as plain functions, the same ones the CLI calls.
+
+Every stage is imported inside its function, so ``import smallnets`` stays light (no torch, no onnx) and a
+serving-only install can use :func:`load` without the export or optimize dependencies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smallnets.core.runtime import OnnxClassifier
+    from smallnets.export.onnx_export import ExportResult
+    from smallnets.optimize.report import OptimizeReport
+
+
+def export_model(
+    name: str,
+    output: str | Path,
+    weights: str = "random",
+    variant: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> ExportResult:
+    """Build registry model ``name`` with ``weights`` ("random", "imagenet" or a state-dict path) and export it."""
+    from smallnets.export.onnx_export import ExportConfig
+    from smallnets.export.onnx_export import export_model as export
+
+    return export(ExportConfig(model=name, variant=dict(variant or {}), weights=weights, seed=seed), output)
+
+
+def optimize_model(model: str | Path, output: str | Path, **config: Any) -> OptimizeReport:
+    """Simplify, fuse and quantize ``model`` into the folder ``output``; ``config`` holds OptimizeConfig fields.
+
+    For example ``optimize_model("m.onnx", "out", target="x86-avx2", calib_dir="photos", eval_dir="photos")``.
+    """
+    from smallnets.optimize.pipeline import OptimizeConfig
+    from smallnets.optimize.pipeline import optimize_model as optimize
+
+    paths = {key: Path(value) for key, value in config.items() if key.endswith("_dir") and value is not None}
+    return optimize(model, output, OptimizeConfig(**{**config, **paths}))
+
+
+def load(model: str | Path, providers: list[str] | None = None, threads: int | None = None) -> OnnxClassifier:
+    """An ONNX classifier from an .onnx file or an optimize output folder (its int8 model when there is one).
+
+    ``load(path).classify([PIL images], k=5)`` gives the top-k predictions per image.
+    """
+    from smallnets.core.artifacts import resolve_model_file
+    from smallnets.core.runtime import OnnxClassifier
+
+    return OnnxClassifier(resolve_model_file(model), providers=providers, threads=threads)

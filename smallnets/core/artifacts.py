@@ -1,0 +1,31 @@
+"""The names of the files the stages hand to each other: one place, so a stage never guesses another's layout.
+
+`smallnets pipeline -o DIR` writes EXPORT_NAME, then `smallnets optimize -o DIR` writes FP32_NAME, INT8_NAME (only
+when int8 was accepted) and the reports; serve/ and benchmarks/ read the folder through `resolve_model_file`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXPORT_NAME = "model.export.onnx"
+FP32_NAME = "model.fp32.onnx"
+INT8_NAME = "model.int8.onnx"
+REPORT_JSON = "report.json"
+REPORT_MARKDOWN = "report.md"
+# What a folder offers to serve, best first: int8 exists only where optimize accepted it.
+SERVABLE_NAMES = (INT8_NAME, FP32_NAME)
+
+
+def resolve_model_file(path: str | Path) -> Path:
+    """An .onnx file as given, or the best model in a `smallnets optimize` output folder (int8, else fp32)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in SERVABLE_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(
+            f"{path} holds none of {', '.join(SERVABLE_NAMES)}: run `smallnets optimize MODEL.onnx -o {path}` "
+            "or pass an .onnx file"
+        )
+    return path
