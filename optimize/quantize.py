@@ -1,7 +1,8 @@
-"""Static int8 quantization with onnxruntime.quantization: QDQ, per-channel weights, a preset per CPU target.
+"""Static int8 quantization with onnxruntime.quantization, as one of a target's `QuantOptions` says.
 
-Calibration runs once (all tensors) and is cached as JSON, so the recipe search can try many
-"what stays float" variants for the cost of the quantizer alone.
+Options name the data types, reduce_range, per-channel weights (depthwise included), QDQ or QOperator and the
+calibration method. Calibration runs once per method (all tensors) and is cached as JSON beside ``cache``, so
+the recipe search can try many "what stays float" variants for the cost of the quantizer alone.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from smallnets.core.targets import QuantOptions
 from smallnets.optimize.groups import name_nodes
 from smallnets.optimize.modelio import check_model, copy_metadata, save_model
-from smallnets.optimize.presets import QuantPreset
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -58,24 +59,32 @@ def prepare_for_quantization(model: onnx.ModelProto, output: Path) -> onnx.Model
     return prepared
 
 
+def calibration_cache(cache: Path, method: str) -> Path:
+    """The cache file of one calibration method: ranges from min-max and from percentiles differ."""
+    return cache if method == "minmax" else cache.with_name(f"{cache.stem}.{method}{cache.suffix}")
+
+
 def quantize_model(
     prepared: Path,
     output: Path,
-    preset: QuantPreset,
-    calibration: str,
+    options: QuantOptions,
+    calibration: str | None,
     cache: Path,
     reader: CalibrationDataReader | None = None,
     exclude_nodes: Iterable[str] = (),
 ) -> onnx.ModelProto:
     """Quantize ``prepared`` (see :func:`prepare_for_quantization`) to ``output``; ``exclude_nodes`` stay float.
 
-    The first call needs ``reader`` and fills ``cache``; later calls reuse the cached tensor ranges.
+    ``calibration`` overrides the options' method when given. The first call per method needs ``reader`` and
+    fills its cache (see :func:`calibration_cache`); later calls reuse the cached tensor ranges.
     """
+    method = calibration or options.calibration
+    cache = calibration_cache(cache, method)
     if not cache.exists() and reader is None:
-        raise ValueError("the first quantization needs calibration data")
+        raise ValueError(f"the first quantization with {method} calibration needs calibration data")
     extra_options: dict[str, object] = {"WeightSymmetric": True}
-    if calibration == "percentile":
-        extra_options["CalibPercentile"] = 99.999
+    if method == "percentile":
+        extra_options["CalibPercentile"] = options.percentile
     quiet = logging.getLogger()
     level = quiet.level
     quiet.setLevel(
@@ -86,13 +95,13 @@ def quantize_model(
             str(prepared),
             str(output),
             calibration_data_reader=reader,
-            quant_format=_FORMATS[preset.quant_format],
-            per_channel=preset.per_channel,
-            reduce_range=preset.reduce_range,
-            activation_type=_TYPES[preset.activation_type],
-            weight_type=_TYPES[preset.weight_type],
+            quant_format=_FORMATS[options.quant_format],
+            per_channel=options.per_channel,
+            reduce_range=options.reduce_range,
+            activation_type=_TYPES[options.activation_type],
+            weight_type=_TYPES[options.weight_type],
             nodes_to_exclude=sorted(set(exclude_nodes)),
-            calibrate_method=calibration_method(calibration),
+            calibrate_method=calibration_method(method),
             calibration_cache_path=str(cache),
             extra_options=extra_options,
         )

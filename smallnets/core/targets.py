@@ -1,0 +1,307 @@
+"""One `Target` per CPU kind: what int8 means on it, how to run it, and what the stages try and expect there.
+
+Optimize quantizes with a target's default options and lets the recipe search try the target's candidates; the
+report and the model card record the target; bench times at its thread counts; serve shows the target a model
+was built for; tests read its numerics tolerance. A new execution provider is one `ExecutionProvider` entry in
+`EXECUTION_PROVIDERS`; a new precision or CPU kind is one `QuantOptions`/`Target` below (plus its tests).
+
+Like Optimum's ``AutoQuantizationConfig.avx2/avx512_vnni/arm64``: data types follow what the CPU's int8
+dot-product instructions compute without overflow and what ONNX Runtime's MLAS kernels are fastest at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from smallnets.core.hardware import CpuInfo, detect_cpu
+
+INT8_TYPES = ("uint8", "int8")
+QUANT_FORMATS = ("qdq", "qoperator")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+ARM_DOT_FLAGS = ("asimddp", "i8mm")
+
+
+class UnknownTargetError(LookupError):
+    """``--target`` names no preset, or ``auto`` finds none for this CPU."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """One way to quantize a model: a candidate the recipe search can try, named so reports can cite it.
+
+    ``families`` limits a candidate to the model families it is worth trying on (empty: every family).
+    """
+
+    name: str
+    activation_type: str = "uint8"  # "uint8" | "int8"
+    weight_type: str = "int8"  # "int8" | "uint8"
+    reduce_range: bool = False
+    per_channel: bool = True  # per output channel, depthwise convolutions included
+    quant_format: str = "qdq"  # "qdq" (ORT fuses QDQ units into QLinear kernels) | "qoperator" (QLinear ops directly)
+    calibration: str = "minmax"
+    percentile: float = 99.999
+    families: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.activation_type not in INT8_TYPES or self.weight_type not in INT8_TYPES:
+            raise ValueError(
+                f"{self.name}: activation/weight types must be one of {INT8_TYPES}, "
+                f"got {self.activation_type}/{self.weight_type}"
+            )
+        if self.quant_format not in QUANT_FORMATS:
+            raise ValueError(f"{self.name}: quant_format must be one of {QUANT_FORMATS}, got {self.quant_format!r}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ValueError(
+                f"unknown calibration method {self.calibration!r}; choose one of: {', '.join(CALIBRATION_METHODS)}"
+            )
+
+    @property
+    def signature(self) -> str:
+        """Short form like ``U8S8`` (activation, weight) used by ORT's documentation."""
+        short = {"uint8": "U8", "int8": "S8"}
+        return short[self.activation_type] + short[self.weight_type]
+
+    def applies_to(self, family: str) -> bool:
+        return not self.families or family in self.families
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "signature": self.signature}
+
+
+@dataclass(frozen=True)
+class ExecutionProvider:
+    """An onnxruntime execution provider by its short name, full name and the session options it needs."""
+
+    alias: str
+    name: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alias": self.alias, "name": self.name, "options": dict(self.options)}
+
+
+# Every provider the project knows; the one place to add another. CPU is always the last resort.
+EXECUTION_PROVIDERS: dict[str, ExecutionProvider] = {
+    provider.alias: provider
+    for provider in (
+        ExecutionProvider("cpu", "CPUExecutionProvider"),
+        ExecutionProvider("xnnpack", "XnnpackExecutionProvider"),
+        ExecutionProvider("acl", "ACLExecutionProvider"),
+        # Needs the onnxruntime-openvino wheel, which replaces plain onnxruntime (they cannot share a venv).
+        ExecutionProvider("openvino", "OpenVINOExecutionProvider", {"device_type": "CPU"}),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything a CPU target means to the project, read by optimize, report, bench, serve and tests.
+
+    ``quant`` is the default way to quantize; ``candidates`` are the options the recipe search tries (the default
+    first). ``threads`` are the counts int8 must be faster at: 1 and the serving thread count.
+    ``int8_min_cosine`` is the mean logit cosine int8 must keep against fp32 on random weights (tests).
+    """
+
+    name: str
+    arch: str  # "x86_64" | "aarch64": the architecture whose int8 kernels the target is for
+    features: tuple[str, ...]  # ISA features the target's kernels rely on
+    hardware: str
+    rationale: str
+    quant: QuantOptions
+    candidates: tuple[QuantOptions, ...]
+    providers: tuple[ExecutionProvider, ...] = (EXECUTION_PROVIDERS["cpu"],)
+    threads: tuple[int, ...] = (1,)
+    int8_min_cosine: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not self.candidates or self.candidates[0] != self.quant:
+            raise ValueError(f"target {self.name}: the default quantization must be the first candidate")
+
+    # The default options' fields, read where one quantization setting is meant (report, card, tests).
+    @property
+    def activation_type(self) -> str:
+        return self.quant.activation_type
+
+    @property
+    def weight_type(self) -> str:
+        return self.quant.weight_type
+
+    @property
+    def reduce_range(self) -> bool:
+        return self.quant.reduce_range
+
+    @property
+    def per_channel(self) -> bool:
+        return self.quant.per_channel
+
+    @property
+    def quant_format(self) -> str:
+        return self.quant.quant_format
+
+    @property
+    def signature(self) -> str:
+        return self.quant.signature
+
+    @property
+    def serving_threads(self) -> int:
+        return max(self.threads)
+
+    @property
+    def provider_names(self) -> list[str]:
+        return [provider.name for provider in self.providers]
+
+    def candidates_for(self, family: str) -> list[QuantOptions]:
+        """The quantization options worth trying on a model family, the target's default first."""
+        return [options for options in self.candidates if options.applies_to(family)]
+
+    def with_threads(self, serving: int) -> Target:
+        return replace(self, threads=tuple(sorted({1, max(1, serving)})))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat keys of the default options (as reports read them) plus the target's own fields."""
+        quant = self.quant.to_dict()
+        quant.pop("name")
+        return {
+            "name": self.name,
+            **quant,
+            "quant_name": self.quant.name,
+            "arch": self.arch,
+            "features": list(self.features),
+            "hardware": self.hardware,
+            "rationale": self.rationale,
+            "candidates": [options.name for options in self.candidates],
+            "providers": [provider.to_dict() for provider in self.providers],
+            "threads": list(self.threads),
+            "int8_min_cosine": self.int8_min_cosine,
+        }
+
+
+def _options(name: str, **fields: Any) -> QuantOptions:
+    return QuantOptions(name=name, **fields)
+
+
+# x86 without VNNI: VPMADDUBSW adds u8*s8 pairs into int16 and saturates when both operands use the full range,
+# so weights keep 7 bits (reduce_range). U8U8 avoids the saturation but MLAS takes no fused kernel for it:
+# measured 0.15x of fp32 for Lite0 on an AMD EPYC AVX2-only CPU (issue 12), so it is not a candidate.
+AVX2_CANDIDATES = (
+    _options("u8s8-rr-qdq", reduce_range=True),
+    _options("u8s8-rr-qoperator", reduce_range=True, quant_format="qoperator"),
+    _options("u8s8-rr-qdq-percentile", reduce_range=True, calibration="percentile"),
+)
+# x86 with VNNI: VPDPBUSD accumulates u8*s8 straight into int32, so full-range weights are safe.
+VNNI_CANDIDATES = (
+    _options("u8s8-qdq"),
+    _options("u8s8-qoperator", quant_format="qoperator"),
+    _options("u8s8-qdq-percentile", calibration="percentile"),
+    _options("u8s8-rr-qdq", reduce_range=True),
+)
+ARM_CANDIDATES = (
+    _options("s8s8-qdq", activation_type="int8"),
+    _options("s8s8-qdq-percentile", activation_type="int8", calibration="percentile"),
+)
+
+PRESETS: dict[str, Target] = {
+    target.name: target
+    for target in (
+        Target(
+            name="x86-avx2",
+            arch="x86_64",
+            features=("avx2", "fma"),
+            hardware="x86-64 with AVX2 but no VNNI (Haswell .. Skylake client, Zen 1-3)",
+            rationale=(
+                "Without VNNI, u8*s8 products go through VPMADDUBSW, which adds pairs into int16 and saturates "
+                "when both operands use the full range. reduce_range=True keeps weights to 7 bits so the pair sum "
+                "cannot overflow (ORT's documented recommendation for non-VNNI x86); U8S8 keeps the fast MLAS path."
+            ),
+            quant=AVX2_CANDIDATES[0],
+            candidates=AVX2_CANDIDATES,
+            # 7-bit weights cost precision: the cheapest variant of every family keeps a mean logit cosine of at
+            # least 0.97 on random weights under qemu -cpu Haswell (rounded down to 0.95 for calibration noise).
+            int8_min_cosine=0.95,
+        ),
+        Target(
+            name="x86-vnni",
+            arch="x86_64",
+            features=("avx2", "fma", "avx512_vnni"),
+            hardware="x86-64 with AVX-512 VNNI, AVX-VNNI or AMX-INT8 (Cascade Lake+, Sapphire Rapids, Zen 4+)",
+            rationale=(
+                "VPDPBUSD accumulates u8*s8 products straight into int32 without the int16 saturation step, so "
+                "full 8-bit weights are safe; U8S8 is the layout MLAS's VNNI/AMX GEMM and QLinearConv kernels take."
+            ),
+            quant=VNNI_CANDIDATES[0],
+            candidates=VNNI_CANDIDATES,
+            # Measured on this AVX-512 VNNI machine (tests/test_targets.py's families, 8 calibration photos):
+            # the lowest mean logit cosine over the cheapest variant of each family is 0.976 (shufflenet_v1).
+            int8_min_cosine=0.95,
+        ),
+        Target(
+            name="arm64",
+            arch="aarch64",
+            features=("asimd", "asimddp"),
+            hardware="AArch64 with dot-product (ARMv8.2 asimddp, SDOT) or i8mm (ARMv8.6 SMMLA)",
+            rationale=(
+                "SDOT/SMMLA multiply signed int8 by signed int8 into int32; ORT's ARM guidance is symmetric S8S8 "
+                "for activations and weights, which maps onto these kernels (and XNNPACK's qs8) with no "
+                "zero-point correction on the weight side. On x86 S8S8 is slower than U8S8 (MLAS shifts it)."
+            ),
+            quant=ARM_CANDIDATES[0],
+            candidates=ARM_CANDIDATES,
+            # XNNPACK first where the wheel has it (runtime falls back to CPU with a note otherwise).
+            providers=(EXECUTION_PROVIDERS["xnnpack"], EXECUTION_PROVIDERS["cpu"]),
+            # Emulated aarch64 (qemu) keeps the same families above 0.96; S8S8 has no saturation step.
+            int8_min_cosine=0.95,
+        ),
+    )
+}
+TARGETS = ("auto", *PRESETS)
+
+
+def serving_threads(cpu: CpuInfo) -> int:
+    """Threads one serving worker gets by default (serve's settings: usable cores per worker, one worker)."""
+    return max(1, cpu.usable_cores)
+
+
+def runs_here(target: Target, cpu: CpuInfo | None = None) -> bool:
+    """Whether timings on this machine say anything about the target's kernels (same CPU architecture)."""
+    cpu = cpu or detect_cpu()
+    return (cpu.is_arm64 and target.arch == "aarch64") or (cpu.is_x86 and target.arch == "x86_64")
+
+
+def resolve_target(name: str, cpu: CpuInfo | None = None) -> tuple[Target, str]:
+    """The target for ``name`` (with this CPU's serving thread count) and a human reason.
+
+    ``auto`` decides from the CPU's ISA flags.
+    """
+    if name != "auto" and name not in PRESETS:
+        raise UnknownTargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
+    cpu = cpu or detect_cpu()
+    if name != "auto":
+        return PRESETS[name].with_threads(serving_threads(cpu)), f"target {name} requested explicitly"
+    chosen, reason = _auto(cpu)
+    return chosen.with_threads(serving_threads(cpu)), reason
+
+
+def _auto(cpu: CpuInfo) -> tuple[Target, str]:
+    if cpu.is_x86:
+        vnni = [flag for flag in VNNI_FLAGS if cpu.has(flag)]
+        if vnni:
+            return PRESETS["x86-vnni"], f"auto: {cpu.arch} CPU has {', '.join(vnni)} -> x86-vnni"
+        if cpu.has("avx2"):
+            return PRESETS["x86-avx2"], f"auto: {cpu.arch} CPU has avx2 but no VNNI -> x86-avx2 (reduce_range)"
+        return PRESETS["x86-avx2"], (
+            f"auto: {cpu.arch} CPU has neither VNNI nor AVX2; x86-avx2 (reduce_range) is the safe choice, "
+            "but int8 may not beat fp32 here"
+        )
+    if cpu.is_arm64:
+        dot = [flag for flag in ARM_DOT_FLAGS if cpu.has(flag)]
+        detail = f"has {', '.join(dot)}" if dot else "reports no dot-product features (kernels fall back)"
+        return PRESETS["arm64"], f"auto: {cpu.arch} CPU {detail} -> arm64 (S8S8)"
+    raise UnknownTargetError(
+        f"auto: no preset for CPU architecture {cpu.arch!r}; pass --target one of: {', '.join(PRESETS)}"
+    )

@@ -1,0 +1,119 @@
+"""core/targets.py: one Target per CPU kind, constructed by name or from the CPU's ISA flags, read by every stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from smallnets.core.hardware import CpuInfo, detect_cpu
+from smallnets.core.targets import (
+    EXECUTION_PROVIDERS,
+    PRESETS,
+    TARGETS,
+    QuantOptions,
+    Target,
+    UnknownTargetError,
+    resolve_target,
+    runs_here,
+)
+
+
+def fabricated(arch: str, features: tuple[str, ...] = (), cores: int = 4) -> CpuInfo:
+    return CpuInfo(arch, "fabricated", features, cores, cores)
+
+
+def test_presets_state_the_int8_kinds_their_cpus_compute_without_overflow() -> None:
+    avx2, vnni, arm = PRESETS["x86-avx2"], PRESETS["x86-vnni"], PRESETS["arm64"]
+    assert (avx2.signature, avx2.reduce_range) == ("U8S8", True)
+    assert (vnni.signature, vnni.reduce_range) == ("U8S8", False)
+    assert (arm.signature, arm.reduce_range) == ("S8S8", False)
+    for target in PRESETS.values():
+        assert target.per_channel and target.rationale and target.hardware and target.features
+        assert target.candidates[0] == target.quant and len(target.candidates) > 1
+        assert 0.5 < target.int8_min_cosine < 1.0
+        assert target.providers[-1].name == "CPUExecutionProvider"  # CPU stays the fallback everywhere
+
+
+def test_avx2_never_tries_full_range_u8s8_weights() -> None:
+    """VPMADDUBSW saturates on full-range u8*s8 pairs: every AVX2 candidate must keep reduce_range."""
+    assert all(options.reduce_range for options in PRESETS["x86-avx2"].candidates)
+
+
+def test_candidates_are_filtered_by_family() -> None:
+    only = QuantOptions("only-lite", families=("efficientnet_lite",))
+    target = Target(
+        "t", "x86_64", ("avx2",), "h", "r", quant=QuantOptions("base"), candidates=(QuantOptions("base"), only)
+    )
+    assert [o.name for o in target.candidates_for("efficientnet_lite")] == ["base", "only-lite"]
+    assert [o.name for o in target.candidates_for("mobilenet_v2")] == ["base"]
+
+
+def test_a_target_must_try_its_default_first() -> None:
+    with pytest.raises(ValueError, match="first candidate"):
+        Target("t", "x86_64", (), "h", "r", quant=QuantOptions("a"), candidates=(QuantOptions("b"),))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("activation_type", "int4"), ("quant_format", "qdqq"), ("calibration", "mse")]
+)
+def test_quant_options_refuse_unknown_values(field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=value):
+        QuantOptions("bad", **{field: value})
+
+
+def test_thread_counts_are_one_and_the_serving_count() -> None:
+    target, _ = resolve_target("x86-vnni", fabricated("x86_64", ("avx512_vnni",), cores=8))
+    assert target.threads == (1, 8) and target.serving_threads == 8
+    single, _ = resolve_target("x86-vnni", fabricated("x86_64", ("avx512_vnni",), cores=1))
+    assert single.threads == (1,)
+
+
+def test_to_dict_carries_the_flat_keys_reports_read() -> None:
+    data = PRESETS["x86-avx2"].to_dict()
+    assert data["name"] == "x86-avx2" and data["signature"] == "U8S8" and data["reduce_range"] is True
+    assert data["quant_format"] in ("qdq", "qoperator") and data["candidates"][0] == data["quant_name"]
+    assert data["providers"][0]["name"] == "CPUExecutionProvider"
+
+
+def test_execution_providers_have_one_home() -> None:
+    assert {"cpu", "xnnpack", "acl", "openvino"} <= set(EXECUTION_PROVIDERS)
+    assert all(provider.name.endswith("ExecutionProvider") for provider in EXECUTION_PROVIDERS.values())
+
+
+def test_auto_picks_the_target_of_this_cpu() -> None:
+    cpu = detect_cpu()
+    target, reason = resolve_target("auto")
+    if cpu.is_x86 and any(cpu.has(flag) for flag in ("avx512_vnni", "avx_vnni", "amx_int8")):
+        assert target.name == "x86-vnni"  # this machine: AVX-512 VNNI
+    assert target.name in reason and "auto" in reason
+
+
+@pytest.mark.parametrize(
+    ("arch", "features", "expected"),
+    [
+        ("x86_64", ("avx2", "fma"), "x86-avx2"),
+        ("x86_64", ("avx2", "avx512f", "avx512_vnni"), "x86-vnni"),
+        ("x86_64", ("avx2", "avx_vnni"), "x86-vnni"),
+        ("x86_64", ("avx2", "amx_int8"), "x86-vnni"),
+        ("x86_64", (), "x86-avx2"),
+        ("aarch64", ("asimd", "asimddp", "i8mm"), "arm64"),
+        ("aarch64", ("asimd",), "arm64"),
+    ],
+)
+def test_auto_from_fabricated_cpus(arch: str, features: tuple[str, ...], expected: str) -> None:
+    target, reason = resolve_target("auto", fabricated(arch, features))
+    assert target.name == expected and expected in reason
+
+
+def test_targets_know_which_cpus_they_can_be_timed_on() -> None:
+    x86, arm = fabricated("x86_64"), fabricated("aarch64")
+    assert runs_here(PRESETS["x86-vnni"], x86) and runs_here(PRESETS["x86-avx2"], x86)
+    assert not runs_here(PRESETS["arm64"], x86) and runs_here(PRESETS["arm64"], arm)
+    assert not runs_here(PRESETS["x86-vnni"], arm)
+
+
+def test_unknown_target_and_architecture_are_refused() -> None:
+    with pytest.raises(UnknownTargetError, match="x86-vnni"):
+        resolve_target("x86-avx9")
+    with pytest.raises(UnknownTargetError, match="--target"):
+        resolve_target("auto", fabricated("riscv64"))
+    assert TARGETS[0] == "auto" and set(TARGETS[1:]) == set(PRESETS)
