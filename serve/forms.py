@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData, QueryParams, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
@@ -21,15 +21,18 @@ from smallnets.serve.settings import DEFAULT_TOP_K, MAX_TOP_K
 MAX_TEXT_FIELD_BYTES = 64 * 1024
 # The byte cap bounds the work; the per-endpoint image cap gives the clear message.
 MAX_FILES = 1000
+# Raw-body uploads (``curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg'``), as inference servers take them.
+RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 
 
 class RequestRejected(Exception):
     """The request cannot be served as sent; ``status`` is the HTTP code, the message says what to change."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -40,19 +43,34 @@ class ImageUpload:
     data: bytes
 
 
-async def read_form(request: Request, max_bytes: int) -> FormData:
+def media_type(request: Request) -> str:
+    """The request's Content-Type without parameters, lower case ('' when absent)."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def is_raw_image(request: Request) -> bool:
+    return media_type(request) in RAW_IMAGE_TYPES
+
+
+async def read_raw_image(request: Request, max_bytes: int) -> ImageUpload:
+    """The whole body of a raw image upload (Content-Type image/jpeg|png|webp), capped at ``max_bytes`` (413)."""
+    _refuse_declared_oversize(request, max_bytes)
+    data = b"".join([chunk async for chunk in _capped_stream(request, max_bytes)])
+    return ImageUpload("body", data)
+
+
+async def read_form(request: Request, max_bytes: int, raw_allowed: bool = False) -> FormData:
     """Parse a multipart/form-data body, refusing bodies over ``max_bytes`` (413) before reading them whole."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         shown = content_type or "no Content-Type"
+        raw = f", or the bytes themselves with Content-Type {' / '.join(RAW_IMAGE_TYPES)}" if raw_allowed else ""
         raise RequestRejected(
             415 if content_type else 400,
             f"expected a multipart/form-data upload, got {shown}: send the photo as a file field, "
-            "e.g. curl -F image=@photo.jpg",
+            f"e.g. curl -F image=@photo.jpg{raw}",
         )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(int(declared), max_bytes)
+    _refuse_declared_oversize(request, max_bytes)
     parser = MultiPartParser(
         request.headers,
         _capped_stream(request, max_bytes),
@@ -67,9 +85,9 @@ async def read_form(request: Request, max_bytes: int) -> FormData:
 
 
 @asynccontextmanager
-async def multipart_form(request: Request, max_bytes: int) -> AsyncIterator[FormData]:
+async def multipart_form(request: Request, max_bytes: int, raw_allowed: bool = False) -> AsyncIterator[FormData]:
     """``read_form`` whose uploads (spooled to temporary files past 1 MB) are closed when the request is done."""
-    form = await read_form(request, max_bytes)
+    form = await read_form(request, max_bytes, raw_allowed)
     try:
         yield form
     finally:
@@ -103,8 +121,8 @@ async def uploaded_images(form: FormData, field: str, max_count: int) -> list[Im
     return uploads
 
 
-def parse_top_k(form: FormData) -> int:
-    """``top_k`` from the form: an integer in 1..MAX_TOP_K, DEFAULT_TOP_K when absent."""
+def parse_top_k(form: FormData | QueryParams) -> int:
+    """``top_k`` from the form (or the query string of a raw upload): an integer in 1..MAX_TOP_K, default 5."""
     raw = form.get("top_k")
     if raw is None or raw == "":
         return DEFAULT_TOP_K
@@ -117,6 +135,12 @@ def parse_top_k(form: FormData) -> int:
     if value is None or not 1 <= value <= MAX_TOP_K:
         raise RequestRejected(400, f"top_k must be an integer from 1 to {MAX_TOP_K}, got {raw!r}")
     return value
+
+
+def _refuse_declared_oversize(request: Request, max_bytes: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(int(declared), max_bytes)
 
 
 def _too_large(size: int, max_bytes: int) -> RequestRejected:

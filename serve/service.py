@@ -1,9 +1,17 @@
 """The BentoML image-classification service: `bentoml serve smallnets.serve.service:ImageClassifier`.
 
-Request flow: the public endpoints (``/classify``, ``/classify_batch``) read and validate the multipart upload
-(serve/forms.py), decode and preprocess in a worker thread (serve/images.py + the shared runtime), then hand the
-tensor to the worker's adaptive batcher (serve/batching.py: BentoML's CORK dispatcher), which merges concurrent
-requests into one ONNX Runtime batch and gives each request its own rows back.
+Request flow (``answer`` -> ``logits_for_uploads`` / ``logits_for_tensor``):
+1. admission: a worker holds at most SMALLNETS_MAX_QUEUE requests; past that, 503 + Retry-After at once, before
+   the body is read;
+2. the body is read with a byte cap (serve/forms.py): a multipart form or a raw image body;
+3. each upload's header is read and its decoded size summed: over SMALLNETS_MAX_REQUEST_PIXELS -> 413 before any
+   pixel is decoded;
+4. the uploads are decoded one at a time, each shrunk while decoding (smallnets/core/images.py) and preprocessed
+   to one model row, on a bounded pool of decode threads (one decoded upload per thread at most in memory);
+5. each row goes to the worker's batcher (serve/batching.py), which merges rows of concurrent requests into
+   ONNX Runtime batches of at most SMALLNETS_MAX_BATCH_SIZE.
+Every request has a deadline (SMALLNETS_REQUEST_TIMEOUT_S): past it, or when the client disconnects, its
+remaining work is dropped (no further decode, its queued rows never run) and it is answered 504 (or not at all).
 
 The model comes from the BentoML model store by tag, given as the Bento argument ``model_tag`` (`bentoml serve
 ... --arg model_tag=TAG`, recorded in a Bento by `bentoml build --arg`), or from a file path in SMALLNETS_MODEL
@@ -12,47 +20,56 @@ The model comes from the BentoML model store by tag, given as the Bento argument
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import Sequence
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import anyio.to_thread
 import bentoml
 import numpy as np
-from pydantic import ConfigDict
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from smallnets.core.hardware import detect_cpu
-from smallnets.core.images import ImageDecodeError, decode_image
+from smallnets.core.images import ImageDecodeError, finish_decode, open_image
+from smallnets.core.preprocess import REDUCING_GAP
 from smallnets.core.runtime import OnnxClassifier, softmax, top_k
-from smallnets.serve.batching import AdaptiveBatcher, BatcherOverloaded
-from smallnets.serve.forms import ImageUpload, RequestRejected, multipart_form, parse_top_k, uploaded_images
+from smallnets.serve import metrics
+from smallnets.serve.batching import Batcher, BatcherStopped, DeadlineExceeded
+from smallnets.serve.clock import RequestClock
+from smallnets.serve.forms import (
+    RAW_IMAGE_TYPES,
+    ImageUpload,
+    RequestRejected,
+    is_raw_image,
+    multipart_form,
+    parse_top_k,
+    read_raw_image,
+    uploaded_images,
+)
 from smallnets.serve.settings import DEFAULT_TOP_K, MAX_TOP_K, ServeSettings
 from smallnets.serve.store import MODEL_FILENAME, model_name
 
 LOGGER = logging.getLogger(__name__)
 SETTINGS = ServeSettings.from_env()
 MODEL_TAG: str | None = getattr(bentoml.use_arguments(), "model_tag", None)
-# Requests are shed (503) only after waiting this long for a batch: a queue of small-CNN batches on a busy
-# 2-core box can take a second or two, which is slow but still worth answering.
-MAX_LATENCY_MS = 10_000
-
-INFERENCE_SECONDS = bentoml.metrics.Histogram(
-    name="smallnets_inference_seconds",
-    documentation="ONNX Runtime time per batch (preprocessed tensors in, logits out)",
-    labelnames=["model"],
-    buckets=(0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048),
-)
-BATCH_SIZE = bentoml.metrics.Histogram(
-    name="smallnets_batch_size",
-    documentation="Images per ONNX Runtime batch formed by adaptive batching",
-    labelnames=["model"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-)
+# BentoML's own request timeout only backs ours up: our deadline answers 504 first and stops the work.
+BENTOML_TIMEOUT_MARGIN_S = 30
+# What a shed request is told: the queue drains within a second at the default limits.
+RETRY_AFTER_S = 1
+# Exit status of a worker whose model cannot be loaded (the server then stops instead of restarting it forever).
+EXIT_MODEL_UNLOADABLE = 3
+Input = TypeVar("Input")
 
 
 class MultipartUpload(bentoml.IODescriptor):
@@ -74,7 +91,7 @@ _FILE_SCHEMA = {"type": "string", "format": "binary"}
 
 
 class ImageUploadForm(MultipartUpload):
-    """/classify: one ``image`` file, optional ``top_k``."""
+    """/classify: one ``image`` file, optional ``top_k``; or the raw image bytes as the body (``?top_k=``)."""
 
     model_config = ConfigDict(
         json_schema_extra={"properties": {"image": _FILE_SCHEMA, "top_k": _TOP_K_SCHEMA}, "required": ["image"]}
@@ -92,6 +109,28 @@ class ImagesUploadForm(MultipartUpload):
     )
 
 
+class PredictionOut(BaseModel):
+    class_id: int
+    label: str
+    score: float
+
+
+class ClassificationOut(bentoml.IODescriptor):
+    """/classify's answer (also each item of /classify_batch's ``results``)."""
+
+    model: str
+    predictions: list[PredictionOut]
+    inference_ms: float
+    batch_size: int
+
+
+class BatchClassificationOut(bentoml.IODescriptor):
+    """/classify_batch's answer: one result per uploaded image, in upload order."""
+
+    model: str
+    results: list[ClassificationOut]
+
+
 async def metadata_endpoint(_: Request) -> JSONResponse:
     service: ImageClassifier = bentoml.get_current_service()
     return JSONResponse(service.metadata())
@@ -103,45 +142,55 @@ metadata_app = Starlette(routes=[Route("/metadata", metadata_endpoint, methods=[
 @bentoml.service(
     name="smallnets_classifier",
     workers=SETTINGS.workers,  # each worker: its own session, batcher and share of the cores
-    traffic={"timeout": 60},
+    traffic={"timeout": SETTINGS.request_timeout_s + BENTOML_TIMEOUT_MARGIN_S},
 )
 @bentoml.asgi_app(metadata_app, path="/")
 class ImageClassifier:
-    """One ONNX classifier per worker, warmed up before /readyz says yes."""
+    """One ONNX classifier per worker, warmed up before /readyz says yes.
+
+    Other endpoints (e.g. an Open Inference Protocol route) reuse the request path through ``answer`` (admission,
+    deadline, disconnect, errors, metrics) with ``logits_for_uploads`` or ``logits_for_tensor`` as the work: the
+    same limits, batching and error answers as /classify.
+    """
 
     if MODEL_TAG:  # declared on the class so that `bentoml build` packs the model into the Bento
         model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
         self._ready = False
-        if MODEL_TAG:
-            self.model_path = Path(self.model_ref.path_of(MODEL_FILENAME))
-        elif SETTINGS.model_path:
-            self.model_path = Path(SETTINGS.model_path)
-        else:
-            raise RuntimeError(
-                "no model to serve: pass a BentoML model tag (bentoml serve ... --arg model_tag=TAG) or set "
-                "SMALLNETS_MODEL to an .onnx path, or start the server with `smallnets serve MODEL.onnx`"
-            )
-        providers = list(SETTINGS.providers) or None
-        self.classifier = OnnxClassifier(
-            self.model_path, providers=providers, threads=SETTINGS.threads, memory_arena=False, spinning=False
-        )
+        self.model_path = self._model_file()
+        self.classifier = load_classifier_or_exit(self.model_path)
         for note in self.classifier.provider_notes:
             LOGGER.warning("execution providers: %s", note)
         self.model_name = model_name(self.classifier.card)
-        # A /classify_batch request larger than max_batch_size is split across batches by the dispatcher.
-        self.batcher = AdaptiveBatcher(
-            self._probabilities, SETTINGS.max_batch_size, MAX_LATENCY_MS, observe=self._observe
-        )
-        # Decoding uses the same cores as inference: more parallel decoders than cores only queue for the CPU
-        # and multiply per-thread malloc arenas (resident memory).
-        self._decoders = anyio.CapacityLimiter(detect_cpu().usable_cores)
+        self.batcher = Batcher(self._run_model, SETTINGS.max_batch_size, observe=self._observe_batch)
+        self._decoders = anyio.CapacityLimiter(SETTINGS.decode_threads)
+        preprocessing = self.classifier.card.preprocessing
+        # Decode big uploads straight to a size the preprocessing still reduces by box filter: same picture.
+        self._decode_min_side = round(preprocessing.resize * REDUCING_GAP)
+        self._row_shape = (3, preprocessing.crop, preprocessing.crop)
+        self._held = 0
+        self._draining = False
         self.classifier.warm_up()
+        card = self.classifier.card
+        metrics.publish_model_info(
+            self.model_name, card.name, card.precision, ",".join(self.classifier.providers), self.classifier.threads
+        )
+        metrics.QUEUE_LIMIT.set(SETTINGS.max_queue)
         self._ready = True
 
+    def _model_file(self) -> Path:
+        if MODEL_TAG:
+            return Path(self.model_ref.path_of(MODEL_FILENAME))
+        if SETTINGS.model_path:
+            return Path(SETTINGS.model_path)
+        fail_start(
+            "no model to serve: pass a BentoML model tag (bentoml serve ... --arg model_tag=TAG) or set "
+            "SMALLNETS_MODEL to an .onnx path, or start the server with `smallnets serve MODEL.onnx`"
+        )
+
     def __is_ready__(self) -> bool:
-        return self._ready
+        return self._ready and not self._draining
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -151,71 +200,247 @@ class ImageClassifier:
             "model_file": str(self.model_path),
             "provider_notes": self.classifier.provider_notes,
             "workers": SETTINGS.workers,
+            "threads_per_worker": self.classifier.threads,
+            "decode_threads": SETTINGS.decode_threads,
+            "cores": SETTINGS.cores,
+            "cpu_quota": SETTINGS.cpu_quota,
             "max_upload_bytes": SETTINGS.max_upload_bytes,
             "max_batch_images": SETTINGS.max_batch_images,
             "max_batch_size": SETTINGS.max_batch_size,
+            "max_pixels": SETTINGS.max_pixels,
+            "max_request_pixels": SETTINGS.max_request_pixels,
+            "max_queue": SETTINGS.max_queue,
+            "request_timeout_s": SETTINGS.request_timeout_s,
             "max_top_k": MAX_TOP_K,
+            "raw_image_types": list(RAW_IMAGE_TYPES),
         }
 
-    @bentoml.api(route="/classify", input_spec=ImageUploadForm)
-    async def classify(self, ctx: bentoml.Context) -> dict[str, Any]:
-        """Classify one photo: multipart field ``image``, optional ``top_k`` (1..20, default 5)."""
-        try:
-            async with multipart_form(ctx.request, SETTINGS.max_upload_bytes) as form:
-                uploads = await uploaded_images(form, "image", max_count=1)
-                return (await self._classify(uploads, parse_top_k(form)))[0]
-        except RequestRejected as rejected:
-            return self._rejection(ctx, rejected)
+    @bentoml.api(route="/classify", input_spec=ImageUploadForm, output_spec=ClassificationOut)
+    async def classify(self, ctx: bentoml.Context) -> Response:
+        """Classify one photo: multipart field ``image`` (optional ``top_k`` 1..20, default 5), or the raw image
+        bytes as the body with Content-Type image/jpeg, image/png or image/webp (``?top_k=``)."""
+        return await self.answer(ctx, "/classify", self._read_one_image, self._classify_one)
 
-    @bentoml.api(route="/classify_batch", input_spec=ImagesUploadForm)
-    async def classify_batch(self, ctx: bentoml.Context) -> dict[str, Any]:
+    @bentoml.api(route="/classify_batch", input_spec=ImagesUploadForm, output_spec=BatchClassificationOut)
+    async def classify_batch(self, ctx: bentoml.Context) -> Response:
         """Classify several photos sent as repeated ``images`` fields; one result per image, in order."""
+        return await self.answer(ctx, "/classify_batch", self._read_images, self._classify_many)
+
+    async def answer(
+        self,
+        ctx: bentoml.Context,
+        route: str,
+        read: Callable[[Request], Awaitable[Input]],
+        compute: Callable[[Input, RequestClock], Awaitable[Any]],
+    ) -> Response:
+        """The frame of every inference request: admission (503), ``read`` the body, ``compute`` the JSON answer
+        under the request's deadline (504) while watching for the client leaving; ``RequestRejected`` becomes its
+        4xx/5xx ``{"error": ...}``; timing goes to /metrics and the Server-Timing header.
+        """
+        clock = RequestClock.start(SETTINGS.request_timeout_s)
+        status, body, headers = 200, None, {}
+        if self._held >= SETTINGS.max_queue or self._draining:
+            status, body, headers = self._shed()
+            return self._reply(ctx, route, clock, status, body, headers)
+        self._held += 1
+        metrics.QUEUE_DEPTH.inc()
         try:
-            async with multipart_form(ctx.request, SETTINGS.max_upload_bytes) as form:
-                uploads = await uploaded_images(form, "images", max_count=SETTINGS.max_batch_images)
-                return {"model": self.model_name, "results": await self._classify(uploads, parse_top_k(form))}
+            async with asyncio.timeout_at(clock.deadline):
+                payload = await read(ctx.request)
+                async with cancelled_on_disconnect(ctx.request):
+                    body = await compute(payload, clock)
         except RequestRejected as rejected:
-            return self._rejection(ctx, rejected)
+            status, body, headers = rejected.status, {"error": rejected.message}, rejected.headers
+        except (TimeoutError, DeadlineExceeded):
+            status = 504
+            body = {
+                "error": f"not answered within the {SETTINGS.request_timeout_s:g} s deadline "
+                "(SMALLNETS_REQUEST_TIMEOUT_S); its remaining work was dropped: retry later or send less"
+            }
+        except BatcherStopped:
+            status, body, headers = self._shed()
+        except asyncio.CancelledError:
+            metrics.observe_request(route, 499, clock.elapsed(), clock.phases)
+            raise
+        finally:
+            self._held -= 1
+            metrics.QUEUE_DEPTH.dec()
+        return self._reply(ctx, route, clock, status, body, headers)
 
-    def _probabilities(self, batch: np.ndarray) -> np.ndarray:
-        return softmax(self.classifier.run(batch))
-
-    def _observe(self, batch_size: int, seconds: float) -> None:
-        INFERENCE_SECONDS.labels(model=self.model_name).observe(seconds)
-        BATCH_SIZE.labels(model=self.model_name).observe(batch_size)
-
-    @bentoml.on_shutdown
-    def _stop_batching(self) -> None:
-        self.batcher.shutdown()
-
-    @staticmethod
-    def _rejection(ctx: bentoml.Context, rejected: RequestRejected) -> dict[str, Any]:
-        # With a context parameter BentoML takes the status from ctx.response, not from a returned Response.
-        ctx.response.status_code = rejected.status
-        return {"error": rejected.message}
-
-    async def _classify(self, uploads: Sequence[ImageUpload], k: int) -> list[dict[str, Any]]:
-        """Decode + preprocess off the event loop, then wait for a batch slot."""
-        batch = await anyio.to_thread.run_sync(self._prepare, uploads, limiter=self._decoders)
+    async def logits_for_uploads(self, uploads: Sequence[ImageUpload], clock: RequestClock) -> np.ndarray:
+        """Logits (N, classes) of encoded images, in order: pixel budget (413), bad image (400 naming it), one
+        upload decoded at a time on the decode pool, rows batched with other requests'."""
+        opened = [self._open(upload) for upload in uploads]
+        pixels = sum(image.width * image.height for image in opened)
+        if pixels > SETTINGS.max_request_pixels:
+            raise RequestRejected(
+                413,
+                f"request too large: its {len(uploads)} image(s) decode to {pixels} pixels, over the per-request "
+                f"limit of {SETTINGS.max_request_pixels} (SMALLNETS_MAX_REQUEST_PIXELS): send fewer or smaller images",
+            )
+        submitted: list[asyncio.Future] = []
         try:
-            rows = await self.batcher(batch)
-        except BatcherOverloaded as error:
-            raise RequestRejected(503, str(error)) from error
+            for upload, image in zip(uploads, opened, strict=True):
+                row = await anyio.to_thread.run_sync(
+                    self._decode_and_preprocess, upload.filename, image, clock, limiter=self._decoders
+                )
+                submitted.append(asyncio.ensure_future(self.batcher.submit(row, clock.deadline)))
+            return clock.merge(await asyncio.gather(*submitted))
+        finally:
+            for pending in submitted:
+                pending.cancel()
+
+    async def logits_for_tensor(self, tensor: np.ndarray, clock: RequestClock) -> np.ndarray:
+        """Logits (N, classes) of an already preprocessed float32 (N, 3, crop, crop) tensor, N <= the batch-request
+        limit; split into model-sized batches and merged with other requests'."""
+        if tensor.ndim != 4 or tensor.shape[1:] != self._row_shape or tensor.dtype != np.float32:
+            raise RequestRejected(
+                400,
+                f"expected a float32 tensor [N,{','.join(map(str, self._row_shape))}], got {tensor.dtype} "
+                f"{list(tensor.shape)}",
+            )
+        if not 1 <= len(tensor) <= SETTINGS.max_batch_images:
+            raise RequestRejected(400, f"batch of {len(tensor)}: send 1 to {SETTINGS.max_batch_images} images")
+        step = self.batcher.max_batch_size
+        chunks = [tensor[start : start + step] for start in range(0, len(tensor), step)]
+        submitted = [asyncio.ensure_future(self.batcher.submit(chunk, clock.deadline)) for chunk in chunks]
+        try:
+            return clock.merge(await asyncio.gather(*submitted))
+        finally:
+            for pending in submitted:
+                pending.cancel()
+
+    def _shed(self) -> tuple[int, dict[str, str], dict[str, str]]:
+        reason = "shutting down" if self._draining else f"{self._held} requests in progress"
+        message = (
+            f"server busy ({reason}, limit SMALLNETS_MAX_QUEUE={SETTINGS.max_queue} per worker): "
+            f"retry after {RETRY_AFTER_S} s"
+        )
+        return 503, {"error": message}, {"Retry-After": str(RETRY_AFTER_S)}
+
+    def _reply(
+        self,
+        ctx: bentoml.Context,
+        route: str,
+        clock: RequestClock,
+        status: int,
+        body: Any,
+        headers: dict[str, str],
+    ) -> Response:
+        # With a context parameter BentoML takes the status and headers from ctx.response.
+        ctx.response.status_code = status
+        ctx.response.headers.update(headers)
+        ctx.response.headers["Server-Timing"] = clock.server_timing()
+        metrics.observe_request(route, status, clock.elapsed(), clock.phases)
+        return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
+
+    async def _read_one_image(self, request: Request) -> tuple[list[ImageUpload], int]:
+        if is_raw_image(request):
+            return [await read_raw_image(request, SETTINGS.max_upload_bytes)], parse_top_k(request.query_params)
+        async with multipart_form(request, SETTINGS.max_upload_bytes, raw_allowed=True) as form:
+            return await uploaded_images(form, "image", max_count=1), parse_top_k(form)
+
+    async def _read_images(self, request: Request) -> tuple[list[ImageUpload], int]:
+        async with multipart_form(request, SETTINGS.max_upload_bytes) as form:
+            uploads = await uploaded_images(form, "images", max_count=SETTINGS.max_batch_images)
+            return uploads, parse_top_k(form)
+
+    async def _classify_one(self, request: tuple[list[ImageUpload], int], clock: RequestClock) -> dict[str, Any]:
+        uploads, k = request
+        return self._predictions(await self.logits_for_uploads(uploads, clock), k, clock)[0]
+
+    async def _classify_many(self, request: tuple[list[ImageUpload], int], clock: RequestClock) -> dict[str, Any]:
+        uploads, k = request
+        return {
+            "model": self.model_name,
+            "results": self._predictions(await self.logits_for_uploads(uploads, clock), k, clock),
+        }
+
+    def _predictions(self, logits: np.ndarray, k: int, clock: RequestClock) -> list[dict[str, Any]]:
+        labels = self.classifier.card.labels
         return [
             {
                 "model": self.model_name,
-                "predictions": [prediction.to_dict() for prediction in top_k(row, k, self.classifier.card.labels)],
-                "inference_ms": round(rows.inference_ms, 3),
-                "batch_size": rows.batch_size,
+                "predictions": [prediction.to_dict() for prediction in top_k(row, k, labels)],
+                "inference_ms": round(clock.phases.get("inference", 0.0) * 1000.0, 3),
+                "batch_size": clock.batch_size,
             }
-            for row in rows.outputs
+            for row in softmax(logits)
         ]
 
-    def _prepare(self, uploads: Sequence[ImageUpload]) -> np.ndarray:
-        images = []
-        for upload in uploads:
+    def _open(self, upload: ImageUpload) -> Image.Image:
+        try:
+            return open_image(upload.data, SETTINGS.max_pixels, self._decode_min_side)
+        except ImageDecodeError as error:
+            raise RequestRejected(400, f"{upload.filename}: {error}") from error
+
+    def _decode_and_preprocess(self, filename: str, image: Image.Image, clock: RequestClock) -> np.ndarray:
+        """One upload -> one model row, in a decode thread; the decoded picture is freed before returning."""
+        if clock.expired():  # waited for a decode thread past the deadline: do not start
+            raise DeadlineExceeded("deadline passed before decoding")
+        with clock.phase("decode"):
             try:
-                images.append(decode_image(upload.data, max_pixels=SETTINGS.max_pixels))
+                picture = finish_decode(image, self._decode_min_side)
             except ImageDecodeError as error:
-                raise RequestRejected(400, f"{upload.filename}: {error}") from error
-        return self.classifier.preprocess(images)
+                raise RequestRejected(400, f"{filename}: {error}") from error
+        with clock.phase("preprocess"):
+            return self.classifier.preprocess([picture])
+
+    def _run_model(self, batch: np.ndarray) -> np.ndarray:
+        return self.classifier.run(batch)
+
+    def _observe_batch(self, batch_size: int, seconds: float) -> None:
+        metrics.observe_batch(self.model_name, batch_size, seconds)
+
+    @bentoml.on_shutdown
+    async def _drain(self) -> None:
+        """Answer what was accepted (new requests get 503 meanwhile), then stop the inference thread."""
+        self._draining = True
+        deadline = time.monotonic() + SETTINGS.request_timeout_s
+        while self._held and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.batcher.drain()
+
+
+@asynccontextmanager
+async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
+    """Cancel the current task if the client disconnects meanwhile (call once the body has been read whole).
+
+    After the body, the ASGI server's ``receive`` only returns ``http.disconnect``; waiting on it costs nothing.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
+def load_classifier_or_exit(path: Path) -> OnnxClassifier:
+    """The worker's session; a missing or corrupt model file ends the process with one clear line."""
+    if not path.is_file():
+        fail_start(f"model file {path} does not exist: export one with `smallnets export NAME -o FILE`")
+    try:
+        return OnnxClassifier(
+            path,
+            providers=list(SETTINGS.providers) or None,
+            threads=SETTINGS.threads,
+            memory_arena=False,
+            spinning=False,
+        )
+    except Exception as error:  # ORT raises its own exception types for corrupt files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        fail_start(f"model file {path} is not a loadable smallnets ONNX model ({first_line}): re-export it")
+
+
+def fail_start(message: str) -> NoReturn:
+    """One line on stderr and a non-zero exit, instead of a traceback per worker restart."""
+    print(f"smallnets serve: {message}", file=sys.stderr, flush=True)
+    os._exit(EXIT_MODEL_UNLOADABLE)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from smallnets.core.hardware import detect_cpu
+from smallnets.core.hardware import cpu_quota, serving_cores
 
 ENV_MODEL_PATH = "SMALLNETS_MODEL"
 ENV_PROVIDERS = "SMALLNETS_PROVIDERS"
@@ -21,12 +21,27 @@ ENV_MAX_UPLOAD_MB = "SMALLNETS_MAX_UPLOAD_MB"
 ENV_MAX_BATCH_IMAGES = "SMALLNETS_MAX_BATCH_IMAGES"
 ENV_MAX_BATCH_SIZE = "SMALLNETS_MAX_BATCH_SIZE"
 ENV_MAX_PIXELS = "SMALLNETS_MAX_PIXELS"
+ENV_MAX_REQUEST_PIXELS = "SMALLNETS_MAX_REQUEST_PIXELS"
+ENV_MAX_QUEUE = "SMALLNETS_MAX_QUEUE"
+ENV_REQUEST_TIMEOUT_S = "SMALLNETS_REQUEST_TIMEOUT_S"
+ENV_DECODE_THREADS = "SMALLNETS_DECODE_THREADS"
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_BATCH_IMAGES = 32
 # Largest ONNX Runtime batch adaptive batching forms: past ~16 a CPU gains no throughput, only latency and memory.
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_PIXELS = 50_000_000
+# Decoded pixels one request may cost, summed over its images (JPEGs count at the reduced scale they decode at).
+# Decoding runs at ~25-30 MP/s per core here (a 50 MP PNG: ~1.7-2 s), so this keeps the worst request that is
+# accepted at ~6 s of decode; heavier requests are refused (413) before any pixel is decoded.
+DEFAULT_MAX_REQUEST_PIXELS = 150_000_000
+# Requests a worker holds at once (reading, decoding, queued, running); past it: 503 + Retry-After at once.
+# Two full batches keep the model busy while the next one forms; more only adds waiting.
+DEFAULT_MAX_QUEUE_BATCHES = 2
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+# Intra-op threads past ~4 give a small CNN little at these batch sizes, while each extra worker costs ~200 MB:
+# one worker per 4 cores of the CPU quota, the cores shared out as threads.
+CORES_PER_WORKER = 4
 MAX_TOP_K = 20
 DEFAULT_TOP_K = 5
 
@@ -47,13 +62,22 @@ class ServeSettings:
     max_batch_images: int
     max_batch_size: int
     max_pixels: int
+    max_request_pixels: int
+    max_queue: int
+    request_timeout_s: float
+    decode_threads: int
+    cpu_quota: float | None
+    cores: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
         env = os.environ if environ is None else environ
-        workers = _positive_int(env, ENV_WORKERS, 1)
+        quota = cpu_quota()
+        cores = serving_cores(quota=quota)
+        workers = _positive_int(env, ENV_WORKERS, -(-cores // CORES_PER_WORKER))
         # Each worker owns a share of the cores: N workers x all cores would oversubscribe the machine.
-        default_threads = max(1, detect_cpu().usable_cores // workers)
+        default_threads = max(1, cores // workers)
+        max_batch_size = _positive_int(env, ENV_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_SIZE)
         providers = tuple(name.strip() for name in env.get(ENV_PROVIDERS, "").split(",") if name.strip())
         return cls(
             model_path=env.get(ENV_MODEL_PATH) or None,
@@ -62,8 +86,16 @@ class ServeSettings:
             workers=workers,
             max_upload_bytes=int(_positive_float(env, ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024),
             max_batch_images=_positive_int(env, ENV_MAX_BATCH_IMAGES, DEFAULT_MAX_BATCH_IMAGES),
-            max_batch_size=_positive_int(env, ENV_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_SIZE),
+            max_batch_size=max_batch_size,
             max_pixels=_positive_int(env, ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS),
+            max_request_pixels=_positive_int(env, ENV_MAX_REQUEST_PIXELS, DEFAULT_MAX_REQUEST_PIXELS),
+            max_queue=_positive_int(env, ENV_MAX_QUEUE, DEFAULT_MAX_QUEUE_BATCHES * max_batch_size),
+            request_timeout_s=_positive_float(env, ENV_REQUEST_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S),
+            # More parallel decoders than cores only queue for the CPU and multiply peak memory (one decoded
+            # upload each).
+            decode_threads=_positive_int(env, ENV_DECODE_THREADS, max(1, cores // workers)),
+            cpu_quota=quota,
+            cores=cores,
         )
 
 

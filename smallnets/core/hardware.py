@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -110,3 +111,37 @@ def detect_cpu(cpuinfo_path: str | Path = "/proc/cpuinfo") -> CpuInfo:
         model = model or "aarch64 (model not reported)"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return CpuInfo(arch, model or platform.processor() or arch, features, os.cpu_count() or 1, usable)
+
+
+# Where a container's CPU limit (docker --cpus, Kubernetes resources.limits.cpu) is written: cgroup v2's one file,
+# or v1's quota/period pair. Inside a container the cgroup namespace shows its own group at these paths.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_V1_CPU_DIRS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
+
+
+def cpu_quota(cgroup_root: str | Path = CGROUP_ROOT) -> float | None:
+    """CPUs per second the cgroup CPU bandwidth limit allows this process (e.g. 1.5), None when unlimited.
+
+    Affinity (``usable_cores``) does not see this limit: a container with 2 CPUs' quota on a 64-core host
+    still has 64 cores in its affinity mask, and sizing threads from that oversubscribes it 32 times.
+    """
+    root = Path(cgroup_root)
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for folder in CGROUP_V1_CPU_DIRS:
+        try:
+            quota_us = int((root / folder / "cpu.cfs_quota_us").read_text())
+            period_us = int((root / folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None
+
+
+def serving_cores(cpu: CpuInfo | None = None, quota: float | None = None) -> int:
+    """Cores a server should plan for: the affinity mask, capped by the cgroup quota rounded up (at least 1)."""
+    usable = (cpu or detect_cpu()).usable_cores
+    return max(1, min(usable, math.ceil(quota))) if quota else usable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from collections.abc import Iterator
@@ -20,24 +21,68 @@ class ImageDecodeError(ValueError):
     """The bytes are not a usable image; the message says why, for a 4xx answer or a CLI error."""
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode one image to RGB: first frame of animations, EXIF orientation applied, bombs rejected early.
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Image.Image:
+    """Read only the header of one image and check its declared size; no pixel is decoded yet.
 
-    The pixel count is checked from the header, before any pixel is decoded.
+    With ``min_side``, a JPEG is set to decode straight at a reduced DCT scale (1/2, 1/4 or 1/8) that keeps its
+    shorter side >= ``min_side``: ``image.size`` then tells how many pixels ``finish_decode`` will produce.
     """
     if not data:
         raise ImageDecodeError("empty image: the upload has no bytes")
+    with _decode_errors():
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+        image.seek(0)
+        if min_side is not None and image.format == "JPEG" and min(width, height) > 2 * min_side:
+            scale = min(width, height) / min_side
+            image.draft(None, (max(1, int(width / scale)), max(1, int(height / scale))))
+    return image
+
+
+def finish_decode(image: Image.Image, min_side: int | None = None) -> Image.Image:
+    """Decode an ``open_image`` result to RGB, shrunk by a whole factor (box filter) to keep the shorter side
+    >= ``min_side`` before any colour conversion, so conversions touch the small picture only.
+    """
+    with _decode_errors():
+        image.load()
+    if min_side is not None:
+        image = shrink(image, min_side)
+    return to_rgb(image)
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Image.Image:
+    """Decode one image to RGB: first frame of animations, EXIF orientation applied, bombs rejected early.
+
+    The pixel count is checked from the header, before any pixel is decoded. ``min_side`` (the preprocessing's
+    needs) lets a large upload be decoded and kept small: its peak memory is one decoded frame at most.
+    """
+    return finish_decode(open_image(data, max_pixels, min_side), min_side)
+
+
+def shrink(image: Image.Image, min_side: int) -> Image.Image:
+    """Box-reduce by the largest whole factor that keeps the shorter side >= ``min_side`` (no-op if none)."""
+    factor = min(image.size) // min_side
+    if factor < 2:
+        return image
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode == "P":  # palette indices cannot be averaged: expand the colours first
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode.startswith("I;16"):  # reduce() has no 16-bit kernel; a box resize by the same factor does
+        width, height = image.size
+        return image.resize((width // factor, height // factor), Image.Resampling.BOX)
+    return image.reduce(factor)
+
+
+@contextlib.contextmanager
+def _decode_errors() -> Iterator[None]:
+    """PIL's many failure types -> one ``ImageDecodeError`` that says what is wrong with the bytes."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
-                )
-            image.seek(0)
-            image.load()
+            yield
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as error:
@@ -49,7 +94,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageDecodeError(f"not a decodable image: {error}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from error
-    return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
