@@ -193,34 +193,26 @@ class ArtifactCache:
         return artifacts
 
     def _export(self, choice: ModelChoice) -> tuple[str, Path]:
-        """Export (or reuse) the model; ``imagenet`` falls back to seeded random weights where none exist offline."""
-        candidates = ["imagenet", "random"] if self.weights == "imagenet" else [self.weights]
-        for weights in candidates:
-            folder = self.folder(choice, weights)
-            if (folder / "model.onnx").is_file() and not self.rebuild:
-                return weights, folder
+        """Export (or reuse) the model; missing ImageNet weights fail as in `smallnets export` (no silent random)."""
+        folder = self.folder(choice, self.weights)
+        if (folder / "model.onnx").is_file() and not self.rebuild:
+            return self.weights, folder
         try:
-            from smallnets.export.onnx_export import ExportConfig, WeightsUnavailableError, export_model
+            from smallnets.export.onnx_export import ExportConfig, export_model
         except ImportError as error:
             raise RuntimeError(
                 f"{choice.label} is not in the artifact cache {self.root} and building it needs the export stage "
                 f"({error}); build the cache where torch is installed and copy it here, or pass --cache-dir"
             ) from error
-        for weights in candidates:
-            folder = self.folder(choice, weights)
-            folder.mkdir(parents=True, exist_ok=True)
-            config = ExportConfig(model=choice.name, variant=dict(choice.overrides), weights=weights)
-            try:
-                export_model(config, folder / "model.onnx")
-            except WeightsUnavailableError as error:
-                if weights != "imagenet":
-                    raise
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # nothing was written; leave no empty cache entry
-                print(f"note: {choice.label}: no ImageNet weights here ({error}); using seeded random weights")
-                continue
-            return weights, folder
-        raise AssertionError("unreachable: the last candidate either exports or raises")
+        folder.mkdir(parents=True, exist_ok=True)
+        config = ExportConfig(model=choice.name, variant=dict(choice.overrides), weights=self.weights)
+        try:
+            export_model(config, folder / "model.onnx")
+        except Exception:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # nothing was written; leave no empty cache entry
+            raise
+        return self.weights, folder
 
     def _write_input(self, folder: Path) -> ModelCard:
         """The sample photos preprocessed by the model's own card: the one input every variant is timed on."""

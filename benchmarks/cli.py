@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+EFFORT_CHOICES = ("bounded", "full")  # the words of `smallnets optimize --effort`; quick is too coarse to measure
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands."""
@@ -21,45 +23,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--models",
         default="all-default",
         help="comma-separated registry names, each optionally NAME:width=0.5:resolution=128, or all-default "
-        "(one default variant of every family) [default: all-default]",
+        "(one default variant of every family) (default: all-default)",
     )
     bench.add_argument(
         "--variants",
         default="torch,onnx-fp32,onnx-opt,onnx-int8",
-        help="comma-separated subset of torch,onnx-fp32,onnx-opt,onnx-int8 [default: all]",
+        help="comma-separated subset of torch,onnx-fp32,onnx-opt,onnx-int8 (default: all)",
     )
-    bench.add_argument("--batch", default="1,8", help="batch sizes [default: 1,8]")
+    bench.add_argument("--batch", default="1,8", help="batch sizes (default: 1,8)")
     bench.add_argument(
-        "--threads", default="1,all", help="intra-op thread counts; `all` = usable cores [default: 1,all]"
+        "--threads", default="1,all", help="intra-op thread counts; `all` = usable cores (default: 1,all)"
     )
-    bench.add_argument("--target", default="auto", help="optimize preset for onnx-opt/onnx-int8 [default: auto]")
+    bench.add_argument("--target", default="auto", help="optimize preset for onnx-opt/onnx-int8 (default: auto)")
     bench.add_argument(
         "--weights",
         default="random",
-        help="random (seeded), imagenet (real weights where available offline, seeded random otherwise) or a "
-        "state-dict PATH [default: random]",
+        metavar="imagenet|random|PATH",
+        help="imagenet (registered checkpoint; fails like `smallnets export` where none is available), a "
+        "state-dict PATH, or random (seeded; unvalidated, warned about) (default: random)",
     )
     bounds = bench.add_mutually_exclusive_group()
     bounds.add_argument(
-        "--duration", type=float, default=0.3, help="seconds of timed inference per run (>= 3 runs) [default: 0.3]"
+        "--duration", type=float, default=0.3, help="seconds of timed inference per run (>= 3 runs) (default: 0.3)"
     )
-    bounds.add_argument("--iterations", type=int, help="a fixed number of timed iterations per run instead")
-    bench.add_argument(
-        "--warmup", type=int, default=2, help="untimed iterations after the first run, within ~0.25 s [default: 2]"
+    bounds.add_argument(
+        "--iterations", type=int, help="a fixed number of timed iterations per run instead (default: use --duration)"
     )
-    bench.add_argument("--repeats", type=int, default=2, help="interleaved runs per configuration [default: 2]")
-    bench.add_argument("--providers", help="onnxruntime execution providers, e.g. cpu or xnnpack,cpu [default: best]")
     bench.add_argument(
-        "--cache-dir", type=Path, help="artifact cache [default: $SMALLNETS_CACHE or ~/.cache/smallnets]"
+        "--warmup", type=int, default=2, help="untimed iterations after the first run, within ~0.25 s (default: 2)"
     )
-    bench.add_argument("--rebuild", action="store_true", help="rebuild cached artifacts instead of reusing them")
+    bench.add_argument("--repeats", type=int, default=2, help="interleaved runs per configuration (default: 2)")
+    bench.add_argument("--providers", help="onnxruntime execution providers, e.g. cpu or xnnpack,cpu (default: best)")
     bench.add_argument(
-        "--optimize-effort",
-        choices=("bounded", "full"),
+        "--cache-dir", type=Path, help="artifact cache (default: $SMALLNETS_CACHE or ~/.cache/smallnets)"
+    )
+    bench.add_argument(
+        "--rebuild", action="store_true", help="rebuild cached artifacts instead of reusing them (default: reuse)"
+    )
+    bench.add_argument(
+        "--effort",
+        choices=EFFORT_CHOICES,
         default="bounded",
         help="int8 recipe search when building: bounded (fewer calibration images and timing runs, same evaluation; "
         "fits the all-default time budget) or full (optimize's defaults, what `smallnets pipeline` ships) "
-        "[default: bounded]",
+        "(default: bounded)",
+    )
+    bench.add_argument("--optimize-effort", dest="effort", choices=EFFORT_CHOICES, help=argparse.SUPPRESS)  # old name
+    bench.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier bench output folder; a folder with files smallnets did not write is never "
+        "replaced (default: refuse any non-empty folder)",
     )
     bench.add_argument(
         "--from-results",
@@ -68,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="measure nothing: redraw report.md, results.csv and plots from an earlier results.json",
     )
     bench.add_argument(
-        "-o", "--output", type=Path, help="output folder [default: results, or the folder of --from-results]"
+        "-o", "--output", type=Path, help="output folder (default: results, or the folder of --from-results)"
     )
     bench.set_defaults(handler=run_bench)
 
@@ -79,12 +93,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "for a fixed duration; report requests/s, p50/p90/p99 latency and errors by status.",
     )
     http.add_argument("--url", required=True, help="server URL on this machine, e.g. http://127.0.0.1:3000")
-    http.add_argument("--images", default="samples", help="a folder of images, or `samples` [default: samples]")
-    http.add_argument("--concurrency", default="1,4,16,64", help="concurrency levels [default: 1,4,16,64]")
-    http.add_argument("--duration", type=float, default=10.0, help="seconds per level [default: 10]")
-    http.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds [default: 30]")
-    http.add_argument("--field", default="image", help="multipart field of the upload [default: image]")
-    http.add_argument("-o", "--output", type=Path, default=Path("results/http"), help="output folder")
+    http.add_argument("--images", default="samples", help="a folder of images, or `samples` (default: samples)")
+    http.add_argument("--concurrency", default="1,4,16,64", help="concurrency levels (default: 1,4,16,64)")
+    http.add_argument("--duration", type=float, default=10.0, help="seconds per level (default: 10)")
+    http.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (default: 30)")
+    http.add_argument("--field", default="image", help="multipart field of the upload (default: image)")
+    http.add_argument(
+        "-o", "--output", type=Path, default=Path("results/http"), help="output folder (default: results/http)"
+    )
     http.set_defaults(handler=run_bench_http)
 
 
@@ -95,8 +111,13 @@ def run_bench(args: argparse.Namespace) -> int:
     from smallnets.benchmarks.report import markdown_table, ordered, with_speedups
     from smallnets.benchmarks.selection import parse_models, parse_positive_ints, parse_variants
     from smallnets.benchmarks.suite import BenchConfig, run_suite
+    from smallnets.core.files import check_output_dir, write_manifest
     from smallnets.core.hardware import detect_cpu
+    from smallnets.export.cli import warn_if_random
 
+    output = args.output or Path("results")
+    check_output_dir(output, args.force)  # before the build and the measurements: never overwrite silently
+    warn_if_random(args.weights)
     cores = detect_cpu().usable_cores
     if args.duration <= 0 or (args.iterations is not None and args.iterations < 1):
         raise ValueError("--duration must be > 0 seconds and --iterations >= 1")
@@ -116,10 +137,10 @@ def run_bench(args: argparse.Namespace) -> int:
         providers=tuple(args.providers.split(",")) if args.providers else None,
         cache_dir=args.cache_dir or default_cache_dir(),
         rebuild=args.rebuild,
-        optimize_effort=args.optimize_effort,
+        optimize_effort=args.effort,
     )
-    output = args.output or Path("results")
     result = run_suite(config, output)
+    write_manifest(output, "bench")
     setting = (config.batches[0], config.threads[0])
     first = [row for row in with_speedups(result.rows) if (row["batch"], row["threads"]) == setting]
     print(f"\nbatch {setting[0]}, {setting[1]} thread(s):\n{markdown_table(ordered(first))}")

@@ -183,7 +183,7 @@ def loop_settings(config: BenchConfig) -> dict[str, Any]:
 def build_all(config: BenchConfig, target: str | None) -> list[ModelArtifacts]:
     cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild, config.optimize_effort)
     built = []
-    with tqdm(config.models, desc="artifacts", unit="model") as progress:
+    with tqdm(config.models, desc="artifacts", unit="model", disable=None) as progress:
         for choice in progress:
             progress.set_description(f"artifacts {choice.label}")
             built.append(cache.prepare(choice, config.variants, target))
@@ -193,7 +193,7 @@ def build_all(config: BenchConfig, target: str | None) -> list[ModelArtifacts]:
 def measure_all(built: Sequence[ModelArtifacts], config: BenchConfig) -> dict[tuple[str, str, int, int], Measurement]:
     """Run the interleaved plan; repeats of one (model, variant, batch, threads) are pooled into one result."""
     runs: dict[tuple[str, str, int, int], list[Measurement]] = {}
-    with tqdm(plan(built, config), desc="measure", unit="run") as progress:
+    with tqdm(plan(built, config), desc="measure", unit="run", disable=None) as progress:
         for artifacts, variant, batch, threads in progress:
             progress.set_description(f"{artifacts.choice.label} {variant} b{batch} t{threads}")
             spec = spec_for(artifacts, variant, batch, threads, config)

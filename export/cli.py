@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from smallnets.export.registry import ModelSpec
+
+RANDOM_WEIGHTS_WARNING = (
+    "warning: --weights random: the result is unvalidated (random weights) and its predictions mean nothing; "
+    "pass --weights imagenet or --weights PATH for a real classifier"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Every registered model at its default variant. Params/MACs are recomputed from the "
         "architecture (MACs = FlopCounterMode FLOPs / 2 at the default resolution).",
     )
-    models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    models.add_argument("--json", action="store_true", help="print a JSON list instead of a table (default: off)")
     models.set_defaults(handler=run_models)
 
     export = subparsers.add_parser(
@@ -32,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and check ONNX Runtime against PyTorch on random input and a real photo.",
     )
     add_model_arguments(export)
-    export.add_argument("--seed", type=int, default=0, help="seed of random weights and validation input")
-    export.add_argument("--atol", type=float, default=1e-4, help="max |ONNX - PyTorch| accepted (default 1e-4)")
+    export.add_argument("--seed", type=int, default=0, help="seed of random weights and validation input (default: 0)")
+    export.add_argument("--atol", type=float, default=1e-4, help="max |ONNX - PyTorch| accepted (default: 1e-4)")
     export.add_argument("-o", "--output", type=Path, help="output .onnx file (default: NAME.onnx)")
     export.set_defaults(handler=run_export)
 
@@ -41,22 +47,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """NAME, its variant (--width, --resolution, --variant k=v) and --weights: shared by `export` and `pipeline`."""
     parser.add_argument("name", metavar="NAME", help="registry name (see `smallnets models`)")
-    parser.add_argument("--width", type=float, help="width multiplier, when the family has one")
-    parser.add_argument("--resolution", type=int, help="input resolution, when the family supports several")
+    parser.add_argument(
+        "--width", type=float, help="width multiplier, when the family has one (default: the model's own)"
+    )
+    parser.add_argument(
+        "--resolution", type=int, help="input resolution, when the family supports several (default: the model's)"
+    )
     parser.add_argument(
         "--variant",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other variant parameter, e.g. --variant groups=3 (repeatable)",
+        help="any other variant parameter, e.g. --variant groups=3, repeatable (default: none)",
     )
     parser.add_argument(
         "--weights",
         default="random",
         metavar="imagenet|random|PATH",
-        help="'random' (seeded, default), 'imagenet' (registered checkpoint, verified by sha256) or a "
-        "state-dict file (.pth/.pt/.bin)",
+        help="'imagenet' (registered checkpoint, verified by sha256), a state-dict file (.pth/.pt/.bin) or "
+        "'random' (seeded; unvalidated, warned about) (default: random)",
     )
+
+
+def warn_if_random(weights: str) -> None:
+    """Random weights stay the default (tests, speed runs), but never silently: their predictions mean nothing."""
+    if weights == "random":
+        print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
 
 
 def variant_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -171,6 +187,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     variant = variant_from_args(args)
     output = args.output or Path(f"{args.name}.onnx")
+    warn_if_random(args.weights)
     config = ExportConfig(model=args.name, variant=variant, weights=args.weights, seed=args.seed, atol=args.atol)
     result = export_model(config, output)
     card = result.card

@@ -159,7 +159,7 @@ class ImageCalibrationReader(CalibrationDataReader):
     def _generate(self) -> Iterator[np.ndarray]:
         from tqdm.auto import tqdm
 
-        self.progress = tqdm(total=len(self.images), desc="calibration", unit="img", leave=False)
+        self.progress = tqdm(total=len(self.images), desc="calibration", unit="img", leave=False, disable=None)
         for start in range(0, len(self.images), self.batch_size):
             chunk = self.images[start : start + self.batch_size]
             yield preprocess(chunk, self.preprocessing)

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from smallnets.core.artifacts import EXPORT_NAME
-from smallnets.export.cli import add_model_arguments, variant_from_args
+from smallnets.core.targets import TARGETS
+from smallnets.export.cli import add_model_arguments, variant_from_args, warn_if_random
 
-TARGET_CHOICES = ("auto", "x86-avx2", "x86-vnni", "arm64")
+TARGET_CHOICES = TARGETS  # core.targets is the one list of targets
 CALIBRATION_CHOICES = ("minmax", "entropy", "percentile")
+EFFORT_CHOICES = ("quick", "bounded", "full")
+# Libraries whose version changes what a pipeline folder holds.
+KEY_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxsim")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,10 +28,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="simplify, fuse and int8-quantize an ONNX classifier for a CPU target, with validation",
         description="Writes OUTDIR/model.fp32.onnx (simplified + fused), OUTDIR/model.int8.onnx and "
         "OUTDIR/report.json + report.md. If no int8 variant is both within --max-drop and faster than fp32, "
-        "no int8 file is written and the report says why (the fp32 model is the output).",
+        "no int8 file is written and the report says why (the fp32 model is the output). Given a "
+        "`smallnets pipeline` folder, optimizes its model.export.onnx again, in place (with --force).",
     )
-    optimize.add_argument("model", type=Path, metavar="MODEL.onnx", help="an exported ONNX classifier")
-    optimize.add_argument("-o", "--output", type=Path, help="output folder (default: MODEL's name without .onnx)")
+    optimize.add_argument(
+        "model",
+        type=Path,
+        metavar="MODEL.onnx|DIR",
+        help="an exported ONNX classifier, or a `smallnets pipeline` output folder (its model.export.onnx)",
+    )
+    optimize.add_argument(
+        "-o", "--output", type=Path, help="output folder (default: MODEL's name without .onnx; DIR itself for DIR)"
+    )
     add_optimize_arguments(optimize)
     add_preprocessing_arguments(optimize)
     optimize.set_defaults(handler=run_optimize)
@@ -39,36 +51,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(pipeline)
     pipeline.add_argument("-o", "--output", type=Path, help="output folder (default: artifacts/NAME)")
+    pipeline.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="rebuild even when OUTDIR was made from the same model, weights, settings, CPU target and code "
+        "(default: such a folder is reused as it is)",
+    )
     add_optimize_arguments(pipeline)
     pipeline.set_defaults(handler=run_pipeline)
 
 
 def add_optimize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--target", default="auto", choices=TARGET_CHOICES, help="CPU preset; auto detects it (default)"
+        "--target", default="auto", choices=TARGET_CHOICES, help="CPU preset; auto detects this CPU (default: auto)"
     )
-    parser.add_argument("--calib-dir", type=Path, help="calibration images (jpg/png/webp/bmp, recursive)")
-    parser.add_argument("--calib-images", type=int, help="max calibration images (default 64, quick search 16)")
     parser.add_argument(
-        "--eval-dir", type=Path, help="evaluation images; synset sub-folders (n01440764/...) give labels"
+        "--calib-dir", type=Path, help="calibration images, jpg/png/webp/bmp, recursive (default: sample photos)"
     )
-    parser.add_argument("--eval-labels", type=Path, help="CSV of file,class_id (files relative to --eval-dir)")
-    parser.add_argument("--calibration", default="minmax", choices=CALIBRATION_CHOICES, help="range calibration")
+    parser.add_argument(
+        "--calib-images", type=int, help="max calibration images (default: 64; 32 with --effort bounded, 16 quick)"
+    )
+    parser.add_argument(
+        "--eval-dir",
+        type=Path,
+        help="evaluation images; synset sub-folders (n01440764/...) give labels (default: sample photos)",
+    )
+    parser.add_argument(
+        "--eval-labels", type=Path, help="CSV of file,class_id, files relative to --eval-dir (default: none)"
+    )
+    parser.add_argument(
+        "--calibration", default="minmax", choices=CALIBRATION_CHOICES, help="range calibration (default: minmax)"
+    )
     parser.add_argument(
         "--max-drop",
         type=float,
         default=1.0,
-        help="accuracy budget: top-1 points lost with labels, else %% top-1 disagreement (default 1.0)",
+        help="accuracy budget: top-1 points lost with labels, else %% top-1 disagreement (default: 1.0)",
     )
     parser.add_argument(
-        "--search",
+        "--effort",
         default="full",
-        choices=("full", "quick"),
-        help="recipe search effort: full (default: all candidates, repair steps, 64 calibration and 224 "
-        "evaluation images) or quick",
+        choices=EFFORT_CHOICES,
+        help="int8 recipe search: full (all candidates and repair steps, 64 calibration and 224 evaluation "
+        "images), bounded (32 calibration images, fewer timing runs, same evaluation) or quick (smoke runs) "
+        "(default: full)",
     )
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    parser.add_argument("--json", action="store_true", help="print report.json instead of the summary")
+    parser.add_argument("--search", dest="effort", choices=EFFORT_CHOICES, help=argparse.SUPPRESS)  # old name
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier smallnets output folder; a folder with files smallnets did not write is never "
+        "replaced (default: refuse any non-empty folder)",
+    )
+    parser.add_argument("--json", action="store_true", help="print report.json instead of the summary (default: off)")
 
 
 def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +128,7 @@ def _triple(text: str) -> tuple[float, float, float]:
 def optimize_config(args: argparse.Namespace, **extra: Any) -> Any:
     from smallnets.optimize.pipeline import SEARCH_EFFORTS, OptimizeConfig
 
-    settings: dict[str, Any] = {**SEARCH_EFFORTS[args.search], **extra}
+    settings: dict[str, Any] = {**SEARCH_EFFORTS[args.effort], **extra}
     if args.calib_images is not None:
         settings["calib_images"] = args.calib_images
     return OptimizeConfig(
@@ -109,35 +144,113 @@ def optimize_config(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def run_optimize(args: argparse.Namespace) -> int:
+    from smallnets.core.files import check_output_dir
+
+    if args.model.is_dir() and not (args.model / EXPORT_NAME).is_file():
+        raise FileNotFoundError(
+            f"{args.model} is a folder without {EXPORT_NAME}: pass an exported .onnx file "
+            "(`smallnets export NAME -o FILE.onnx`) or a `smallnets pipeline` output folder"
+        )
+    outdir = args.output or (args.model if args.model.is_dir() else args.model.with_suffix(""))
+    check_output_dir(outdir, args.force)  # before onnx loads and any time is spent
     from smallnets.optimize.card import PreprocessingFlags
 
     flags = PreprocessingFlags(args.resolution, args.resize, args.mean, args.std, args.interpolation)
-    outdir = args.output or args.model.with_suffix("")
-    return _optimize(args.model, outdir, optimize_config(args, preprocessing=flags), args.json)
+    config = optimize_config(args, preprocessing=flags)
+    if args.model.is_dir():
+        return reoptimize_folder(args.model, outdir, config, args.json)
+    return _optimize(args.model, outdir, config, args.json)
+
+
+def reoptimize_folder(folder: Path, outdir: Path, config: Any, as_json: bool) -> int:
+    """Optimize a pipeline folder's model.export.onnx again; the export files move into OUTDIR with the result."""
+    import shutil
+
+    staging = _export_staging(outdir)
+    try:
+        for path in folder.glob(f"{Path(EXPORT_NAME).stem}.*"):  # the export and the JSON written beside it
+            shutil.copy2(path, staging / path.name)
+        return _optimize_export(staging, outdir, config, as_json)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
+    import shutil
+
+    from smallnets.core.files import check_output_dir, is_up_to_date
     from smallnets.export.onnx_export import ExportConfig, export_model
-    from smallnets.optimize.pipeline import check_outdir
 
     variant = variant_from_args(args)
     outdir = args.output or Path("artifacts") / args.name
     config = optimize_config(args)
-    check_outdir(outdir, args.force)  # refuse before spending time on the export
-    staging = outdir.parent / f".{outdir.name}.export"
-    staging.mkdir(parents=True, exist_ok=True)
+    key = pipeline_inputs_key(args.name, variant, args.weights, config)
+    if not args.rebuild and is_up_to_date(outdir, key):
+        print(f"{outdir} is up to date (same model, weights, settings, CPU target and code): nothing to do")
+        return 0
+    check_output_dir(outdir, args.force)  # refuse before spending time on the export
+    warn_if_random(args.weights)
+    staging = _export_staging(outdir)
     try:
         exported = export_model(
             ExportConfig(model=args.name, variant=variant, weights=args.weights), staging / EXPORT_NAME
         )
         print(f"exported {exported.card.display_name} ({exported.card.weights})")
-        status = _optimize(exported.path, outdir, config, args.json)
-        for path in staging.iterdir():  # the export and the config/validation JSON written beside it
-            path.replace(outdir / path.name)
+        return _optimize_export(staging, outdir, config, args.json, key)
     finally:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def pipeline_inputs_key(name: str, variant: dict[str, Any], weights: str, config: Any) -> str:
+    """Fingerprint of everything a pipeline folder is made from: rerunning with the same key changes nothing."""
+    import hashlib
+    from importlib import metadata
+
+    from smallnets.core.files import sha256_file
+    from smallnets.core.targets import resolve_target
+
+    inputs = {
+        "name": name,
+        "variant": variant,
+        "weights": sha256_file(weights) if Path(weights).is_file() else weights,
+        "config": config.to_dict(),
+        "target": resolve_target(config.target)[0].name,
+        "code": _code_digest(),
+        "versions": {package: metadata.version(package) for package in KEY_PACKAGES},
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _code_digest() -> str:
+    """SHA-256 over the source of the stages a pipeline folder comes from (export, optimize, core)."""
+    import hashlib
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for package in ("smallnets.core", "smallnets.export", "smallnets.optimize"):
+        spec = importlib.util.find_spec(package)
+        for folder in spec.submodule_search_locations or () if spec else ():
+            for path in sorted(Path(folder).rglob("*.py")):
+                digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _export_staging(outdir: Path) -> Path:
+    staging = outdir.parent / f".{outdir.name}.export"
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def _optimize_export(staging: Path, outdir: Path, config: Any, as_json: bool, key: str | None = None) -> int:
+    """Optimize STAGING/model.export.onnx into OUTDIR, then move the export files beside the result."""
+    from smallnets.core.files import add_to_manifest
+
+    status = _optimize(staging / EXPORT_NAME, outdir, config, as_json)
+    names = []
+    for path in staging.iterdir():
+        path.replace(outdir / path.name)
+        names.append(path.name)
+    add_to_manifest(outdir, names, key)
     return status
 
 

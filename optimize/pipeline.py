@@ -6,7 +6,6 @@ or failed run never leaves a half-written artifact.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -17,6 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME
+from smallnets.core.files import check_output_dir, replace_folder, write_manifest
 from smallnets.core.hardware import detect_cpu
 from smallnets.core.metadata import ModelCard
 from smallnets.optimize.calibration import (
@@ -44,15 +44,14 @@ from smallnets.optimize.recipe import (
 from smallnets.optimize.report import OptimizeReport
 from smallnets.optimize.simplify import simplify
 
-# Bounds of the recipe search by name: "full" is the default decision procedure; "quick" is for smoke runs.
+# Bounds of the recipe search by name (`--effort`, the same words as `smallnets bench`): "full" is the default
+# decision procedure; "bounded" cuts calibration images, timing runs and repair steps but keeps the whole evaluation
+# set; "quick" is for smoke runs.
 SEARCH_EFFORTS: dict[str, dict[str, int]] = {
     "full": {},
+    "bounded": {"calib_images": 32, "latency_runs": 20, "max_repair_steps": 2},
     "quick": {"calib_images": 16, "eval_per_photo": 4, "max_candidates": 2, "max_repair_steps": 1, "latency_runs": 20},
 }
-
-
-class OutputExistsError(FileExistsError):
-    """OUTDIR holds other files and --force was not given."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ def optimize_model(model: str | Path, outdir: str | Path, config: OptimizeConfig
     calibration_method(config.calibration)
     if config.max_drop < 0:
         raise ValueError(f"--max-drop must be >= 0, got {config.max_drop}")
-    check_outdir(outdir, config.force)
+    check_output_dir(outdir, config.force)
     exported = load_model(source)
     card, notes = resolve_card(exported, config.preprocessing, str(source))
     calibration_set, evaluation_set = load_data(config, card)
@@ -108,17 +107,11 @@ def optimize_model(model: str | Path, outdir: str | Path, config: OptimizeConfig
         report = build(exported, card, preset, target_reason, config, calibration_set, evaluation_set, staging, notes)
         report.outdir = outdir
         report.write(staging / "final")
-        publish(staging, outdir)
+        write_manifest(staging / "final", "optimize")
+        replace_folder(staging / "final", outdir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
-
-
-def check_outdir(outdir: Path, force: bool) -> None:
-    if outdir.exists() and not outdir.is_dir():
-        raise OutputExistsError(f"{outdir} exists and is not a folder: choose another -o OUTDIR")
-    if outdir.is_dir() and any(outdir.iterdir()) and not force:
-        raise OutputExistsError(f"{outdir} already exists and is not empty: pass --force to replace it")
 
 
 def load_data(config: OptimizeConfig, card: ModelCard) -> tuple[ImageSet, ImageSet]:
@@ -135,15 +128,6 @@ def load_data(config: OptimizeConfig, card: ModelCard) -> tuple[ImageSet, ImageS
         else demo_evaluation_set(config.eval_per_photo)
     )
     return calibration, evaluation
-
-
-def publish(staging: Path, outdir: Path) -> None:
-    """Swap the finished staging folder into OUTDIR (old content is removed only after the new one is ready)."""
-    final = staging / "final"
-    if outdir.exists():
-        trash = staging / "previous"
-        os.replace(outdir, trash)
-    os.replace(final, outdir)
 
 
 def build(

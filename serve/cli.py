@@ -6,46 +6,102 @@ Only the standard library at module level: `smallnets --help` must not pay for o
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import os
+import socket
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
 SERVICE = "smallnets.serve.service:ImageClassifier"
 MODEL_HELP = "an .onnx file, or a `smallnets optimize` output folder (its int8 model if there is one, else fp32)"
+# A laptop default: reachable from this machine only. The Bento's container serves on 0.0.0.0 (BentoML's default),
+# where the container's port mapping decides who can reach it.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3000
+# Where a Bento's int8 kernels run: an int8 model tuned for one architecture is mistuned (or slow) on the other.
+PLATFORM_ARCH = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `classify`, `serve` and `build`."""
-    classify = subparsers.add_parser("classify", help="classify image files locally with an ONNX model (no server)")
-    classify.add_argument("model", type=Path, help="exported or optimized .onnx file")
-    classify.add_argument("images", type=Path, nargs="+", help="image files (jpg/png/webp/gif/bmp/tiff)")
-    classify.add_argument("--top-k", type=int, default=5, help="classes per image (1..20, default 5)")
-    _add_runtime_options(classify)
+    classify = subparsers.add_parser(
+        "classify",
+        help="classify image files locally with an ONNX model (no server)",
+        description="Run MODEL on each image in this process with ONNX Runtime (no server). Each image is read on "
+        "its own: one that cannot be read or decoded is reported on stderr and the others are still classified "
+        "(exit code 8).",
+    )
+    classify.add_argument("model", type=Path, metavar="MODEL", help=MODEL_HELP)
+    classify.add_argument(
+        "images",
+        type=Path,
+        nargs="+",
+        metavar="IMAGE",
+        help="image files (jpg/png/webp/gif/bmp/tiff) or folders of them (searched recursively)",
+    )
+    classify.add_argument("--top-k", type=int, default=5, help="classes per image, 1..20 (default: 5)")
+    classify.add_argument(
+        "--json", action="store_true", help="print one JSON document with every result and error (default: off)"
+    )
+    classify.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all usable cores)"
+    )
+    _add_providers_option(classify)
     classify.set_defaults(handler=run_classify)
 
-    serve = subparsers.add_parser("serve", help="serve an ONNX model over HTTP with BentoML")
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve an ONNX model over HTTP with BentoML",
+        description="Import MODEL into the BentoML model store (once per content) and serve /classify, "
+        "/classify_batch, /metadata, /metrics, /livez and /readyz. Any number of servers can run side by side on "
+        f"different ports, each with its own metrics. The default host {DEFAULT_HOST} is reachable from this "
+        "machine only; --host 0.0.0.0 serves every network interface (what a built Bento's container does).",
+    )
     serve.add_argument("model", type=Path, help=MODEL_HELP)
-    serve.add_argument("--port", type=int, default=3000)
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes, each with its own session")
-    serve.add_argument("--max-upload-mb", type=float, default=None, help="upload size cap (default 20 MB)")
-    _add_runtime_options(serve)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port, 1-65535 (default: {DEFAULT_PORT})")
+    serve.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on; 0.0.0.0 for every interface (default: {DEFAULT_HOST}, this machine only)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes, each with its own ONNX Runtime session (default: 1)"
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=None, help="upload size cap in MB (default: 20)")
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads per worker (default: usable cores / --workers)",
+    )
+    _add_providers_option(serve)
     serve.set_defaults(handler=run_serve)
 
-    build = subparsers.add_parser("build", help="build a Docker-ready Bento around an ONNX model")
+    build = subparsers.add_parser(
+        "build",
+        help="build a Docker-ready Bento around an ONNX model",
+        description="Import MODEL into the BentoML model store and build a Bento (serving code + model + locked "
+        "requirements for --platform); `bentoml containerize` then makes the image. The container serves on "
+        "0.0.0.0:3000.",
+    )
     build.add_argument("model", type=Path, help=MODEL_HELP)
-    build.add_argument("--platform", choices=PLATFORMS, default="linux/amd64", help="target of the locked wheels")
+    build.add_argument(
+        "--platform",
+        choices=PLATFORMS,
+        default="linux/amd64",
+        help="platform of the image and its locked wheels (default: linux/amd64)",
+    )
     build.set_defaults(handler=run_build)
 
 
-def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+def _add_providers_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads per worker (default: cores/workers)"
-    )
-    parser.add_argument(
-        "--providers", default=None, help="comma-separated execution providers, e.g. cpu or xnnpack,cpu"
+        "--providers",
+        default=None,
+        help="comma-separated execution providers, e.g. cpu or xnnpack,cpu (default: the best available)",
     )
 
 
@@ -54,28 +110,77 @@ def _providers(value: str | None) -> list[str] | None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from smallnets.core.images import load_image
-    from smallnets.core.runtime import OnnxClassifier
+    from smallnets.api import load
+    from smallnets.cli import EXIT_PARTIAL
     from smallnets.serve.settings import MAX_TOP_K
 
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise ValueError(f"--top-k must be from 1 to {MAX_TOP_K}, got {args.top_k}")
-    classifier = OnnxClassifier(args.model, providers=_providers(args.providers), threads=args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    classifier = load(args.model, providers=_providers(args.providers), threads=args.threads)
     for note in classifier.provider_notes:
         print(f"note: {note}", file=sys.stderr)
-    images = [load_image(path) for path in args.images]
-    results = classifier.classify(images, args.top_k)
-    name_width = max(len("image"), *(len(path.name) for path in args.images))
-    print(f"model: {classifier.card.display_name} ({classifier.card.precision}, {', '.join(classifier.providers)})")
+    results = [classify_one(classifier, path, args.top_k) for path in image_files(args.images)]
+    model = {
+        "name": classifier.card.display_name,
+        "precision": classifier.card.precision,
+        "weights": classifier.card.weights,
+        "path": str(classifier.path),
+        "providers": classifier.providers,
+    }
+    if args.json:
+        print(json.dumps({"model": model, "results": results}, indent=2))
+    else:
+        print_table(model, [result for result in results if "predictions" in result])
+    errors = [result for result in results if "error" in result]
+    for result in errors:
+        print(f"smallnets classify: error: {result['error']}", file=sys.stderr)
+    return EXIT_PARTIAL if errors else 0
+
+
+def image_files(arguments: list[Path]) -> list[Path]:
+    """The files named, with each folder replaced by the images below it (missing paths stay, to be reported)."""
+    from smallnets.core.images import iter_image_files
+
+    files: list[Path] = []
+    for path in arguments:
+        found = list(iter_image_files(path)) if path.is_dir() else [path]
+        files.extend(found or [path])  # an empty folder is reported as one error
+    return files
+
+
+def classify_one(classifier: Any, path: Path, top_k: int) -> dict[str, Any]:
+    """One image's predictions, or its one-line error: a bad file never stops the others."""
+    from smallnets.core.images import IMAGE_SUFFIXES, load_image
+
+    if path.is_dir():
+        return {"image": str(path), "error": f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"}
+    try:
+        image = load_image(path)
+    except FileNotFoundError:
+        return {"image": str(path), "error": f"{path}: no such file; check the path"}
+    except (ValueError, OSError) as error:
+        message = " ".join(str(error).split())
+        return {"image": str(path), "error": message if str(path) in message else f"{path}: {message}"}
+    predictions = classifier.classify([image], top_k)[0]
+    return {"image": str(path), "predictions": [prediction.to_dict() for prediction in predictions]}
+
+
+def print_table(model: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    print(f"model: {model['name']} ({model['precision']}, {', '.join(model['providers'])})")
+    if not results:
+        return
+    names = [Path(result["image"]).name for result in results]
+    name_width = max(len("image"), *(len(name) for name in names))
     print(f"{'image':<{name_width}}  rank  class_id   score  label")
-    for path, predictions in zip(args.images, results, strict=True):
-        for rank, prediction in enumerate(predictions, start=1):
-            shown = path.name if rank == 1 else ""
+    for name, result in zip(names, results, strict=True):
+        for rank, prediction in enumerate(result["predictions"], start=1):
+            shown = name if rank == 1 else ""
             print(
-                f"{shown:<{name_width}}  {rank:>4}  {prediction.class_id:>8}  {prediction.score:6.4f}  "
-                f"{prediction.label}"
+                f"{shown:<{name_width}}  {rank:>4}  {prediction['class_id']:>8}  {prediction['score']:6.4f}  "
+                f"{prediction['label']}"
             )
-    return 0
 
 
 def serve_environment(args: argparse.Namespace) -> dict[str, str]:
@@ -101,6 +206,7 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
 
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise ValueError("--workers and --threads must be positive integers")
+    check_listen_address(args.host, args.port)  # before BentoML starts: its own failure is a long traceback
     resolve_providers(_providers(args.providers))  # fail here, not in every worker
     cores = detect_cpu().usable_cores
     if args.threads is not None and args.workers * args.threads > cores:
@@ -111,11 +217,55 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
         )
     tag = import_model(args.model)
     print(f"serving {resolve_model_file(args.model)} as {tag} on http://{args.host}:{args.port}", flush=True)
-    command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--arg", f"model_tag={tag}"]
+    command = [sys.executable, "-m", "smallnets.serve.launch", "serve", SERVICE, "--arg", f"model_tag={tag}"]
     command += ["--host", args.host, "--port", str(args.port)]
     os.chdir(project_root())
     # Become the server (no idle parent holding onnxruntime in memory; signals reach BentoML directly).
     os.execve(sys.executable, command, serve_environment(args))
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """A port in range, a host of this machine, and nobody listening there yet; else one line naming the fix."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be from 1 to 65535, got {port}")
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        raise ValueError(
+            f"--host {host} is not a known host name or address: use {DEFAULT_HOST} (this machine only) or "
+            "0.0.0.0 (every interface)"
+        ) from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise OSError(
+                    errno.EADDRINUSE,
+                    f"port {port} on {host} is already in use (another server?): stop it or pick a free one with "
+                    f"--port {port + 1 if port < 65535 else 3000}",
+                ) from None
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise ValueError(
+                    f"--host {host} is not an address of this machine: use {DEFAULT_HOST} or 0.0.0.0"
+                ) from None
+            raise OSError(
+                error.errno, f"cannot listen on {host}:{port} ({error.strerror}); try another --port"
+            ) from None
+
+
+def warn_if_other_arch(card: Any, platform: str) -> None:
+    """An int8 model tuned for one CPU architecture still runs on the other, but with the wrong kernels' rounding."""
+    quantization = card.quantization or {}
+    arch = quantization.get("arch")
+    if card.precision == "int8" and arch and arch != PLATFORM_ARCH[platform]:
+        print(
+            f"warning: the model is int8 for target {quantization.get('name')} ({arch} CPUs) but the Bento is for "
+            f"{platform}: its accuracy and speed there are unvalidated; optimize with --target "
+            f"{'arm64' if platform == 'linux/arm64' else 'auto (on an x86 machine)'} or package model.fp32.onnx",
+            file=sys.stderr,
+        )
 
 
 def project_root() -> Path:
@@ -124,9 +274,11 @@ def project_root() -> Path:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from smallnets.core.artifacts import resolve_model_file
     from smallnets.serve.bento import build_bento
-    from smallnets.serve.store import import_model
+    from smallnets.serve.store import import_model, read_card
 
+    warn_if_other_arch(read_card(resolve_model_file(args.model)), args.platform)
     tag = import_model(args.model)
     result = build_bento(tag, args.platform, project_root())
     print(f"model: {tag}")

@@ -50,4 +50,14 @@ def load(model: str | Path, providers: list[str] | None = None, threads: int | N
     from smallnets.core.artifacts import resolve_model_file
     from smallnets.core.runtime import OnnxClassifier
 
-    return OnnxClassifier(resolve_model_file(model), providers=providers, threads=threads)
+    path = resolve_model_file(model)
+    try:
+        return OnnxClassifier(path, providers=providers, threads=threads)
+    except (ValueError, OSError):
+        raise
+    except Exception as error:  # onnxruntime's own exception types, e.g. for a JPEG renamed .onnx
+        detail = " ".join(str(error).split())
+        raise ValueError(
+            f"{path} is not a loadable ONNX model ({detail}); pass an .onnx file written by `smallnets export` "
+            "or `smallnets optimize`"
+        ) from error

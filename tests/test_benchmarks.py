@@ -186,10 +186,13 @@ def test_second_run_reuses_the_cache(suite: SuiteRun, cache_dir: Path) -> None:
     assert {path: path.stat().st_mtime_ns for path in second.folder.rglob("*") if path.is_file()} == stamps
 
 
-def test_missing_imagenet_weights_fall_back_to_the_random_cache(suite: SuiteRun, cache_dir: Path) -> None:
-    config = suite.config
-    artifacts = ArtifactCache(cache_dir, weights="imagenet").prepare(config.models[0], ["onnx-fp32"], None)
-    assert artifacts.weights == "random"  # no ImageNet checkpoint for width 0.25 offline
+def test_missing_imagenet_weights_fail_as_in_export(suite: SuiteRun, cache_dir: Path) -> None:
+    from smallnets.export.weights import WeightsUnavailableError
+
+    choice, cache = suite.config.models[0], ArtifactCache(cache_dir, weights="imagenet")
+    with pytest.raises(WeightsUnavailableError, match="--weights"):  # no ImageNet checkpoint for width 0.25
+        cache.prepare(choice, ["onnx-fp32"], None)
+    assert not cache.folder(choice, "imagenet").exists(), "no empty cache entry left"
 
 
 def test_count_bounded_measurement_runs_exactly_that_many(suite: SuiteRun) -> None:

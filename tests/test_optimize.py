@@ -18,6 +18,7 @@ import pytest
 import smallnets.optimize.pipeline
 from smallnets.cli import main
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME
+from smallnets.core.files import OutputExistsError
 from smallnets.core.hardware import CpuInfo, detect_cpu
 from smallnets.core.metadata import MissingMetadataError
 from smallnets.core.runtime import OnnxClassifier
@@ -27,7 +28,7 @@ from smallnets.optimize.card import PreprocessingFlags
 from smallnets.optimize.fuse import fuse, op_counts
 from smallnets.optimize.groups import find_groups
 from smallnets.optimize.modelio import InvalidModelError, load_model, read_card
-from smallnets.optimize.pipeline import OptimizeConfig, OutputExistsError, optimize_model
+from smallnets.optimize.pipeline import OptimizeConfig, optimize_model
 from smallnets.optimize.presets import PRESETS, UnknownTargetError, resolve_target, runs_here
 from smallnets.optimize.quantize import prepare_for_quantization, quantize_model
 from smallnets.optimize.simplify import simplify
@@ -357,9 +358,9 @@ def test_outdir_with_other_content_needs_force(tmp_path: Path, exported: Callabl
     outdir.mkdir()
     (outdir / "keep.txt").write_text("mine")
     model = cheapest(exported, "squeezenet")
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match="did not write"):
         optimize_model(model, outdir, OptimizeConfig(**QUICK))
-    assert main(["optimize", str(model), "-o", str(outdir)]) == 2
+    assert main(["optimize", str(model), "-o", str(outdir), "--force"]) == 4
     assert (outdir / "keep.txt").read_text() == "mine"
 
 

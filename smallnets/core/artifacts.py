@@ -28,4 +28,17 @@ def resolve_model_file(path: str | Path) -> Path:
             f"{path} holds none of {', '.join(SERVABLE_NAMES)}: run `smallnets optimize MODEL.onnx -o {path}` "
             "or pass an .onnx file"
         )
+    if not path.exists():
+        raise FileNotFoundError(missing_model_message(path))
     return path
+
+
+def missing_model_message(path: Path) -> str:
+    """Why a model file is absent, with what to pass instead (optimize writes no int8 file when it rejects int8)."""
+    folder = path.parent
+    if path.name == INT8_NAME and (folder / FP32_NAME).is_file():
+        return (
+            f"no {INT8_NAME} in {folder}: int8 was rejected (see {folder / REPORT_MARKDOWN}); "
+            f"use {folder} or {folder / FP32_NAME}"
+        )
+    return f"model file {path} does not exist: pass an .onnx file or a `smallnets optimize` output folder"
