@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar
 
@@ -57,8 +58,11 @@ from smallnets.serve.forms import (
     read_raw_image,
     uploaded_images,
 )
+from smallnets.serve.memory import release_after_decode
+from smallnets.serve.oip import oip_app
 from smallnets.serve.settings import DEFAULT_TOP_K, MAX_TOP_K, ServeSettings
 from smallnets.serve.store import MODEL_FILENAME, model_name
+from smallnets.serve.ui.pages import pages_app
 
 LOGGER = logging.getLogger(__name__)
 SETTINGS = ServeSettings.from_env()
@@ -145,6 +149,8 @@ metadata_app = Starlette(routes=[Route("/metadata", metadata_endpoint, methods=[
     traffic={"timeout": SETTINGS.request_timeout_s + BENTOML_TIMEOUT_MARGIN_S},
 )
 @bentoml.asgi_app(metadata_app, path="/")
+@bentoml.asgi_app(oip_app, path="/")  # Open Inference Protocol (KServe v2 / Triton HTTP): /v2/...
+@bentoml.asgi_app(pages_app, path="/")  # / -> /ui (classifier page), /docs + /docs.json (offline, complete)
 class ImageClassifier:
     """One ONNX classifier per worker, warmed up before /readyz says yes.
 
@@ -199,6 +205,7 @@ class ImageClassifier:
             "model_tag": MODEL_TAG,
             "model_file": str(self.model_path),
             "provider_notes": self.classifier.provider_notes,
+            "preprocessing": asdict(self.classifier.card.preprocessing),  # shown by the /ui model card
             "workers": SETTINGS.workers,
             "threads_per_worker": self.classifier.threads,
             "decode_threads": SETTINGS.decode_threads,
@@ -270,8 +277,8 @@ class ImageClassifier:
     async def logits_for_uploads(self, uploads: Sequence[ImageUpload], clock: RequestClock) -> np.ndarray:
         """Logits (N, classes) of encoded images, in order: pixel budget (413), bad image (400 naming it), one
         upload decoded at a time on the decode pool, rows batched with other requests'."""
-        opened = [self._open(upload) for upload in uploads]
-        pixels = sum(image.width * image.height for image in opened)
+        opened: list[Image.Image | None] = [self._open(upload) for upload in uploads]
+        pixels = sum(image.width * image.height for image in opened if image is not None)
         if pixels > SETTINGS.max_request_pixels:
             raise RequestRejected(
                 413,
@@ -280,10 +287,12 @@ class ImageClassifier:
             )
         submitted: list[asyncio.Future] = []
         try:
-            for upload, image in zip(uploads, opened, strict=True):
+            for index, upload in enumerate(uploads):
+                image, opened[index] = opened[index], None  # once decoded, nothing keeps the full-size pixels
                 row = await anyio.to_thread.run_sync(
                     self._decode_and_preprocess, upload.filename, image, clock, limiter=self._decoders
                 )
+                del image
                 submitted.append(asyncio.ensure_future(self.batcher.submit(row, clock.deadline)))
             return clock.merge(await asyncio.gather(*submitted))
         finally:
@@ -332,6 +341,8 @@ class ImageClassifier:
         ctx.response.headers.update(headers)
         ctx.response.headers["Server-Timing"] = clock.server_timing()
         metrics.observe_request(route, status, clock.elapsed(), clock.phases)
+        if isinstance(body, Response):  # an endpoint that encodes its own answer (the v2 protocol's binary tensors)
+            return body
         return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
 
     async def _read_one_image(self, request: Request) -> tuple[list[ImageUpload], int]:
@@ -383,6 +394,10 @@ class ImageClassifier:
                 picture = finish_decode(image, self._decode_min_side)
             except ImageDecodeError as error:
                 raise RequestRejected(400, f"{filename}: {error}") from error
+            finally:
+                decoded_pixels = image.width * image.height
+                image.close()  # frees the full-size decoded pixels now, not when the request ends
+                release_after_decode(decoded_pixels)
         with clock.phase("preprocess"):
             return self.classifier.preprocess([picture])
 
