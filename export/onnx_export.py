@@ -29,12 +29,12 @@ import torch
 from PIL import Image
 
 import smallnets
-from smallnets.core.metadata import ModelCard
+from smallnets.core.metadata import AccuracyStatus, ModelCard
 from smallnets.core.runtime import OnnxClassifier, Prediction, softmax, top_k
 from smallnets.export.labels import imagenet_classes
 from smallnets.export.profile import count_macs, count_params
 from smallnets.export.registry import ModelSpec, get_spec
-from smallnets.export.weights import WeightsMismatchError, WeightsUnavailableError, load_weights
+from smallnets.export.weights import LoadedModel, WeightsMismatchError, WeightsUnavailableError, load_weights
 
 __all__ = [
     "ExportConfig",
@@ -116,7 +116,7 @@ def export_model(config: ExportConfig, output: str | Path) -> ExportResult:
     with _staged(output) as (onnx_tmp, json_tmp):
         loaded = load_weights(spec, variant, config.weights, config.seed)
         model = loaded.model.eval()
-        card = _model_card(spec, variant, model, loaded.weights, config)
+        card = _model_card(spec, variant, model, loaded, config)
         proto = _to_onnx(model, variant["resolution"], config.opset)
         card = card.with_updates(provenance={**card.provenance, "opset": _opset_of(proto)})
         _attach_card(proto, card)
@@ -158,9 +158,10 @@ def _staged(output: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def _model_card(
-    spec: ModelSpec, variant: Mapping[str, Any], model: torch.nn.Module, weights: str, config: ExportConfig
+    spec: ModelSpec, variant: Mapping[str, Any], model: torch.nn.Module, loaded: LoadedModel, config: ExportConfig
 ) -> ModelCard:
     classes = imagenet_classes()
+    random_init = {"random_init": loaded.random_init} if loaded.random_init else {}
     return ModelCard(
         name=spec.name,
         family=spec.family,
@@ -173,8 +174,10 @@ def _model_card(
         macs=count_macs(model, variant["resolution"]),
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
-        weights=weights,
+        weights=loaded.weights,
+        accuracy=_accuracy_status(spec, config),
         provenance={
+            **random_init,
             "exporter": EXPORTER,
             "smallnets": smallnets.__version__,
             "torch": torch.__version__,
@@ -185,6 +188,19 @@ def _model_card(
             "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         },
     )
+
+
+def _accuracy_status(spec: ModelSpec, config: ExportConfig) -> AccuracyStatus:
+    """Random weights have no accuracy; registered ImageNet weights quote their published top-1 and its source."""
+    if config.weights == "random":
+        return AccuracyStatus()
+    if config.weights == "imagenet" and spec.weights is not None and spec.weights.top1 is not None:
+        return AccuracyStatus(
+            "published",
+            spec.weights.top1,
+            f"ImageNet-1k val, {spec.weights.description}; not measured on this file",
+        )
+    return AccuracyStatus("unvalidated", source=f"weights {config.weights}: evaluate on labelled photos")
 
 
 def _to_onnx(model: torch.nn.Module, resolution: int, opset: int) -> onnx.ModelProto:

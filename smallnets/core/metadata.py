@@ -42,6 +42,41 @@ class Preprocessing:
         return cls(int(resolution / crop_pct), resolution, interpolation, tuple(mean), tuple(std))
 
 
+RANDOM_WEIGHTS = "unvalidated (random weights)"
+
+
+@dataclass(frozen=True)
+class AccuracyStatus:
+    """What is known about a model's accuracy, and where any figure comes from (never a figure for random weights).
+
+    ``status``: "unvalidated (random weights)"; "unvalidated" (trained weights nobody measured here, e.g. a user's
+    file); "published" (the checkpoint's published ImageNet top-1, quoted, not measured on this file); "measured"
+    (top-1 on labelled photos, ``source`` names the set and the command).
+    """
+
+    status: str = RANDOM_WEIGHTS
+    top1: float | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status == RANDOM_WEIGHTS and self.top1 is not None:
+            raise ValueError("random weights have no accuracy figure: " + RANDOM_WEIGHTS)
+
+    @property
+    def summary(self) -> str:
+        """One line for tables and logs: the status, or the figure with its source."""
+        if self.top1 is None:
+            return self.status if not self.source else f"{self.status} ({self.source})"
+        return f"top-1 {self.top1:.1f}% {self.status} ({self.source})"
+
+    @classmethod
+    def for_old_card(cls, weights: str) -> AccuracyStatus:
+        """Cards written before this field existed: random weights say so, anything else is unvalidated."""
+        if weights.startswith("random"):
+            return cls()
+        return cls("unvalidated", source="card written before smallnets recorded accuracy status")
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """Everything serving, optimizing and benchmarking need to know about one ONNX classifier."""
@@ -61,6 +96,7 @@ class ModelCard:
     weights: str = "random"
     provenance: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
+    accuracy: AccuracyStatus = field(default_factory=AccuracyStatus)
     version: int = CARD_VERSION
 
     @property
@@ -88,6 +124,10 @@ class ModelCard:
                 "mean": tuple(data["preprocessing"]["mean"]),
                 "std": tuple(data["preprocessing"]["std"]),
             }
+        )
+        accuracy = data.get("accuracy")
+        data["accuracy"] = (
+            AccuracyStatus(**accuracy) if accuracy else AccuracyStatus.for_old_card(data.get("weights", "random"))
         )
         data["labels"] = tuple(data["labels"])
         data["synsets"] = tuple(data.get("synsets", ()))
