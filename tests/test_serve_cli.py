@@ -1,0 +1,89 @@
+"""`smallnets serve` on a shared machine: servers side by side keep their own metrics; bad ports fail in one line."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from servers import smallnets_server
+
+from smallnets.cli import EXIT_PORT_IN_USE, EXIT_USAGE
+
+COUNT = re.compile(r'^smallnets_inference_seconds_count\{model="(?P<model>[^"]+)"\} (?P<count>[\d.]+)$', re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def cat_jpeg(photos: dict[str, Image.Image]) -> bytes:
+    buffer = io.BytesIO()
+    photos["chelsea"].save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def inference_counts(url: str) -> dict[str, float]:
+    """Inferences per model, as the server's /metrics reports them."""
+    text = httpx.get(f"{url}/metrics", timeout=10, trust_env=False).text
+    return {match["model"]: float(match["count"]) for match in COUNT.finditer(text)}
+
+
+def classify(url: str, image: bytes, times: int) -> None:
+    for _ in range(times):
+        response = httpx.post(f"{url}/classify", files={"image": ("cat.jpg", image)}, timeout=60, trust_env=False)
+        assert response.status_code == 200, response.text
+
+
+def test_two_servers_keep_their_own_metrics(exported, tmp_path: Path, cat_jpeg: bytes) -> None:
+    """Same BENTOML_HOME (one model store, as for a user): the second server must not wipe or join the first's."""
+    first_model, second_model = exported("squeezenet1_1"), exported("squeezenet1_0")
+    shared = {"BENTOML_HOME": str(tmp_path / "bentoml_home")}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with smallnets_server(first_model, tmp_path / "a", env=shared) as first:
+        classify(first, cat_jpeg, 2)
+        before = inference_counts(first)
+        assert list(before) == ["squeezenet1_1_fp32"] and before["squeezenet1_1_fp32"] >= 2
+        with smallnets_server(second_model, tmp_path / "b", env=shared) as second:
+            classify(second, cat_jpeg, 3)
+            assert list(inference_counts(second)) == ["squeezenet1_0_fp32"]
+            classify(first, cat_jpeg, 1)
+            assert inference_counts(first) == {"squeezenet1_1_fp32": before["squeezenet1_1_fp32"] + 1}
+        classify(first, cat_jpeg, 1)  # the second server has stopped: the first still counts, alone
+        assert inference_counts(first) == {"squeezenet1_1_fp32": before["squeezenet1_1_fp32"] + 2}
+
+
+def serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "smallnets", "serve", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_port_in_use_is_one_line_naming_the_port(exported) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = serve(str(exported("squeezenet1_1")), "--port", str(port))
+    assert result.returncode == EXIT_PORT_IN_USE, result.stderr
+    assert result.stderr.count("\n") == 1 and f"port {port}" in result.stderr and "--port" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "fragment"), [(["--port", "99999"], "1 to 65535"), (["--port", "0"], "1 to 65535")])
+def test_a_bad_port_is_refused_before_starting(exported, args: list[str], fragment: str) -> None:
+    result = serve(str(exported("squeezenet1_1")), *args)
+    assert result.returncode == EXIT_USAGE and fragment in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_an_unknown_host_is_one_line(exported) -> None:
+    result = serve(str(exported("squeezenet1_1")), "--host", "no-such-host.invalid")
+    assert result.returncode == EXIT_USAGE and "--host" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_help_states_the_default_host() -> None:
+    result = serve("--help")
+    assert "127.0.0.1" in result.stdout and "0.0.0.0" in result.stdout
