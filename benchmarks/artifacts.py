@@ -4,7 +4,9 @@ Cache layout (one folder per model + variant + weights, one sub-folder per optim
 
     CACHE/<model-label>--<weights>/model.onnx            onnx-fp32 (export's output, + model.export.json)
     CACHE/<model-label>--<weights>/input.npy             the sample photos preprocessed by the model's card
-    CACHE/<model-label>--<weights>/<target>[-bounded]/model.fp32.onnx, model.int8.onnx, report.json   (optimize's)
+    CACHE/<model-label>--<weights>/<target>[-bounded][-calibN-HASH]/model.fp32.onnx, model.int8.onnx, report.json
+    CACHE/<model-label>--<weights>/openvino/model.fp32.xml                openvino-fp32 (+ .bin)
+    CACHE/<model-label>--<weights>/openvino/model.nncf-int8[-calib...].xml openvino-nncf-int8, optimize's calibration
 
 A second run finds everything and builds nothing; building needs the export stage (torch), measuring does not,
 so a cache built on x86 can be copied to an ARM box and measured there.
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, ModelChoice
+from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, PEER_VARIANTS, ModelChoice
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME, REPORT_JSON
 from smallnets.core.files import atomic_write
 from smallnets.core.metadata import ModelCard
@@ -75,6 +77,11 @@ class ModelArtifacts:
     card: ModelCard
     target: str | None = None
     effort: str = DEFAULT_EFFORT
+    calib_dir: Path | None = None  # labelled calibration photos (benchmarks.labelled); None: optimize's demo set
+
+    @property
+    def calib_tag(self) -> str:
+        return f"-{self.calib_dir.name}" if self.calib_dir else ""
 
     @property
     def exported(self) -> Path:
@@ -88,7 +95,20 @@ class ModelArtifacts:
     def optimized_dir(self) -> Path | None:
         if not self.target:
             return None
-        return self.folder / (self.target if self.effort == "full" else f"{self.target}-{self.effort}")
+        effort = "" if self.effort == "full" else f"-{self.effort}"
+        return self.folder / f"{self.target}{effort}{self.calib_tag}"
+
+    def peer_path(self, variant: str) -> Path:
+        """OpenVINO IR of a peer variant; NNCF's int8 is named after the calibration images it shares with ours."""
+        if variant == "openvino-fp32":
+            return self.folder / "openvino" / "model.fp32.xml"
+        return self.folder / "openvino" / f"model.nncf-int8-c{self.calib_images()}{self.calib_tag}.xml"
+
+    def calib_images(self) -> int:
+        """How many calibration images optimize takes at this effort (NNCF gets the same ones)."""
+        from smallnets.optimize.pipeline import OptimizeConfig
+
+        return int(OPTIMIZE_EFFORTS[self.effort].get("calib_images", OptimizeConfig().calib_images))
 
     def unavailable(self, variant: str) -> str | None:
         """Why a variant cannot be measured (optimize rejected int8 for this model), or None when it can."""
@@ -106,6 +126,8 @@ class ModelArtifacts:
             if self.optimized_dir is None:
                 raise ValueError(f"variant {variant} needs an optimize target; pass --target auto|x86-vnni|...")
             return self.optimized_dir / OPTIMIZED_FILES[variant]
+        if variant in PEER_VARIANTS:
+            return self.peer_path(variant)
         return None
 
     def optimized_complete(self) -> bool:
@@ -126,11 +148,16 @@ class ModelArtifacts:
     def optimize_config(self) -> dict[str, Any] | None:
         """The OptimizeConfig a build would use (as report.json records it); None without the optimize stage."""
         try:
-            from smallnets.optimize.pipeline import OptimizeConfig
+            return json.loads(json.dumps(self.build_config().to_dict()))
         except ImportError:
             return None
-        config = OptimizeConfig(target=self.target or "auto", force=True, **OPTIMIZE_EFFORTS[self.effort])
-        return json.loads(json.dumps(config.to_dict()))
+
+    def build_config(self) -> Any:
+        """optimize's OptimizeConfig for this model's artifacts (its target, effort and calibration photos)."""
+        from smallnets.optimize.pipeline import OptimizeConfig
+
+        bounds = OPTIMIZE_EFFORTS[self.effort]
+        return OptimizeConfig(target=self.target or "auto", force=True, calib_dir=self.calib_dir, **bounds)
 
     def optimize_report(self) -> dict[str, Any] | None:
         """optimize's report.json (agreement/accuracy of int8 vs fp32), when the int8 variant was built."""
@@ -141,10 +168,10 @@ class ModelArtifacts:
 
 def resolve_target(target: str) -> tuple[str, str]:
     """(preset name, why) for ``auto`` or a named preset, as optimize decides it."""
-    from smallnets.optimize.presets import resolve_target as optimize_resolve_target
+    from smallnets.core.targets import resolve_target as resolve_named_target
 
-    preset, reason = optimize_resolve_target(target)
-    return preset.name, reason
+    chosen, reason = resolve_named_target(target)
+    return chosen.name, reason
 
 
 def check_choice(choice: ModelChoice) -> None:
@@ -169,7 +196,12 @@ class ArtifactCache:
     """Builds missing artifacts on demand and reuses existing ones (``rebuild=True`` forces a fresh build)."""
 
     def __init__(
-        self, root: str | Path, weights: str = "random", rebuild: bool = False, effort: str = DEFAULT_EFFORT
+        self,
+        root: str | Path,
+        weights: str = "random",
+        rebuild: bool = False,
+        effort: str = DEFAULT_EFFORT,
+        calib_dir: Path | None = None,
     ) -> None:
         if effort not in OPTIMIZE_EFFORTS:
             raise ValueError(f"unknown optimize effort {effort!r}; choose from {', '.join(OPTIMIZE_EFFORTS)}")
@@ -177,6 +209,7 @@ class ArtifactCache:
         self.weights = weights
         self.rebuild = rebuild
         self.effort = effort
+        self.calib_dir = calib_dir
 
     def folder(self, choice: ModelChoice, weights: str) -> Path:
         return self.root / f"{_slug(choice.label)}--{weights_tag(weights)}"
@@ -187,9 +220,12 @@ class ArtifactCache:
         weights, folder = self._export(choice)
         card = self._write_input(folder)
         target = target if variants & set(OPTIMIZED_FILES) else None
-        artifacts = ModelArtifacts(choice, weights, folder, card, target, self.effort)
+        calib_dir = self.calib_dir if weights != "random" else None  # labelled photos mean nothing to random weights
+        artifacts = ModelArtifacts(choice, weights, folder, card, target, self.effort, calib_dir)
         if artifacts.optimized_dir is not None:
             self._optimize(artifacts)
+        for variant in sorted(variants & set(PEER_VARIANTS)):
+            self._build_peer(artifacts, variant)
         return artifacts
 
     def _export(self, choice: ModelChoice) -> tuple[str, Path]:
@@ -234,11 +270,34 @@ class ArtifactCache:
         if artifacts.optimized_complete() and not self.rebuild:
             return
         try:
-            from smallnets.optimize.pipeline import OptimizeConfig, optimize_model
+            from smallnets.optimize.pipeline import optimize_model
         except ImportError as error:
             raise RuntimeError(
                 f"{artifacts.choice.label} has no optimized artifacts in {outdir} and building them needs the "
                 f"optimize stage ({error}); build the cache where it is installed and copy it here"
             ) from error
-        bounds = OPTIMIZE_EFFORTS[artifacts.effort]
-        optimize_model(artifacts.exported, outdir, OptimizeConfig(target=artifacts.target, force=True, **bounds))
+        optimize_model(artifacts.exported, outdir, artifacts.build_config())
+
+    def _build_peer(self, artifacts: ModelArtifacts, variant: str) -> None:
+        """OpenVINO IR from the export; NNCF calibrates on the images optimize calibrated onnx-int8 on."""
+        from smallnets.benchmarks.openvino_peer import build_nncf_int8, build_openvino_fp32
+
+        output = artifacts.peer_path(variant)
+        if output.is_file() and not self.rebuild:
+            return
+        if variant == "openvino-fp32":
+            build_openvino_fp32(artifacts.exported, output)
+            return
+        build_nncf_int8(artifacts.exported, output, calibration_batches(artifacts))
+
+
+def calibration_batches(artifacts: ModelArtifacts) -> list[np.ndarray]:
+    """optimize's calibration images for these artifacts (labelled folder or demo set), one preprocessed array each."""
+    from smallnets.core.preprocess import preprocess
+    from smallnets.optimize.calibration import demo_calibration_set, folder_set
+
+    count = artifacts.calib_images()
+    images = (
+        folder_set(artifacts.calib_dir, "calib", limit=count) if artifacts.calib_dir else demo_calibration_set(count)
+    )
+    return [preprocess([image], artifacts.card.preprocessing) for image in images.images]

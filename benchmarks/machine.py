@@ -52,3 +52,14 @@ def machine_block(
         "emulated": is_emulated(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def cpu_kind(features: Sequence[str] | None = None, arch: str | None = None) -> str:
+    """The CPU kind as the project names it (avx512_vnni, avx2, arm64_dotprod, ...), for folder and file names."""
+    if features is None or arch is None:
+        cpu = detect_cpu()
+        features, arch = cpu.features, cpu.arch
+    for flag in ("amx_int8", "avx512_vnni", "avx_vnni", "avx2", "i8mm", "asimddp"):
+        if flag in features:
+            return {"i8mm": "arm64_i8mm", "asimddp": "arm64_dotprod"}.get(flag, flag)
+    return arch

@@ -22,7 +22,7 @@ import numpy as np
 
 from smallnets.benchmarks.loaded import LoadedModel
 
-KINDS = ("onnx", "torch", "bare")
+KINDS = ("onnx", "torch", "openvino", "bare")
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,15 @@ def load_onnx(spec: MeasureSpec) -> LoadedModel:
     )
 
 
-def load_model(spec: MeasureSpec) -> LoadedModel:
+def load_model(spec: MeasureSpec, input_shape: tuple[int, ...]) -> LoadedModel:
     if spec.kind == "onnx":
         return load_onnx(spec)
+    if spec.kind == "openvino":
+        from smallnets.benchmarks.openvino_peer import load_openvino
+
+        if not spec.model_path:
+            raise ValueError("an openvino measurement needs model_path (an OpenVINO IR .xml)")
+        return load_openvino(spec.model_path, spec.threads, input_shape)
     if spec.kind == "torch":
         from smallnets.benchmarks.torch_eager import load_torch
 
@@ -142,7 +148,7 @@ def measure(spec: MeasureSpec) -> dict[str, Any]:
     if not spec.input_path:
         raise ValueError("a measurement needs input_path (an .npy batch of preprocessed photos)")
     batch = input_batch(spec.input_path, spec.batch)
-    model = load_model(spec)
+    model = load_model(spec, batch.shape)
     prepared = model.prepare(batch)
     started = time.perf_counter()
     model.run(prepared)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from smallnets.benchmarks.selection import VARIANTS
 from smallnets.core.files import atomic_write
 
-MARKERS = dict(zip(VARIANTS, ("o", "s", "^", "D"), strict=True))
+MARKERS = dict(zip(VARIANTS, ("o", "s", "^", "D", "v", "P"), strict=True))
 
 
 def save(figure: Figure, path: Path) -> Path:

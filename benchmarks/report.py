@@ -29,6 +29,7 @@ TABLE_COLUMNS = (
     ("speedup_vs_torch", "x torch"),
     ("speedup_vs_onnx_fp32", "x onnx-fp32"),
     ("int8_quality", "int8 vs fp32"),
+    ("labelled_top1", "labelled top-1"),
 )
 
 
@@ -65,11 +66,42 @@ def int8_quality(row: dict[str, Any]) -> str | None:
 def format_value(key: str, value: Any) -> str:
     if value is None:
         return "-"
+    if key == "labelled_top1":
+        return f"{value:.1%}"
     if key.startswith("speedup"):
         return f"{value:.2f}x"
     if isinstance(value, float):
         return f"{value:.2f}" if value < 100 else f"{value:.0f}"
     return str(value)
+
+
+def cell(row: dict[str, Any], key: str) -> str:
+    if key == "int8_quality":
+        return int8_quality(row) or "-"
+    if key == "labelled_top1" and row.get("labelled_top1") is None:
+        return row.get("accuracy_note") or "-"
+    return format_value(key, row.get(key))
+
+
+def side_by_side(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per model, one column per variant: p50 ms, with labelled top-1 where there is one."""
+    variants = [variant for variant in VARIANTS if any(row["variant"] == variant for row in rows)]
+    found = {(row["model"], row["variant"]): row for row in rows}
+    lines = ["| model | " + " | ".join(variants) + " |", "|---|" + "---:|" * len(variants)]
+    for model in dict.fromkeys(row["model"] for row in rows):
+        cells = []
+        for variant in variants:
+            row = found.get((model, variant))
+            if row is None:
+                cells.append("not built")
+                continue
+            top1 = f" ({row['labelled_top1']:.1%})" if row.get("labelled_top1") is not None else ""
+            cells.append(f"{row['p50_ms']:.2f}{top1}")
+        unvalidated = any(
+            row.get("accuracy_note") == "unvalidated (random weights)" for row in rows if row["model"] == model
+        )
+        lines.append(f"| {model}{' (random weights)' if unvalidated else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -78,10 +110,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         "|" + "|".join("---" if key in ("model", "variant") else "---:" for key, _ in TABLE_COLUMNS) + "|",
     ]
     for row in rows:
-        cells = [
-            int8_quality(row) or "-" if key == "int8_quality" else format_value(key, row.get(key))
-            for key, _ in TABLE_COLUMNS
-        ]
+        cells = [cell(row, key) for key, _ in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -151,6 +180,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], plo
         "decisive, or the mean logit cosine when no image is (random weights). MiB = 2^20 bytes.",
         "",
     ]
+    parts += side_by_side_sections(rows, machine)
     for batch, threads in sorted({setting_key(row) for row in rows}):
         selected = [row for row in rows if setting_key(row) == (batch, threads)]
         title = f"## Batch {batch}, {threads} thread{'s' if threads > 1 else ''}"
@@ -160,6 +190,26 @@ def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], plo
     if plots:
         parts += ["## Plots", ""] + [f"![{Path(plot).stem}]({Path(plot).name})" for plot in plots] + [""]
     return "\n".join(parts)
+
+
+def side_by_side_sections(rows: Sequence[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
+    """p50 ms per model x variant for each setting, labelled top-1 in brackets, the CPU kind in the title."""
+    labelled = machine.get("labelled")
+    source = (
+        f"labelled top-1 in brackets, on {labelled['report_images']} photos of {labelled['folder']} that neither "
+        f"calibrated ({labelled['calibration_images']} did) nor chose a recipe"
+        if labelled
+        else "no labelled photos given (--eval-dir / SMALLNETS_EVAL_DIR): no top-1"
+    )
+    cpu = machine["cpu"]
+    kind = (
+        ", ".join(flag for flag in cpu["features"] if flag.startswith(("avx", "amx", "asimd", "i8mm"))) or cpu["arch"]
+    )
+    parts = ["## Side by side", "", f"p50 ms per variant on {cpu['model']} ({kind}); {source}.", ""]
+    for batch, threads in sorted({setting_key(row) for row in rows}):
+        selected = [row for row in rows if setting_key(row) == (batch, threads)]
+        parts += [f"### Batch {batch}, {threads} thread{'s' if threads > 1 else ''}", "", side_by_side(selected), ""]
+    return parts
 
 
 def render_csv(rows: Sequence[dict[str, Any]]) -> str:

@@ -6,13 +6,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-VARIANTS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8")
+DEFAULT_VARIANTS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8")
+PEER_VARIANTS = ("openvino-fp32", "openvino-nncf-int8")  # need the peers extra (openvino, nncf)
+VARIANTS = (*DEFAULT_VARIANTS, *PEER_VARIANTS)
 OPTIMIZED_VARIANTS = ("onnx-opt", "onnx-int8")
 VARIANT_HELP = {
     "torch": "PyTorch eager fp32 (the starting point)",
     "onnx-fp32": "the exported ONNX file as is",
     "onnx-opt": "simplified + fused fp32 ONNX (optimize's model.fp32.onnx)",
-    "onnx-int8": "int8 ONNX quantized with the target preset (optimize's model.int8.onnx)",
+    "onnx-int8": "int8 ONNX quantized with the target's options (optimize's model.int8.onnx)",
+    "openvino-fp32": "OpenVINO CPU runtime, f32, converted from the exported ONNX",
+    "openvino-nncf-int8": "OpenVINO CPU runtime, NNCF int8 calibrated on the same images as onnx-int8",
 }
 # One default variant of every family; `--models all-default` must finish in ~15 min on 2 cores, cache included.
 ALL_DEFAULT = (

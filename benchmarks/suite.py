@@ -23,10 +23,11 @@ from smallnets.benchmarks.artifacts import (
     default_cache_dir,
     resolve_target,
 )
+from smallnets.benchmarks.labelled import LabelledSplit, calibration_folder, split_labelled
 from smallnets.benchmarks.machine import machine_block
 from smallnets.benchmarks.measure import MeasureSpec
 from smallnets.benchmarks.runner import Measurement, bare_interpreter_rss_mb, pool, run_measurement
-from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, VARIANTS, ModelChoice
+from smallnets.benchmarks.selection import DEFAULT_VARIANTS, OPTIMIZED_VARIANTS, PEER_VARIANTS, ModelChoice
 from smallnets.core.files import ensure_writable_dir
 from smallnets.core.runtime import resolve_providers
 
@@ -38,7 +39,7 @@ class BenchConfig:
     """One suite run. ``iterations`` (count-bounded) overrides ``duration_s`` (time-bounded) when given."""
 
     models: tuple[ModelChoice, ...]
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
     batches: tuple[int, ...] = (1, 8)
     threads: tuple[int, ...] = (1, 2)
     target: str = "auto"
@@ -53,6 +54,7 @@ class BenchConfig:
     cache_dir: Path = field(default_factory=default_cache_dir)
     rebuild: bool = False
     optimize_effort: str = DEFAULT_EFFORT
+    eval_dir: Path | None = None  # labelled photos: calibration part + reported top-1 (benchmarks.labelled)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def spec_for(artifacts: ModelArtifacts, variant: str, batch: int, threads: int, 
             weights=artifacts.weights,
             **common,
         )
+    if variant in PEER_VARIANTS:
+        return MeasureSpec(kind="openvino", model_path=str(artifacts.path(variant)), **common)
     return MeasureSpec(kind="onnx", model_path=str(artifacts.path(variant)), providers=config.providers, **common)
 
 
@@ -180,8 +184,9 @@ def loop_settings(config: BenchConfig) -> dict[str, Any]:
     }
 
 
-def build_all(config: BenchConfig, target: str | None) -> list[ModelArtifacts]:
-    cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild, config.optimize_effort)
+def build_all(config: BenchConfig, target: str | None, split: LabelledSplit | None = None) -> list[ModelArtifacts]:
+    calib_dir = calibration_folder(split, config.cache_dir) if split else None
+    cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild, config.optimize_effort, calib_dir)
     built = []
     with tqdm(config.models, desc="artifacts", unit="model", disable=None) as progress:
         for choice in progress:
@@ -221,7 +226,8 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
     baseline_rss_mb = bare_interpreter_rss_mb()  # also proves a measuring interpreter starts, before any build
     machine["bare_interpreter_rss_mb"] = baseline_rss_mb
     started = time.perf_counter()
-    built = build_all(config, target)
+    split = split_labelled(config.eval_dir) if config.eval_dir else None
+    built = build_all(config, target, split)
     build_s = time.perf_counter() - started
     machine["skipped"] = skipped(built, config.variants)
     for reason in machine["skipped"]:
@@ -235,5 +241,35 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
         make_row(by_label[label], variant, measurement, baseline_rss_mb, machine)
         for (label, variant, _, _), measurement in pooled.items()
     ]
+    rows = with_accuracy(rows, built, split, config)
+    machine["labelled"] = labelled_block(split)
     write_results(outdir, rows, machine, raw_timings(rows, measurements))
     return SuiteResult(rows, machine, measurements)
+
+
+def labelled_block(split: LabelledSplit | None) -> dict[str, Any] | None:
+    """Where the labelled figures come from, for the machine block (None: no labelled photos given)."""
+    if split is None:
+        return None
+    return {"folder": str(split.root), "calibration_images": len(split.calibration), "report_images": len(split.report)}
+
+
+def with_accuracy(
+    rows: Sequence[dict[str, Any]], built: Sequence[ModelArtifacts], split: LabelledSplit | None, config: BenchConfig
+) -> list[dict[str, Any]]:
+    """Rows plus labelled top-1 per (model, variant), scored once per pair at batch 1 on one thread."""
+    from smallnets.benchmarks.accuracy import accuracy_fields, score_variants
+
+    scores: dict[tuple[str, str], float] = {}
+    for artifacts in built:
+        if split is None or artifacts.weights == "random":
+            continue
+        variants = [variant for variant in config.variants if artifacts.unavailable(variant) is None]
+        specs = [(variant, spec_for(artifacts, variant, 1, 1, config)) for variant in variants]
+        for variant, score in score_variants(split, artifacts.card, specs).items():
+            scores[artifacts.choice.label, variant] = score
+    by_label = {artifacts.choice.label: artifacts for artifacts in built}
+    return [
+        row | accuracy_fields(split, by_label[row["model"]].weights, scores.get((row["model"], row["variant"])))
+        for row in rows
+    ]

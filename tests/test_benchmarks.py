@@ -24,7 +24,7 @@ from smallnets.benchmarks.machine import EMULATED_WARNING, machine_block
 from smallnets.benchmarks.measure import MeasureSpec
 from smallnets.benchmarks.report import render_markdown
 from smallnets.benchmarks.runner import run_measurement
-from smallnets.benchmarks.selection import VARIANTS, ModelChoice, parse_models
+from smallnets.benchmarks.selection import DEFAULT_VARIANTS, VARIANTS, ModelChoice, parse_models
 from smallnets.benchmarks.suite import BenchConfig, SuiteResult, make_row, plan, run_suite
 from smallnets.cli import main
 
@@ -55,7 +55,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def suite(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> SuiteRun:
     config = BenchConfig(
         models=(ModelChoice.parse(TINY),),
-        variants=VARIANTS,
+        variants=DEFAULT_VARIANTS,
         batches=BATCHES,
         threads=(1,),
         iterations=ITERATIONS,
@@ -74,7 +74,7 @@ def measured_variants(result: SuiteResult) -> set[str]:
 def test_every_variant_is_measured_or_explained(suite: SuiteRun) -> None:
     result = suite.result
     # optimize may reject int8 (slower than fp32 on a busy machine); then the report must say why.
-    unexplained = set(VARIANTS) - measured_variants(result)
+    unexplained = set(DEFAULT_VARIANTS) - measured_variants(result)
     assert {"torch", "onnx-fp32", "onnx-opt"} <= measured_variants(result)
     for variant in unexplained:
         assert any(variant in reason for reason in result.machine["skipped"]), result.machine["skipped"]
@@ -168,9 +168,9 @@ def test_plots_are_valid_pngs(suite: SuiteRun) -> None:
 
 def test_runs_are_interleaved_across_variants(suite: SuiteRun, cache_dir: Path) -> None:
     config = suite.config
-    artifacts = ArtifactCache(cache_dir).prepare(config.models[0], VARIANTS, suite.result.machine["target"])
+    artifacts = ArtifactCache(cache_dir).prepare(config.models[0], DEFAULT_VARIANTS, suite.result.machine["target"])
     order = [(variant, batch) for _, variant, batch, _ in plan([artifacts], config)]
-    available = [variant for variant in VARIANTS if artifacts.unavailable(variant) is None]
+    available = [variant for variant in DEFAULT_VARIANTS if artifacts.unavailable(variant) is None]
     assert order[: 2 * len(available)] == [(variant, 1) for variant in available] * 2  # A B C D A B C D
 
 
@@ -178,9 +178,9 @@ def test_second_run_reuses_the_cache(suite: SuiteRun, cache_dir: Path) -> None:
     config = suite.config
     cache = ArtifactCache(cache_dir)
     target = suite.result.machine["target"]
-    first = cache.prepare(config.models[0], VARIANTS, target)
+    first = cache.prepare(config.models[0], DEFAULT_VARIANTS, target)
     stamps = {path: path.stat().st_mtime_ns for path in first.folder.rglob("*") if path.is_file()}
-    second = cache.prepare(config.models[0], VARIANTS, target)
+    second = cache.prepare(config.models[0], DEFAULT_VARIANTS, target)
     assert second.folder == first.folder
     assert first.optimize_report()["config"]["calib_images"] == OPTIMIZE_EFFORTS[first.effort]["calib_images"]
     assert {path: path.stat().st_mtime_ns for path in second.folder.rglob("*") if path.is_file()} == stamps
@@ -320,7 +320,7 @@ def test_half_built_optimize_output_is_not_taken_for_a_cache_hit(
     suite: SuiteRun, cache_dir: Path, tmp_path: Path
 ) -> None:
     target = suite.result.machine["target"]
-    cached = ArtifactCache(cache_dir).prepare(suite.config.models[0], VARIANTS, target)
+    cached = ArtifactCache(cache_dir).prepare(suite.config.models[0], DEFAULT_VARIANTS, target)
     copy = ModelArtifacts(cached.choice, cached.weights, tmp_path / "copy", cached.card, target, cached.effort)
     shutil.copytree(cached.folder, copy.folder)
     assert copy.optimized_complete()
