@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from smallnets.export.registry import ModelSpec
 
+# The registry's declared figures as data: `smallnets models` answers without importing torch or profiling B7.
+MODELS_TABLE = Path(__file__).resolve().parent / "data" / "models.json"
 RANDOM_WEIGHTS_WARNING = (
     "warning: --weights random: the result is unvalidated (random weights) and its predictions mean nothing; "
     "pass --weights imagenet or --weights PATH for a real classifier"
@@ -25,10 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models = subparsers.add_parser(
         "models",
         help="list the model zoo with params, MACs and published reference figures",
-        description="Every registered model at its default variant. Params/MACs are recomputed from the "
-        "architecture (MACs = FlopCounterMode FLOPs / 2 at the default resolution).",
+        description="Every registered model at its default variant, read from the table shipped with smallnets "
+        "(export/data/models.json: params/MACs computed from the architectures, MACs = FlopCounterMode FLOPs / 2 "
+        "at the default resolution; the tests recompute it, --refresh rewrites it).",
     )
     models.add_argument("--json", action="store_true", help="print a JSON list instead of a table (default: off)")
+    models.add_argument(
+        "--refresh",
+        action="store_true",
+        help="recompute the table from the registry (imports torch, ~20 s) and rewrite export/data/models.json "
+        "(default: read it)",
+    )
     models.set_defaults(handler=run_models)
 
     export = subparsers.add_parser(
@@ -86,7 +95,12 @@ def variant_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    rows = model_rows()
+    if args.refresh:
+        from smallnets.core.files import atomic_write
+
+        atomic_write(MODELS_TABLE, json.dumps(model_rows(), indent=1) + "\n")
+        print(f"wrote {MODELS_TABLE}", file=sys.stderr)
+    rows = json.loads(MODELS_TABLE.read_text())
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
