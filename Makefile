@@ -7,7 +7,7 @@ ARTIFACTS ?= artifacts
 MODEL ?= efficientnet_lite0
 PORT ?= 3000
 
-.PHONY: install run test lint pipeline bench clean
+.PHONY: install run test lint pipeline bench bench-peers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,19 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(VENV)/bin/smallnets bench --models all-default -o benchmarks/results
+
+# The issue-12 side-by-side: every runtime and peer, batch 1 at 1 and 2 threads, into benchmarks/results/<CPU kind>/.
+# Real-weight models get labelled top-1 (EVAL_DIR); the others are timed with seeded random weights.
+REAL_MODELS ?= efficientnet_lite0,efficientnet_lite1,efficientnet_lite2
+RANDOM_MODELS ?= mobilenet_v2,mobilenet_v3_large,shufflenet_v2_x1_0,squeezenet1_1,efficientnet_b0
+PEER_VARIANTS ?= torch,onnx-fp32,onnx-opt,onnx-int8,openvino-fp32,openvino-nncf-int8
+EVAL_DIR ?= $(SMALLNETS_EVAL_DIR)
+PEER_BENCH = $(VENV)/bin/smallnets bench --variants $(PEER_VARIANTS) --batch 1 --threads 1,2 --effort full --repeats 3 \
+	--duration 0.5 --force
+bench-peers: $(STAMP)
+	$(eval KIND := $(shell $(PY) -c "from smallnets.benchmarks.machine import cpu_kind; print(cpu_kind())"))
+	$(PEER_BENCH) --models $(REAL_MODELS) --weights imagenet --eval-dir $(EVAL_DIR) -o benchmarks/results/$(KIND)/real
+	$(PEER_BENCH) --models $(RANDOM_MODELS) --weights random -o benchmarks/results/$(KIND)/random
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) build *.egg-info

@@ -116,7 +116,8 @@ class ModelArtifacts:
         if path is None or path.is_file():
             return None
         report = self.optimize_report() or {}
-        return f"{self.choice.label} {variant}: not built ({report.get('reason') or f'{path} is missing'})"
+        why = report.get("detail") or report.get("reason")  # detail: optimize's words for its Reason value
+        return f"{self.choice.label} {variant}: not built ({why or f'{path} is missing'})"
 
     def path(self, variant: str) -> Path | None:
         """The ONNX file of a variant (None for ``torch``, which is built from the registry)."""

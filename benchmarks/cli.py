@@ -28,7 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--variants",
         default="torch,onnx-fp32,onnx-opt,onnx-int8",
-        help="comma-separated subset of torch,onnx-fp32,onnx-opt,onnx-int8 (default: all)",
+        help="comma-separated subset of torch,onnx-fp32,onnx-opt,onnx-int8 and, with the peers extra, "
+        "openvino-fp32,openvino-nncf-int8 (default: torch,onnx-fp32,onnx-opt,onnx-int8)",
+    )
+    bench.add_argument(
+        "--eval-dir",
+        type=Path,
+        help="labelled photos (ImageFolder of synset folders): one in five calibrates int8 (ours and NNCF's), the "
+        "rest give each real-weight variant's top-1 (default: $SMALLNETS_EVAL_DIR, else no top-1)",
     )
     bench.add_argument("--batch", default="1,8", help="batch sizes (default: 1,8)")
     bench.add_argument(
@@ -108,6 +115,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.from_results:
         return redraw(args.from_results, args.output or args.from_results.parent)
     from smallnets.benchmarks.artifacts import default_cache_dir
+    from smallnets.benchmarks.labelled import eval_dir_from_env
     from smallnets.benchmarks.report import markdown_table, ordered, with_speedups
     from smallnets.benchmarks.selection import parse_models, parse_positive_ints, parse_variants
     from smallnets.benchmarks.suite import BenchConfig, run_suite
@@ -138,6 +146,7 @@ def run_bench(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir or default_cache_dir(),
         rebuild=args.rebuild,
         optimize_effort=args.effort,
+        eval_dir=args.eval_dir or eval_dir_from_env(),
     )
     result = run_suite(config, output)
     write_manifest(output, "bench")

@@ -14,8 +14,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from smallnets.benchmarks.machine import cpu_kind
+from smallnets.benchmarks.roofline import PeakCompute, achieved_fraction, fit_cost, peak_compute
 from smallnets.benchmarks.selection import VARIANTS
 from smallnets.core.files import atomic_write
+from smallnets.core.hardware import detect_cpu
 
 MARKERS = dict(zip(VARIANTS, ("o", "s", "^", "D", "v", "P"), strict=True))
 
@@ -42,20 +45,35 @@ def models_in_order(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(row["model"] for row in rows))
 
 
-def latency_vs_macs(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Cost vs compute across architectures, log-log, one marker per variant (does fewer MACs mean faster?)."""
+INT8_VARIANTS = ("onnx-int8", "openvino-nncf-int8")
+
+
+def latency_vs_macs(rows: Sequence[dict[str, Any]], path: Path, peak: PeakCompute | None = None) -> Path:
+    """Cost vs compute across architectures, log-log, one marker per variant, with each variant's fitted cost per MAC.
+
+    With ``peak`` the legend also gives the median fraction of the CPU's peak MAC/s each variant achieves.
+    """
     selected = reference_setting(rows)
-    figure, axes = plt.subplots(figsize=(8, 5.5))
+    threads = selected[0]["threads"]
+    figure, axes = plt.subplots(figsize=(8.5, 6))
     for variant in VARIANTS:
         points = [row for row in selected if row["variant"] == variant and row["macs"]]
-        if points:
-            axes.scatter(
-                [row["macs"] / 1e6 for row in points],
-                [row["p50_ms"] for row in points],
-                marker=MARKERS[variant],
-                label=variant,
-                alpha=0.8,
-            )
+        if not points:
+            continue
+        macs = [row["macs"] for row in points]
+        latency = [row["p50_ms"] for row in points]
+        label = variant
+        fit = fit_cost(macs, latency)
+        if fit:
+            label += f": {fit.ns_per_mmac / 1e6:.2f} ms/GMAC + {fit.fixed_ms:.1f} ms"
+            span = np.geomspace(min(macs), max(macs), 20)
+            axes.plot(span / 1e6, [max(fit.predict_ms(m), 1e-3) for m in span], linewidth=0.7, alpha=0.6)
+        if peak:
+            precision = "int8" if variant in INT8_VARIANTS else "fp32"
+            shares = [achieved_fraction(m, t, peak, threads, precision) for m, t in zip(macs, latency, strict=True)]
+            share = np.median(shares)
+            label += f", {share:.0%} of {precision} peak"
+        axes.scatter([m / 1e6 for m in macs], latency, marker=MARKERS[variant], label=label, alpha=0.8)
     labelled = {}
     for row in selected:
         labelled.setdefault(row["model"], row)
@@ -69,10 +87,63 @@ def latency_vs_macs(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     axes.margins(0.12)  # room for the model names at the edges
     axes.set_xlabel("MACs per image (millions)")
     axes.set_ylabel("p50 latency (ms)")
-    setting = f"batch {selected[0]['batch']}, {selected[0]['threads']} thread(s)"
+    setting = f"batch {selected[0]['batch']}, {threads} thread(s)"
     axes.set_title(f"Latency vs MACs, {setting}{emulated_suffix(rows)}")
+    if peak:
+        figure.text(
+            0.01,
+            -0.02,
+            f"peak per core: {peak.fp32_macs_per_cycle} fp32 / {peak.int8_macs_per_cycle} "
+            f"int8 MAC/cycle ({peak.basis})",
+            fontsize=7,
+        )
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=7)
+    return save(figure, path)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (latency, accuracy) points no other point beats on both: faster and at least as accurate."""
+    front: list[tuple[float, float]] = []
+    for latency, accuracy in sorted(points, key=lambda point: (point[0], -point[1])):
+        if not front or accuracy > front[-1][1]:
+            front.append((latency, accuracy))
+    return front
+
+
+def latency_vs_labelled_top1(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Every measured variant and peer with a labelled top-1, and the Pareto front of them (at the first setting)."""
+    selected = [row for row in reference_setting(rows) if row.get("labelled_top1") is not None]
+    if not selected:
+        return None
+    figure, axes = plt.subplots(figsize=(8.5, 6))
+    for variant in VARIANTS:
+        points = [row for row in selected if row["variant"] == variant]
+        if points:
+            axes.scatter(
+                [row["p50_ms"] for row in points],
+                [100 * row["labelled_top1"] for row in points],
+                marker=MARKERS[variant],
+                label=variant,
+            )
+    for row in selected:
+        short = row["model"].replace("efficientnet_", "eff_")
+        axes.annotate(
+            short, (row["p50_ms"], 100 * row["labelled_top1"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+        )
+    front = pareto_front([(row["p50_ms"], 100 * row["labelled_top1"]) for row in selected])
+    axes.step(
+        [p[0] for p in front], [p[1] for p in front], where="post", color="black", linewidth=0.8, label="Pareto front"
+    )
+    axes.set_xscale("log")
+    axes.margins(0.1)
+    axes.set_xlabel("p50 latency (ms)")
+    images = selected[0].get("labelled_images")
+    axes.set_ylabel(f"labelled top-1 (%) on {images} photos")
+    setting = f"batch {selected[0]['batch']}, {selected[0]['threads']} thread(s)"
+    axes.set_title(f"Latency vs labelled top-1, {setting}{emulated_suffix(rows)}")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
     return save(figure, path)
 
 
@@ -149,16 +220,22 @@ def accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | No
     return save(figure, path)
 
 
-def write_suite_plots(outdir: str | Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
-    """Every suite figure the rows support; returns the files written."""
+def write_suite_plots(
+    outdir: str | Path, rows: Sequence[dict[str, Any]], machine: dict[str, Any] | None = None
+) -> list[Path]:
+    """Every suite figure the rows support, named with the machine's CPU kind; returns the files written."""
     if not rows:
         return []
     outdir = Path(outdir)
+    cpu = (machine or {}).get("cpu") or detect_cpu().to_dict()
+    kind = cpu_kind(cpu["features"], cpu["arch"])
+    peak = None if (machine or {}).get("emulated") else peak_compute(cpu["features"], cpu["model"])
     written = [
-        latency_vs_macs(rows, outdir / "latency_vs_macs.png"),
-        int8_speedup(rows, outdir / "int8_speedup.png"),
-        memory(rows, outdir / "memory.png"),
-        accuracy_vs_latency(rows, outdir / "accuracy_vs_latency.png"),
+        latency_vs_macs(rows, outdir / f"latency_vs_macs_{kind}.png", peak),
+        int8_speedup(rows, outdir / f"int8_speedup_{kind}.png"),
+        memory(rows, outdir / f"memory_{kind}.png"),
+        accuracy_vs_latency(rows, outdir / f"accuracy_vs_latency_{kind}.png"),
+        latency_vs_labelled_top1(rows, outdir / f"latency_vs_labelled_top1_{kind}.png"),
     ]
     return [path for path in written if path is not None]
 

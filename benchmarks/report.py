@@ -221,7 +221,7 @@ def render_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def draw_plots(outdir: Path, rows: Sequence[dict[str, Any]]) -> tuple[list[Path], str | None]:
+def draw_plots(outdir: Path, rows: Sequence[dict[str, Any]], machine: dict[str, Any]) -> tuple[list[Path], str | None]:
     """The suite's PNGs, or a note saying how to draw them later where matplotlib is missing (e.g. an ARM box)."""
     try:
         from smallnets.benchmarks.plots import write_suite_plots
@@ -230,7 +230,7 @@ def draw_plots(outdir: Path, rows: Sequence[dict[str, Any]]) -> tuple[list[Path]
             f"Plots not drawn here ({error}): install the bench extra (`pip install 'smallnets[bench]'`) and run "
             f"`smallnets bench --from-results {outdir / 'results.json'} -o {outdir}`."
         )
-    return write_suite_plots(outdir, rows), None
+    return write_suite_plots(outdir, rows, machine), None
 
 
 def write_results(
@@ -242,7 +242,7 @@ def write_results(
     """Plots, results.json, results.csv, report.md and (when given) timings.json, the raw per-iteration times."""
     outdir = Path(outdir)
     rows = with_speedups(rows)
-    plots, note = draw_plots(outdir, rows)
+    plots, note = draw_plots(outdir, rows, machine)
     written = [
         atomic_write(outdir / "results.json", json.dumps({"machine": machine, "results": rows}, indent=2) + "\n"),
         atomic_write(outdir / "results.csv", render_csv(rows)),

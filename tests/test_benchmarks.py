@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from smallnets.benchmarks.artifacts import OPTIMIZE_EFFORTS, ArtifactCache, ModelArtifacts
-from smallnets.benchmarks.machine import EMULATED_WARNING, machine_block
+from smallnets.benchmarks.machine import EMULATED_WARNING, cpu_kind, machine_block
 from smallnets.benchmarks.measure import MeasureSpec
 from smallnets.benchmarks.report import render_markdown
 from smallnets.benchmarks.runner import run_measurement
@@ -153,8 +153,9 @@ def test_report_has_a_table_per_setting_with_speedups(suite: SuiteRun) -> None:
 
 def test_plots_are_valid_pngs(suite: SuiteRun) -> None:
     result, outdir = suite.result, suite.outdir
-    expected = {"latency_vs_macs.png", "memory.png"} | (
-        {"int8_speedup.png"} if "onnx-int8" in measured_variants(result) else set()
+    kind = cpu_kind()  # the machine's ISA is in every file name
+    expected = {f"latency_vs_macs_{kind}.png", f"memory_{kind}.png"} | (
+        {f"int8_speedup_{kind}.png"} if "onnx-int8" in measured_variants(result) else set()
     )
     written = {path.name for path in outdir.glob("*.png")}
     assert expected <= written
@@ -302,7 +303,7 @@ def test_from_results_redraws_report_and_plots(suite: SuiteRun, tmp_path: Path) 
     code = main(["bench", "--from-results", str(suite.outdir / "results.json"), "-o", str(tmp_path)])
     assert code == 0
     assert (tmp_path / "report.md").read_text() == (suite.outdir / "report.md").read_text()
-    assert (tmp_path / "latency_vs_macs.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (tmp_path / f"latency_vs_macs_{cpu_kind()}.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_measuring_interpreter_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -342,7 +343,8 @@ def test_accuracy_plot_appears_when_accuracy_is_known(suite: SuiteRun, tmp_path:
 
     rows = [{**row, "top1_accuracy": 0.7 + 0.01 * index} for index, row in enumerate(suite.result.rows)]
     written = {path.name for path in write_suite_plots(tmp_path, rows)}
-    assert "accuracy_vs_latency.png" in written
-    assert "accuracy_vs_latency.png" not in {path.name for path in suite.outdir.glob("*.png")}  # random weights
-    with Image.open(tmp_path / "accuracy_vs_latency.png") as image:
+    name = f"accuracy_vs_latency_{cpu_kind()}.png"
+    assert name in written
+    assert name not in {path.name for path in suite.outdir.glob("*.png")}  # random weights
+    with Image.open(tmp_path / name) as image:
         image.verify()

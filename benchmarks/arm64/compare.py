@@ -184,10 +184,10 @@ def build_arm64_artifacts(exported: Path, outdir: Path, calibration_images: int 
     search keeps int8 only where it is faster *on the machine it runs on*, and x86 timings say nothing about ARM
     kernels. What is checked here is that the arm64 quantization computes the same on both architectures.
     """
+    from smallnets.core.targets import PRESETS
     from smallnets.optimize.calibration import ImageCalibrationReader, demo_calibration_set
     from smallnets.optimize.fuse import fuse
     from smallnets.optimize.modelio import load_model, read_card, save_model, write_card
-    from smallnets.optimize.presets import PRESETS
     from smallnets.optimize.quantize import prepare_for_quantization, quantize_model
     from smallnets.optimize.simplify import simplify
 
@@ -206,7 +206,7 @@ def build_arm64_artifacts(exported: Path, outdir: Path, calibration_images: int 
     int8 = outdir / INT8_NAME
     cache = outdir / "calibration.json"
     cache.unlink(missing_ok=True)
-    quantized = quantize_model(prepared, int8, preset, "minmax", cache, reader)
+    quantized = quantize_model(prepared, int8, preset.quant, "minmax", cache, reader)
     quantization = {
         **preset.to_dict(),
         "calibration": "minmax",

@@ -26,7 +26,7 @@ from smallnets.benchmarks.machine import machine_block
 from smallnets.core.hardware import detect_cpu
 from smallnets.core.images import load_image
 from smallnets.core.runtime import OnnxClassifier, resolve_providers
-from smallnets.optimize.presets import resolve_target
+from smallnets.core.targets import resolve_target
 from smallnets.optimize.validate import compare_logits
 
 
