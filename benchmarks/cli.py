@@ -7,67 +7,92 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 EFFORT_CHOICES = ("bounded", "full")  # the words of `smallnets optimize --effort`; quick is too coarse to measure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands."""
+    add_bench_parser(subparsers)
+    add_bench_http_parser(subparsers)
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`smallnets bench`: what to measure, how long, where artifacts are cached, and where results go."""
     bench = subparsers.add_parser(
         "bench",
         help="latency, throughput and memory of models x variants, each measurement in a fresh process",
         description="Build (or reuse) each model's artifacts through export and optimize, measure every variant "
         "interleaved in fresh processes, and write results.json, results.csv, report.md and PNG plots.",
     )
-    bench.add_argument(
+    add_selection_arguments(bench)
+    add_loop_arguments(bench)
+    add_build_arguments(bench)
+    add_output_arguments(bench)
+    bench.set_defaults(handler=run_bench)
+    return bench
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is measured: models, variants, settings (batch, threads), target, weights and labelled photos."""
+    parser.add_argument(
         "--models",
         default="all-default",
         help="comma-separated registry names, each optionally NAME:width=0.5:resolution=128, or all-default "
         "(one default variant of every family) (default: all-default)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--variants",
         default="torch,onnx-fp32,onnx-opt,onnx-int8",
         help="comma-separated subset of torch,onnx-fp32,onnx-opt,onnx-int8 and, with the peers extra, "
         "openvino-fp32,openvino-nncf-int8 (default: torch,onnx-fp32,onnx-opt,onnx-int8)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--eval-dir",
         type=Path,
         help="labelled photos (ImageFolder of synset folders): one in five calibrates int8 (ours and NNCF's), the "
         "rest give each real-weight variant's top-1 (default: $SMALLNETS_EVAL_DIR, else no top-1)",
     )
-    bench.add_argument("--batch", default="1,8", help="batch sizes (default: 1,8)")
-    bench.add_argument(
+    parser.add_argument("--batch", default="1,8", help="batch sizes (default: 1,8)")
+    parser.add_argument(
         "--threads", default="1,all", help="intra-op thread counts; `all` = usable cores (default: 1,all)"
     )
-    bench.add_argument("--target", default="auto", help="optimize preset for onnx-opt/onnx-int8 (default: auto)")
-    bench.add_argument(
+    parser.add_argument("--target", default="auto", help="optimize preset for onnx-opt/onnx-int8 (default: auto)")
+    parser.add_argument(
         "--weights",
         default="random",
         metavar="imagenet|random|PATH",
         help="imagenet (registered checkpoint; fails like `smallnets export` where none is available), a "
         "state-dict PATH, or random (seeded; unvalidated, warned about) (default: random)",
     )
-    bounds = bench.add_mutually_exclusive_group()
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long each measurement runs: time- or count-bounded loop, warm-up, interleaved repeats, providers."""
+    bounds = parser.add_mutually_exclusive_group()
     bounds.add_argument(
         "--duration", type=float, default=0.3, help="seconds of timed inference per run (>= 3 runs) (default: 0.3)"
     )
     bounds.add_argument(
         "--iterations", type=int, help="a fixed number of timed iterations per run instead (default: use --duration)"
     )
-    bench.add_argument(
+    parser.add_argument(
         "--warmup", type=int, default=2, help="untimed iterations after the first run, within ~0.25 s (default: 2)"
     )
-    bench.add_argument("--repeats", type=int, default=2, help="interleaved runs per configuration (default: 2)")
-    bench.add_argument("--providers", help="onnxruntime execution providers, e.g. cpu or xnnpack,cpu (default: best)")
-    bench.add_argument(
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per configuration (default: 2)")
+    parser.add_argument("--providers", help="onnxruntime execution providers, e.g. cpu or xnnpack,cpu (default: best)")
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where artifacts are cached and how hard optimize searches when it builds them."""
+    parser.add_argument(
         "--cache-dir", type=Path, help="artifact cache (default: $SMALLNETS_CACHE or ~/.cache/smallnets)"
     )
-    bench.add_argument(
+    parser.add_argument(
         "--rebuild", action="store_true", help="rebuild cached artifacts instead of reusing them (default: reuse)"
     )
-    bench.add_argument(
+    parser.add_argument(
         "--effort",
         choices=EFFORT_CHOICES,
         default="bounded",
@@ -75,24 +100,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fits the all-default time budget) or full (optimize's defaults, what `smallnets pipeline` ships) "
         "(default: bounded)",
     )
-    bench.add_argument("--optimize-effort", dest="effort", choices=EFFORT_CHOICES, help=argparse.SUPPRESS)  # old name
-    bench.add_argument(
+    parser.add_argument("--optimize-effort", dest="effort", choices=EFFORT_CHOICES, help=argparse.SUPPRESS)  # old name
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where results go, whether an earlier output may be replaced, and redrawing from an earlier run."""
+    parser.add_argument(
         "--force",
         action="store_true",
         help="replace an earlier bench output folder; a folder with files smallnets did not write is never "
         "replaced (default: refuse any non-empty folder)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--from-results",
         type=Path,
         metavar="RESULTS_JSON",
         help="measure nothing: redraw report.md, results.csv and plots from an earlier results.json",
     )
-    bench.add_argument(
+    parser.add_argument(
         "-o", "--output", type=Path, help="output folder (default: results, or the folder of --from-results)"
     )
-    bench.set_defaults(handler=run_bench)
 
+
+def add_bench_http_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`smallnets bench-http`: bounded closed-loop load on a running server."""
     http = subparsers.add_parser(
         "bench-http",
         help="bounded HTTP load on a running smallnets server (loopback only)",
@@ -109,29 +140,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-o", "--output", type=Path, default=Path("results/http"), help="output folder (default: results/http)"
     )
     http.set_defaults(handler=run_bench_http)
+    return http
 
 
 def run_bench(args: argparse.Namespace) -> int:
     if args.from_results:
         return redraw(args.from_results, args.output or args.from_results.parent)
-    from smallnets.benchmarks.artifacts import default_cache_dir
-    from smallnets.benchmarks.labelled import eval_dir_from_env
-    from smallnets.benchmarks.report import markdown_table, ordered, with_speedups
-    from smallnets.benchmarks.selection import parse_models, parse_positive_ints, parse_variants
-    from smallnets.benchmarks.suite import BenchConfig, run_suite
+    from smallnets.benchmarks.suite import run_suite
     from smallnets.core.files import check_output_dir, write_manifest
-    from smallnets.core.hardware import detect_cpu
     from smallnets.export.cli import warn_if_random
 
     output = args.output or Path("results")
     check_output_dir(output, args.force)  # before the build and the measurements: never overwrite silently
     warn_if_random(args.weights)
-    cores = detect_cpu().usable_cores
+    config = bench_config(args)
+    result = run_suite(config, output)
+    write_manifest(output, "bench")
+    print_summary(result.rows, config, output)
+    return 0
+
+
+def bench_config(args: argparse.Namespace) -> Any:
+    """The suite's BenchConfig from parsed arguments; bad values fail here with the option's name."""
+    from smallnets.benchmarks.artifacts import default_cache_dir
+    from smallnets.benchmarks.labelled import eval_dir_from_env
+    from smallnets.benchmarks.selection import parse_models, parse_positive_ints, parse_variants
+    from smallnets.benchmarks.suite import BenchConfig
+    from smallnets.core.hardware import detect_cpu
+
     if args.duration <= 0 or (args.iterations is not None and args.iterations < 1):
         raise ValueError("--duration must be > 0 seconds and --iterations >= 1")
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
-    config = BenchConfig(
+    cores = detect_cpu().usable_cores
+    return BenchConfig(
         models=tuple(parse_models(args.models)),
         variants=tuple(parse_variants(args.variants)),
         batches=tuple(parse_positive_ints(args.batch, "--batch")),
@@ -148,13 +190,16 @@ def run_bench(args: argparse.Namespace) -> int:
         optimize_effort=args.effort,
         eval_dir=args.eval_dir or eval_dir_from_env(),
     )
-    result = run_suite(config, output)
-    write_manifest(output, "bench")
+
+
+def print_summary(rows: list[dict[str, Any]], config: Any, output: Path) -> None:
+    """The first setting's table on the terminal, and where the full report is."""
+    from smallnets.benchmarks.report import markdown_table, ordered, with_speedups
+
     setting = (config.batches[0], config.threads[0])
-    first = [row for row in with_speedups(result.rows) if (row["batch"], row["threads"]) == setting]
+    first = [row for row in with_speedups(rows) if (row["batch"], row["threads"]) == setting]
     print(f"\nbatch {setting[0]}, {setting[1]} thread(s):\n{markdown_table(ordered(first))}")
     print(f"\nfull report: {output / 'report.md'} (results.json, results.csv, timings.json and plots beside it)")
-    return 0
 
 
 def redraw(results: Path, output: Path) -> int:
