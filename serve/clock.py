@@ -20,8 +20,9 @@ from smallnets.serve.batching import BatchedRows
 class RequestClock:
     """Started when a request reaches the service; ``deadline`` is on ``time.monotonic()`` (= the event loop's clock).
 
-    For a request of several images, decode and preprocess add up over its images; queue and inference are those
-    of its slowest-to-start batch and its longest batch.
+    Queue is the time spent waiting, for a decode thread and for a batch. For a request of several images, decode,
+    preprocess and the waits for decode threads add up over its images; the batch part of queue and inference are
+    those of its slowest-to-start batch and its longest batch.
     """
 
     started: float
@@ -56,7 +57,7 @@ class RequestClock:
 
     def merge(self, answers: Sequence[BatchedRows]) -> np.ndarray:
         """The outputs of a request's batches in order; records their queue and inference time and batch size."""
-        self.phases["queue"] = max(answer.queue_ms for answer in answers) / 1000.0
+        self.add("queue", max(answer.queue_ms for answer in answers) / 1000.0)
         self.phases["inference"] = max(answer.inference_ms for answer in answers) / 1000.0
         self.batch_size = max(answer.batch_size for answer in answers)
         return np.concatenate([answer.outputs for answer in answers]) if len(answers) > 1 else answers[0].outputs

@@ -204,6 +204,7 @@ class ImageClassifier:
             "model": self.model_name,
             "model_tag": MODEL_TAG,
             "model_file": str(self.model_path),
+            "target": (self.classifier.card.quantization or {}).get("name"),  # the CPU target int8 was built for
             "provider_notes": self.classifier.provider_notes,
             "preprocessing": asdict(self.classifier.card.preprocessing),  # shown by the /ui model card
             "workers": SETTINGS.workers,
@@ -290,7 +291,12 @@ class ImageClassifier:
             for index, upload in enumerate(uploads):
                 image, opened[index] = opened[index], None  # once decoded, nothing keeps the full-size pixels
                 row = await anyio.to_thread.run_sync(
-                    self._decode_and_preprocess, upload.filename, image, clock, limiter=self._decoders
+                    self._decode_and_preprocess,
+                    upload.filename,
+                    image,
+                    clock,
+                    time.perf_counter(),
+                    limiter=self._decoders,
                 )
                 del image
                 submitted.append(asyncio.ensure_future(self.batcher.submit(row, clock.deadline)))
@@ -385,8 +391,11 @@ class ImageClassifier:
         except ImageDecodeError as error:
             raise RequestRejected(400, f"{upload.filename}: {error}") from error
 
-    def _decode_and_preprocess(self, filename: str, image: Image.Image, clock: RequestClock) -> np.ndarray:
+    def _decode_and_preprocess(
+        self, filename: str, image: Image.Image, clock: RequestClock, queued_at: float
+    ) -> np.ndarray:
         """One upload -> one model row, in a decode thread; the decoded picture is freed before returning."""
+        clock.add("queue", time.perf_counter() - queued_at)  # waiting for a decode thread
         if clock.expired():  # waited for a decode thread past the deadline: do not start
             raise DeadlineExceeded("deadline passed before decoding")
         with clock.phase("decode"):

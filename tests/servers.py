@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 READY_TIMEOUT_S = 180
+# Base URL -> pid of the `smallnets serve` process behind it (for tests that watch the worker processes).
+SERVER_PIDS: dict[str, int] = {}
 
 
 def free_port() -> int:
@@ -60,11 +62,34 @@ def smallnets_server(model: Path, workdir: Path, env: Mapping[str, str] | None =
             if time.monotonic() > deadline:
                 pytest.fail(f"server not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
             time.sleep(0.5)
+        SERVER_PIDS[url] = process.pid
         yield url
     finally:
+        SERVER_PIDS.pop(url, None)
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def worker_pids(url: str) -> list[int]:
+    """The BentoML worker processes (the ones running the service and its model) of the server at ``url``."""
+    server = SERVER_PIDS[url]
+    children = Path(f"/proc/{server}/task/{server}/children").read_text().split()
+    return [int(pid) for pid in children if b"_bentoml_impl.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def resident_mb(pid: int) -> float:
+    """Current resident memory (VmRSS) of a process, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (all its threads), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

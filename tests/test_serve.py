@@ -6,6 +6,7 @@ Every bad request must get a 4xx JSON ``{"error": ...}`` and leave the server se
 from __future__ import annotations
 
 import io
+import math
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from test_images import png_header_only
 MAX_UPLOAD_MB = 1  # small cap so the 413 case sends little
 MAX_BATCH_IMAGES = 4
 MAX_BATCH_SIZE = 2  # below MAX_BATCH_IMAGES, so a batch request is split across ONNX Runtime batches
+MAX_REQUEST_PIXELS = 5_000_000  # decoded pixels per request: a 4000x3000 JPEG decodes at half scale (3 MP) and fits
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
 JSON = {"content-type": "application/json"}
@@ -59,6 +61,8 @@ def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         "SMALLNETS_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
         "SMALLNETS_MAX_BATCH_IMAGES": str(MAX_BATCH_IMAGES),
         "SMALLNETS_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
+        "SMALLNETS_MAX_REQUEST_PIXELS": str(MAX_REQUEST_PIXELS),
+        "SMALLNETS_MAX_QUEUE": "16",  # the concurrency test's 8 clients all get in (shedding: test_serve_overload)
     }
     with smallnets_server(model, tmp_path_factory.mktemp("server"), limits) as url:
         yield Server(url)
@@ -101,6 +105,13 @@ def test_metadata_describes_the_model(http: httpx.Client) -> None:
     assert "CPUExecutionProvider" in meta["providers"] and meta["threads"] >= 1
     assert meta["max_upload_bytes"] == MAX_UPLOAD_MB * 1024 * 1024
     assert meta["max_batch_images"] == MAX_BATCH_IMAGES and meta["max_batch_size"] == MAX_BATCH_SIZE
+    assert meta["max_request_pixels"] == MAX_REQUEST_PIXELS
+    # Sized from the CPUs this process may use (affinity, capped by a cgroup quota when in a container).
+    assert meta["workers"] >= 1 and meta["threads_per_worker"] >= 1 and meta["decode_threads"] >= 1
+    assert meta["workers"] * meta["threads_per_worker"] <= meta["cores"]
+    assert meta["cpu_quota"] is None or meta["cores"] <= max(1, math.ceil(meta["cpu_quota"]))
+    assert meta["max_queue"] >= MAX_BATCH_SIZE and meta["request_timeout_s"] > 0
+    assert set(meta["raw_image_types"]) == {"image/jpeg", "image/png", "image/webp"}
 
 
 def test_cat_photo_gives_a_cat(http: httpx.Client, upright: dict[str, bytes]) -> None:
@@ -319,14 +330,139 @@ def test_url_in_a_file_field_is_never_fetched(http: httpx.Client, still_serving:
             listener.accept()
 
 
-def test_metrics_expose_the_project_histograms(http: httpx.Client, upright: dict[str, bytes]) -> None:
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_raw_image_body_classifies_like_multipart(
+    http: httpx.Client, photos: dict[str, Image.Image], upright: dict[str, bytes], fmt: str
+) -> None:
+    """The bytes themselves as the body (Content-Type image/...), top_k in the query string."""
+    data = (
+        upright["coffee"]
+        if fmt == "JPEG"
+        else encode(photos["coffee"], fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    )
+    raw = http.post("/classify", content=data, headers={"content-type": f"image/{fmt.lower()}"}, params={"top_k": 3})
+    multipart = classify(http, data, top_k=3, name=f"coffee.{fmt.lower()}")
+    assert [p["class_id"] for p in predictions(raw)] == [p["class_id"] for p in predictions(multipart)]
+    assert predictions(raw)[0]["class_id"] == ESPRESSO and len(predictions(raw)) == 3
+    np.testing.assert_allclose(
+        [p["score"] for p in predictions(raw)], [p["score"] for p in predictions(multipart)], atol=1e-5
+    )
+
+
+RAW_BAD_REQUESTS = {
+    "octet_stream": (
+        lambda http: http.post("/classify", content=b"\xff\xd8", headers={"content-type": "application/octet-stream"}),
+        415,
+        "image/jpeg",
+    ),
+    "empty": (lambda http: http.post("/classify", content=b"", headers={"content-type": "image/png"}), 400, "empty"),
+    "not_an_image": (
+        lambda http: http.post("/classify", content=b"hello" * 50, headers={"content-type": "image/jpeg"}),
+        400,
+        "body",
+    ),
+    "top_k": (
+        lambda http: http.post("/classify", content=b"x", headers={"content-type": "image/jpeg"}, params={"top_k": 99}),
+        400,
+        "top_k",
+    ),
+    "too_large": (
+        lambda http: http.post(
+            "/classify", content=b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 1), headers={"content-type": "image/webp"}
+        ),
+        413,
+        "too large",
+    ),
+    "too_large_chunked": (
+        lambda http: http.post(
+            "/classify",
+            content=iter([b"\0" * 65536] * (MAX_UPLOAD_MB * 16 + 2)),
+            headers={"content-type": "image/jpeg"},
+        ),
+        413,
+        "too large",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW_BAD_REQUESTS))
+def test_bad_raw_body_is_a_clear_4xx(http: httpx.Client, still_serving: None, case: str) -> None:
+    send, status, fragment = RAW_BAD_REQUESTS[case]
+    assert_rejected(send(http), status, fragment)
+
+
+def server_timing(response: httpx.Response) -> dict[str, float]:
+    """The ``Server-Timing`` header as {name: milliseconds}."""
+    timings = {}
+    for entry in response.headers["server-timing"].split(","):
+        name, _, duration = entry.strip().partition(";dur=")
+        timings[name] = float(duration)
+    return timings
+
+
+def test_server_timing_says_where_the_time_went(http: httpx.Client, upright: dict[str, bytes]) -> None:
+    response = classify(http, upright["chelsea"])
+    assert response.status_code == 200
+    timing = server_timing(response)
+    assert set(timing) == {"queue", "decode", "preprocess", "inference", "total"}, timing
+    assert timing["decode"] > 0 and timing["preprocess"] > 0 and timing["inference"] > 0
+    phases = timing["queue"] + timing["decode"] + timing["preprocess"] + timing["inference"]
+    assert phases <= timing["total"] * 1.01 + 0.1
+    assert timing["inference"] == pytest.approx(response.json()["inference_ms"], abs=0.01)
+    rejected = http.post("/classify", files={"image": ("a.jpg", b"junk")})
+    assert rejected.status_code == 400 and "total" in server_timing(rejected)
+
+
+def test_pixel_budget_refuses_a_request_before_decoding(http: httpx.Client, still_serving: None) -> None:
+    """Headers declaring 4 x 1.5 MP (over the 5 MP budget) with no pixel data: 413 naming the limit, not a 400
+    for the missing data, so nothing was decoded."""
+    files = [("images", (f"{i}.png", png_header_only(1500, 1000))) for i in range(4)]
+    response = http.post("/classify_batch", files=files)
+    assert_rejected(response, 413, f"limit of {MAX_REQUEST_PIXELS}")
+    assert "SMALLNETS_MAX_REQUEST_PIXELS" in response.json()["error"] and "6000000 pixels" in response.json()["error"]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_large_photo_is_shrunk_while_decoding_and_still_right(
+    http: httpx.Client, photos: dict[str, Image.Image], fmt: str
+) -> None:
+    """Big uploads give the small photo's answer: a 12 MP JPEG (decoded at half scale) and a 3 MP palette PNG
+    (expanded to RGB, then box-reduced: palette indices cannot be averaged); both fit the 1 MB upload cap."""
+    if fmt == "JPEG":
+        data = jpeg(photos["chelsea"].resize((4000, 3000), Image.Resampling.BICUBIC))
+    else:
+        big = photos["chelsea"].resize((2048, 1536), Image.Resampling.BICUBIC)
+        data = encode(big.convert("P", palette=Image.Palette.ADAPTIVE), "PNG", optimize=True)
+    small = predictions(classify(http, jpeg(photos["chelsea"]), top_k=3))
+    found = predictions(classify(http, data, top_k=3))
+    assert found[0]["class_id"] in CAT_CLASSES and {p["class_id"] for p in found} & {p["class_id"] for p in small}
+
+
+def metric_values(text: str, name: str) -> dict[str, float]:
+    """Samples of one metric as {label string: value}."""
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key[len(name) :]] = float(value)
+    return values
+
+
+def test_metrics_cover_requests_latency_phases_batches_queue_and_model(
+    http: httpx.Client, upright: dict[str, bytes]
+) -> None:
     predictions(classify(http, upright["rocket"]))
+    http.post("/classify", files={"image": ("junk.jpg", b"junk")})
     text = http.get("/metrics").text
-    for metric in ("smallnets_inference_seconds", "smallnets_batch_size"):
-        counts = [
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(f"{metric}_count") and 'model="efficientnet_lite0_fp32"' in line
-        ]
-        assert counts and sum(counts) >= 1, f"{metric} missing or empty in /metrics"
-    assert "bentoml_service_request_total" in text or "request_total" in text
+    requests = metric_values(text, "smallnets_requests_total")
+    assert requests['{route="/classify",status="200"}'] >= 1 and requests['{route="/classify",status="400"}'] >= 1
+    durations = metric_values(text, "smallnets_request_duration_seconds_count")
+    assert durations['{route="/classify"}'] >= 2
+    phases = metric_values(text, "smallnets_request_phase_seconds_count")
+    assert {key.split('"')[1] for key in phases} == {"queue", "decode", "preprocess", "inference"}
+    for metric in ("smallnets_inference_seconds_count", "smallnets_batch_size_count"):
+        assert metric_values(text, metric)['{model="efficientnet_lite0_fp32"}'] >= 1
+    assert metric_values(text, "smallnets_queue_depth") and metric_values(text, "smallnets_queue_limit")
+    (info,) = metric_values(text, "smallnets_model_info").items()
+    assert 'model="efficientnet_lite0_fp32"' in info[0] and 'precision="fp32"' in info[0] and info[1] == 1.0
+    assert "bentoml_service_request_total" in text
