@@ -202,10 +202,12 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
     from smallnets.core.artifacts import resolve_model_file
     from smallnets.core.hardware import detect_cpu
     from smallnets.core.runtime import resolve_providers
-    from smallnets.serve.store import import_model
+    from smallnets.serve.store import import_model, read_card
 
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise ValueError("--workers and --threads must be positive integers")
+    model_file = resolve_model_file(args.model)
+    read_card(model_file)  # a missing or foreign model fails first, in one line
     check_listen_address(args.host, args.port)  # before BentoML starts: its own failure is a long traceback
     resolve_providers(_providers(args.providers))  # fail here, not in every worker
     cores = detect_cpu().usable_cores
@@ -216,7 +218,7 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
             file=sys.stderr,
         )
     tag = import_model(args.model)
-    print(f"serving {resolve_model_file(args.model)} as {tag} on http://{args.host}:{args.port}", flush=True)
+    print(f"serving {model_file} as {tag} on http://{args.host}:{args.port}", flush=True)
     command = [sys.executable, "-m", "smallnets.serve.launch", "serve", SERVICE, "--arg", f"model_tag={tag}"]
     command += ["--host", args.host, "--port", str(args.port)]
     os.chdir(project_root())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from PIL import Image
 
 import smallnets.core as core
 import smallnets.serve as serve
+from smallnets.cli import EXIT_NOT_FOUND, EXIT_PARTIAL, EXIT_USAGE
 from smallnets.core.artifacts import resolve_model_file
 from smallnets.core.hardware import detect_cpu
 from smallnets.serve.settings import ServeSettings, SettingsError
@@ -91,18 +94,56 @@ def test_classify_cli_bad_options(model: Path, photo_files: dict[str, Path], arg
     assert result.stderr.startswith("smallnets classify: error:") and message in result.stderr
 
 
-def test_classify_cli_names_the_bad_file(model: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"not a jpeg")
-    result = smallnets("classify", str(model), str(broken))
-    assert result.returncode == 2 and "broken.jpg" in result.stderr
+def test_classify_cli_reports_bad_files_and_classifies_the_others(
+    model: Path, photo_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A folder is expanded; a bad or missing file is one stderr line each; the good ones are still answered."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    shutil.copy(photo_files["coffee"], folder / "coffee.jpg")
+    result = smallnets("classify", str(model), str(folder), str(tmp_path / "missing.jpg"), "--top-k", "1", "--json")
+    assert result.returncode == EXIT_PARTIAL
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 2 and "broken.jpg" in errors[0] and "missing.jpg" in errors[1], errors
+    assert "Traceback" not in result.stderr
+    results = {Path(entry["image"]).name: entry for entry in json.loads(result.stdout)["results"]}
+    assert results["coffee.jpg"]["predictions"][0]["label"] == "espresso"
+    assert "not a decodable image" in results["broken.jpg"]["error"] and "error" in results["missing.jpg"]
+
+
+def test_classify_cli_model_errors_are_one_line(model: Path, photo_files: dict[str, Path], tmp_path: Path) -> None:
+    """Missing file, a folder without models, a JPEG renamed .onnx, the README's int8 path after int8 was rejected."""
+    fake = tmp_path / "photo.onnx"
+    shutil.copy(photo_files["coffee"], fake)
+    rejected = tmp_path / "rejected"
+    rejected.mkdir()
+    shutil.copy(model, rejected / "model.fp32.onnx")
+    cases = [
+        (tmp_path / "missing.onnx", EXIT_NOT_FOUND, "does not exist"),
+        (tmp_path, EXIT_NOT_FOUND, "holds none of model.int8.onnx, model.fp32.onnx"),
+        (fake, EXIT_USAGE, "is not a loadable ONNX model"),
+        (rejected / "model.int8.onnx", EXIT_NOT_FOUND, f"no model.int8.onnx in {rejected}: int8 was rejected"),
+    ]
+    for path, code, message in cases:
+        result = smallnets("classify", str(path), str(photo_files["coffee"]))
+        assert result.returncode == code, result.stderr
+        assert len(result.stderr.splitlines()) == 1 and message in result.stderr, result.stderr
+    served = smallnets("classify", str(rejected), str(photo_files["coffee"]), "--top-k", "1")
+    assert served.returncode == 0 and "espresso" in served.stdout, "the folder serves its fp32 model"
+
+
+def test_debug_shows_the_traceback(photo_files: dict[str, Path], tmp_path: Path) -> None:
+    result = smallnets("--debug", "classify", str(tmp_path / "missing.onnx"), str(photo_files["coffee"]))
+    assert result.returncode != 0 and "Traceback" in result.stderr and "FileNotFoundError" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "build"])
 def test_serve_and_build_refuse_a_missing_or_foreign_model(command: str, tmp_path: Path) -> None:
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
     missing = smallnets(command, str(tmp_path / "missing.onnx"), env=env)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr and "smallnets export" in missing.stderr
+    assert missing.returncode == EXIT_NOT_FOUND
+    assert "does not exist" in missing.stderr and "smallnets export" in missing.stderr
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")
     foreign = smallnets(command, str(garbage), env=env)
@@ -170,3 +211,57 @@ def test_an_optimize_folder_serves_its_best_model(tmp_path: Path) -> None:
     (tmp_path / "model.int8.onnx").write_bytes(b"int8")
     assert resolve_model_file(tmp_path) == tmp_path / "model.int8.onnx"
     assert resolve_model_file(tmp_path / "model.fp32.onnx") == tmp_path / "model.fp32.onnx"
+
+
+def with_card(source: Path, target: Path, **changes: object) -> Path:
+    """A copy of ``source`` whose model card (and nothing else) differs."""
+    import onnx
+
+    from smallnets.core.metadata import CARD_KEY, ModelCard
+
+    proto = onnx.load(str(source))
+    card = ModelCard.from_json(next(p.value for p in proto.metadata_props if p.key == CARD_KEY))
+    for prop in proto.metadata_props:
+        if prop.key == CARD_KEY:
+            prop.value = card.with_updates(**changes).to_json()
+    onnx.save(proto, str(target))
+    return target
+
+
+def test_the_store_tag_follows_content_not_the_export_time(model: Path, tmp_path: Path) -> None:
+    """A re-export differs only in exported_at: same tag, so the BentoML store keeps one copy; other content differs."""
+    from smallnets.core.files import sha256_file
+    from smallnets.serve.store import content_digest, read_card
+
+    card = read_card(model)
+    later = with_card(model, tmp_path / "later.onnx", provenance={**card.provenance, "exported_at": "2030-01-01"})
+    other = with_card(model, tmp_path / "other.onnx", weights="random seed 1")
+    assert sha256_file(later) != sha256_file(model)
+    assert content_digest(later, read_card(later)) == content_digest(model, card)
+    assert content_digest(other, read_card(other)) != content_digest(model, card)
+
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    code = "import sys\nfrom smallnets.serve.store import import_model\nprint(import_model(sys.argv[1]))"
+    tags = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, check=True
+        ).stdout.strip()
+        for path in (model, later)
+    ]
+    assert tags[0] == tags[1]
+    stored = tmp_path / "bentoml" / "models" / tags[0].split(":")[0]
+    assert len([path for path in stored.iterdir() if path.is_dir()]) == 1, "one stored copy"
+
+
+@pytest.mark.parametrize(("arch", "warned"), [("x86_64", True), ("aarch64", False)])
+def test_build_warns_when_int8_is_for_another_architecture(
+    model: Path, arch: str, warned: bool, capsys: pytest.CaptureFixture
+) -> None:
+    platform = "linux/arm64"
+    from smallnets.serve.cli import warn_if_other_arch
+    from smallnets.serve.store import read_card
+
+    card = read_card(model).with_updates(precision="int8", quantization={"name": "x86-avx2", "arch": arch})
+    warn_if_other_arch(card, platform)
+    error = capsys.readouterr().err
+    assert ("warning:" in error and platform in error and "unvalidated" in error) == warned, error

@@ -41,4 +41,7 @@ def missing_model_message(path: Path) -> str:
             f"no {INT8_NAME} in {folder}: int8 was rejected (see {folder / REPORT_MARKDOWN}); "
             f"use {folder} or {folder / FP32_NAME}"
         )
-    return f"model file {path} does not exist: pass an .onnx file or a `smallnets optimize` output folder"
+    return (
+        f"model file {path} does not exist: pass an .onnx file (`smallnets export NAME -o FILE.onnx` makes one) "
+        "or a `smallnets optimize` output folder"
+    )
