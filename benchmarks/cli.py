@@ -115,7 +115,8 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
         "--from-results",
         type=Path,
         metavar="RESULTS_JSON",
-        help="measure nothing: redraw report.md, results.csv and plots from an earlier results.json",
+        help="measure nothing: redraw report.md, results.csv and plots from an earlier results.json "
+        "(default: measure)",
     )
     parser.add_argument(
         "-o", "--output", type=Path, help="output folder (default: results, or the folder of --from-results)"

@@ -108,11 +108,19 @@ def add_optimize_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("preprocessing (required for ONNX files without a smallnets model card)")
-    group.add_argument("--resolution", type=int, help="input size (center crop) in pixels")
-    group.add_argument("--resize", type=int, help="shorter side before cropping (default resolution / 0.875)")
-    group.add_argument("--mean", type=_triple, help="per-channel mean, e.g. 0.485,0.456,0.406")
-    group.add_argument("--std", type=_triple, help="per-channel std, e.g. 0.229,0.224,0.225")
-    group.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), help="resize filter")
+    group.add_argument("--resolution", type=int, help="input size (center crop) in pixels (default: the card's)")
+    group.add_argument("--resize", type=int, help="shorter side before cropping (default: resolution / 0.875)")
+    group.add_argument(
+        "--mean", type=_triple, help="per-channel mean, e.g. 0.485,0.456,0.406 (default: the card's, else ImageNet)"
+    )
+    group.add_argument(
+        "--std", type=_triple, help="per-channel std, e.g. 0.229,0.224,0.225 (default: the card's, else ImageNet)"
+    )
+    group.add_argument(
+        "--interpolation",
+        choices=("bilinear", "bicubic", "nearest"),
+        help="resize filter (default: the card's, else bilinear)",
+    )
 
 
 def _triple(text: str) -> tuple[float, float, float]:
