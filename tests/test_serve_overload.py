@@ -1,0 +1,117 @@
+"""Overload and abandoned work over real HTTP: a full queue answers 503 at once, a request past its deadline gets
+504 (not a late 200) and its remaining decoding stops, a client that hangs up stops its work too.
+
+One `smallnets serve` with a tight queue (2 requests) and a short deadline (3 s); heavy requests are batches of
+flat 3000x3000 PNGs (9 MP each, ~0.3-1 s of decoding apiece), far more work than the deadline allows.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from PIL import Image
+from servers import cpu_seconds, smallnets_server, worker_pids
+from test_serve import assert_rejected, jpeg, metric_values
+
+MAX_QUEUE = 2
+TIMEOUT_S = 3
+HEAVY_IMAGES = 16  # 16 x 9 MP = 144 MP: inside the default 150 MP budget, several times the deadline's work
+
+
+@pytest.fixture(scope="module")
+def tight(exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    model = exported("efficientnet_lite0", weights="imagenet")
+    limits = {"SMALLNETS_MAX_QUEUE": str(MAX_QUEUE), "SMALLNETS_REQUEST_TIMEOUT_S": str(TIMEOUT_S)}
+    with smallnets_server(model, tmp_path_factory.mktemp("tight"), limits) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def heavy_files() -> list[tuple[str, tuple[str, bytes, str]]]:
+    buffer = io.BytesIO()
+    Image.new("RGB", (3000, 3000), (30, 120, 200)).save(buffer, format="PNG")
+    return [("images", (f"flat{index}.png", buffer.getvalue(), "image/png")) for index in range(HEAVY_IMAGES)]
+
+
+@pytest.fixture(scope="module")
+def photo(photos: dict[str, Image.Image]) -> bytes:
+    return jpeg(photos["coffee"])
+
+
+def wait_idle(url: str, client: httpx.Client) -> None:
+    """Until the worker holds no request (its queue-depth gauge is 0)."""
+    for _ in range(200):
+        if sum(metric_values(client.get(f"{url}/metrics").text, "smallnets_queue_depth").values()) == 0:
+            return
+        time.sleep(0.1)
+    pytest.fail("the server still holds requests after 20 s")
+
+
+def cpu_after(pid: int, seconds: float) -> float:
+    start = cpu_seconds(pid)
+    time.sleep(seconds)
+    return cpu_seconds(pid) - start
+
+
+def test_past_the_deadline_is_504_and_the_rest_is_dropped(tight: str, heavy_files: list) -> None:
+    (worker,) = worker_pids(tight)
+    with httpx.Client(timeout=60, trust_env=False) as client:
+        wait_idle(tight, client)
+        before = cpu_seconds(worker)
+        response = client.post(f"{tight}/classify_batch", files=heavy_files)
+        during = cpu_seconds(worker) - before
+        assert_rejected(response, 504, f"{TIMEOUT_S} s deadline")
+        # At most the image being decoded at the deadline finishes; the remaining ones never start.
+        assert cpu_after(worker, 2.0) < 0.5 * during
+        requests = metric_values(client.get(f"{tight}/metrics").text, "smallnets_requests_total")
+        assert requests['{route="/classify_batch",status="504"}'] >= 1
+
+
+def test_a_client_that_hangs_up_stops_its_work(tight: str, heavy_files: list) -> None:
+    (worker,) = worker_pids(tight)
+    with httpx.Client(timeout=60, trust_env=False) as client:
+        wait_idle(tight, client)
+        before = cpu_seconds(worker)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{tight}/classify_batch", files=heavy_files, timeout=1.0, trust_env=False)
+        during = cpu_seconds(worker) - before
+        assert cpu_after(worker, 1.5) < max(0.5 * during, 0.5)
+        requests = metric_values(client.get(f"{tight}/metrics").text, "smallnets_requests_total")
+        assert requests['{route="/classify_batch",status="499"}'] >= 1  # the server saw the client go
+        wait_idle(tight, client)
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once(tight: str, heavy_files: list, photo: bytes) -> None:
+    with httpx.Client(timeout=60, trust_env=False) as client:
+        wait_idle(tight, client)
+
+        def heavy() -> tuple[int, float]:
+            started = time.perf_counter()
+            response = httpx.post(f"{tight}/classify_batch", files=heavy_files, timeout=60, trust_env=False)
+            return response.status_code, time.perf_counter() - started
+
+        with ThreadPoolExecutor(MAX_QUEUE) as pool:
+            holding = [pool.submit(heavy) for _ in range(MAX_QUEUE)]
+            time.sleep(0.5)  # both heavy requests are in: the queue is full
+            shed = []
+            for _ in range(5):
+                started = time.perf_counter()
+                response = client.post(f"{tight}/classify", files={"image": ("coffee.jpg", photo, "image/jpeg")})
+                shed.append((response, time.perf_counter() - started))
+            held = [future.result() for future in holding]
+        for response, _ in shed:
+            assert_rejected(response, 503, "busy")
+            assert response.headers["retry-after"] == "1" and "SMALLNETS_MAX_QUEUE" in response.json()["error"]
+        assert {status for status, _ in held} <= {200, 504}
+        # Refused at once: each 503 came back in a small fraction of the time the held requests took.
+        assert max(seconds for _, seconds in shed) < 0.1 * min(seconds for _, seconds in held)
+        requests = metric_values(client.get(f"{tight}/metrics").text, "smallnets_requests_total")
+        assert requests['{route="/classify",status="503"}'] >= 5
+        wait_idle(tight, client)
+        ok = client.post(f"{tight}/classify", files={"image": ("coffee.jpg", photo, "image/jpeg")})
+        assert ok.status_code == 200, ok.text
