@@ -22,7 +22,9 @@ class PreprocessingFlags:
 
     @property
     def given(self) -> bool:
-        return any(value is not None for value in (self.resolution, self.resize, self.mean, self.std))
+        return any(
+            value is not None for value in (self.resolution, self.resize, self.mean, self.std, self.interpolation)
+        )
 
 
 def resolve_card(model: onnx.ModelProto, flags: PreprocessingFlags, source: str) -> tuple[ModelCard, list[str]]:

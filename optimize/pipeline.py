@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,33 +16,37 @@ import onnx
 import onnxruntime as ort
 
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME
+from smallnets.core.evaluation import (
+    PreparedImages,
+    prepare,
+    prepare_pictures,
+    read_labelled_folder,
+    split_folders,
+)
 from smallnets.core.files import check_output_dir, replace_folder, write_manifest
 from smallnets.core.hardware import detect_cpu
 from smallnets.core.metadata import ModelCard
+from smallnets.core.targets import Target, resolve_target, runs_here
 from smallnets.optimize.calibration import (
+    REPORT_PHOTOS,
+    SELECTION_PHOTOS,
     ImageCalibrationReader,
     ImageSet,
     demo_calibration_set,
     demo_evaluation_set,
     folder_set,
+    images_from,
 )
 from smallnets.optimize.card import PreprocessingFlags, resolve_card
 from smallnets.optimize.fuse import count_diff, fuse, op_counts
 from smallnets.optimize.groups import NodeGroup, find_groups
-from smallnets.optimize.latency import measure_latency
+from smallnets.optimize.latency import SpeedGate, measure_latency, speed_gate
 from smallnets.optimize.modelio import load_model, save_model, write_card
-from smallnets.optimize.presets import QuantPreset, resolve_target, runs_here
 from smallnets.optimize.quantize import calibration_method, prepare_for_quantization, quantize_model
-from smallnets.optimize.recipe import (
-    LogitCache,
-    SearchResult,
-    SearchSettings,
-    accuracy_loss,
-    budget_metric,
-    search_recipe,
-)
-from smallnets.optimize.report import OptimizeReport
+from smallnets.optimize.recipe import CandidateBuilder, SearchResult, SearchSettings, Trial, search_recipe
+from smallnets.optimize.report import OptimizeReport, Reason, Status, Verdict
 from smallnets.optimize.simplify import simplify
+from smallnets.optimize.validate import MIN_LABELLED_IMAGES, Check, GateRules, Reference, final_verdict
 
 # Bounds of the recipe search by name (`--effort`, the same words as `smallnets bench`): "full" is the default
 # decision procedure; "bounded" cuts calibration images, timing runs and repair steps but keeps the whole evaluation
@@ -52,17 +56,20 @@ SEARCH_EFFORTS: dict[str, dict[str, int]] = {
     "bounded": {"calib_images": 32, "latency_runs": 20, "max_repair_steps": 2},
     "quick": {"calib_images": 16, "eval_per_photo": 4, "max_candidates": 2, "max_repair_steps": 1, "latency_runs": 20},
 }
+# Calibration pictures used to rank group sensitivity in the repair step (never selection or report images).
+PROBE_IMAGES = 16
 
 
 @dataclass(frozen=True)
 class OptimizeConfig:
     """Everything that decides the artifacts; saved in report.json.
 
+    ``eval_dir`` is a labelled ImageFolder (SYNSET/photo.JPEG): it is split by content hash into calibration,
+    selection and report parts (``calib_dir``, when given, supplies the calibration photos instead; photos in
+    both are kept on one side). Without it the unlabelled demo photos stand in and int8 is never "validated".
     ``max_candidates``/``max_repair_steps``/``latency_runs`` bound the recipe search (tests shrink them; the
-    defaults run the full procedure). ``calib_images`` caps the calibration set, ``eval_per_photo`` sizes the
-    demo evaluation grid
-    (32 views x 7 photos = 224 images, about half of them decisive for a trained model, so a 1% budget can
-    tolerate one disagreement).
+    defaults run the full procedure). ``calib_images`` caps the calibration part, ``eval_per_photo`` sizes the
+    demo grid (crops per demo photo).
     """
 
     target: str = "auto"
@@ -70,7 +77,6 @@ class OptimizeConfig:
     max_drop: float = 1.0
     calib_dir: Path | None = None
     eval_dir: Path | None = None
-    eval_labels: Path | None = None
     force: bool = False
     calib_images: int = 64
     eval_per_photo: int = 32
@@ -79,14 +85,25 @@ class OptimizeConfig:
     max_repair_steps: int = 3
     latency_runs: int = 60
 
-    def search_settings(self) -> SearchSettings:
-        return SearchSettings(self.max_drop, self.max_candidates, self.max_repair_steps, self.latency_runs)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             key: (str(value) if isinstance(value, Path) else value.__dict__ if key == "preprocessing" else value)
             for key, value in self.__dict__.items()
         }
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """Calibration pictures and the two evaluation parts, disjoint; ``split`` records how (for report.json)."""
+
+    calibration: ImageSet
+    selection: PreparedImages
+    report: PreparedImages
+    split: dict[str, Any]
+
+    @property
+    def labelled(self) -> bool:
+        return self.report.labels is not None
 
 
 def optimize_model(model: str | Path, outdir: str | Path, config: OptimizeConfig) -> OptimizeReport:
@@ -99,12 +116,12 @@ def optimize_model(model: str | Path, outdir: str | Path, config: OptimizeConfig
     check_output_dir(outdir, config.force)
     exported = load_model(source)
     card, notes = resolve_card(exported, config.preprocessing, str(source))
-    calibration_set, evaluation_set = load_data(config, card)
+    data = load_data(config, card)
 
     outdir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
-        report = build(exported, card, preset, target_reason, config, calibration_set, evaluation_set, staging, notes)
+        report = build(exported, card, preset, target_reason, config, data, staging, notes)
         report.outdir = outdir
         report.write(staging / "final")
         write_manifest(staging / "final", "optimize")
@@ -114,30 +131,40 @@ def optimize_model(model: str | Path, outdir: str | Path, config: OptimizeConfig
     return report
 
 
-def load_data(config: OptimizeConfig, card: ModelCard) -> tuple[ImageSet, ImageSet]:
-    if config.eval_labels and not config.eval_dir:
-        raise ValueError("--eval-labels needs --eval-dir (the CSV names files relative to it)")
+def load_data(config: OptimizeConfig, card: ModelCard) -> EvaluationData:
+    """The labelled folder split three ways, or (no folder) the demo photos, one disjoint group per use."""
+    if config.eval_dir is not None:
+        folder = read_labelled_folder(config.eval_dir, card.synsets)
+        split = split_folders(folder, config.calib_dir, config.calib_images)
+        return EvaluationData(
+            calibration=images_from(split.calibration, split.calibration_source),
+            selection=prepare(split.selection, card.preprocessing, f"{folder.root} (selection part)"),
+            report=prepare(split.report, card.preprocessing, f"{folder.root} (report part)"),
+            split=split.to_dict(),
+        )
     calibration = (
-        folder_set(config.calib_dir, "calib", limit=config.calib_images)
+        folder_set(config.calib_dir, limit=config.calib_images)
         if config.calib_dir
         else demo_calibration_set(config.calib_images)
     )
-    evaluation = (
-        folder_set(config.eval_dir, "eval", synsets=card.synsets, labels_csv=config.eval_labels)
-        if config.eval_dir
-        else demo_evaluation_set(config.eval_per_photo)
+    selection = demo_evaluation_set(SELECTION_PHOTOS, config.eval_per_photo)
+    report = demo_evaluation_set(REPORT_PHOTOS, config.eval_per_photo)
+    counts = {"calibration": len(calibration), "selection": len(selection), "report": len(report)}
+    return EvaluationData(
+        calibration=calibration,
+        selection=prepare_pictures(selection.images, card.preprocessing, selection.source),
+        report=prepare_pictures(report.images, card.preprocessing, report.source),
+        split={"method": "disjoint demo photos, one group per use", "counts": counts, "disjoint": True},
     )
-    return calibration, evaluation
 
 
 def build(
     exported: onnx.ModelProto,
     card: ModelCard,
-    preset: QuantPreset,
+    preset: Target,
     target_reason: str,
     config: OptimizeConfig,
-    calibration_set: ImageSet,
-    evaluation_set: ImageSet,
+    data: EvaluationData,
     staging: Path,
     notes: list[str],
 ) -> OptimizeReport:
@@ -152,33 +179,40 @@ def build(
     groups = find_groups(prepare_for_quantization(fused, prepared_path))
 
     cache = scratch / "calibration.json"
-    reader = ImageCalibrationReader(calibration_set.images, card.preprocessing, exported.graph.input[0].name)
+    reader = ImageCalibrationReader(data.calibration.images, card.preprocessing, exported.graph.input[0].name)
 
     def quantize(output: Path, exclude: list[str]) -> None:
         quantize_model(
-            prepared_path, output, preset, config.calibration, cache, None if cache.exists() else reader, exclude
+            prepared_path, output, preset.quant, config.calibration, cache, None if cache.exists() else reader, exclude
         )
 
-    evaluation = LogitCache(fp32_path, evaluation_set.images, evaluation_set.labels, "evaluate")
-    probe = LogitCache(fp32_path, calibration_set.images[: config.search_settings().probe_images], None, "probe")
-    settings = replace(config.search_settings(), gate_on_speed=runs_here(preset))
+    rules = GateRules(config.max_drop, preset.int8_min_cosine, random_weights=card.weights.startswith("random"))
+    settings = SearchSettings(
+        rules, config.max_candidates, config.max_repair_steps, config.latency_runs, gate_on_speed=runs_here(preset)
+    )
     if not settings.gate_on_speed:
         notes.append(
             f"target {preset.name} is for {preset.arch} CPUs and this machine is not: latencies here are host "
             "figures, not device ones, and int8 was not rejected for them"
         )
-    result = search_recipe(fp32_path, groups, quantize, evaluation, probe, scratch, settings)
+    selection = Reference(fp32_path, data.selection, "selection")
+    probe_images = data.calibration.images[:PROBE_IMAGES]
+    probe = Reference(fp32_path, prepare_pictures(probe_images, card.preprocessing, "probe"), "probe")
+    result = search_recipe(fp32_path, CandidateBuilder(groups, quantize, scratch), selection, probe, settings)
 
+    final_check = Reference(fp32_path, data.report, "report").check(result.closest.path) if result.closest else None
+    verdict, speed = decide(result, final_check, rules, settings, fp32_path, preset)
     fp32_ms = result.chosen.fp32_ms if result.chosen else measure_latency([fp32_path], runs=config.latency_runs)[0]
     int8_entry = None
-    if result.chosen:
+    if result.chosen and verdict.writes_int8:
         quantized = onnx.load(str(result.chosen.path))
         quantization = {
             **preset.to_dict(),
             "calibration": config.calibration,
-            "calibration_images": len(calibration_set),
+            "calibration_images": len(data.calibration),
             "recipe": result.chosen.name,
             "float_groups": list(result.chosen.float_groups),
+            "accuracy_status": verdict.status.value,
         }
         write_card(quantized, card.with_updates(precision="int8", quantization=quantization))
         int8_path = save_model(quantized, final / INT8_NAME)
@@ -188,74 +222,143 @@ def build(
         preset,
         target_reason,
         config,
-        calibration_set,
-        evaluation_set,
+        data,
         groups,
         result,
+        verdict,
+        final_check,
+        settings,
+        speed,
         artifact(fp32_path, fp32_ms),
         int8_entry,
-        exported,
-        simplified,
-        fused,
+        (exported, simplified, fused),
         notes,
     )
+
+
+def decide(
+    result: SearchResult,
+    final_check: Check | None,
+    rules: GateRules,
+    settings: SearchSettings,
+    fp32: Path,
+    preset: Target,
+) -> tuple[Verdict, SpeedGate | None]:
+    """The verdict: the search's refusal, else the accuracy gate on the report part, then the speed gate.
+
+    The speed gate re-times the chosen file in fresh sessions at the target's thread counts, so a candidate that
+    won the search on one noisy timing is not shipped unless it is faster by more than the noise.
+    """
+    if result.refusal is not None:
+        return Verdict(Status.REJECTED, result.refusal.reason, result.refusal.detail), None
+    assert result.chosen is not None and final_check is not None
+    verdict = final_verdict(final_check, rules)
+    if not verdict.writes_int8 or not settings.gate_on_speed:
+        return verdict, None
+    speed = speed_gate(fp32, result.chosen.path, preset.threads)
+    if not speed.accepted:
+        return Verdict(
+            Status.REJECTED,
+            Reason.NONE_FASTER,
+            f"{result.chosen.name} is not faster than fp32 by more than the timing noise here ({speed.summary()})",
+        ), speed
+    return verdict, speed
 
 
 def artifact(path: Path, latency_ms: float | None) -> dict[str, Any]:
     return {"path": path.name, "size_bytes": path.stat().st_size, "latency_ms_p50": latency_ms}
 
 
+def accuracy_status(rules: GateRules, check: Check | None, data: EvaluationData) -> str:
+    """The one line to show beside any accuracy figure of this build."""
+    if rules.random_weights:
+        return "unvalidated (random weights)"
+    paired = check.paired if check else None
+    if paired is None:
+        return "not validated on labelled photos: demo photos only (set SMALLNETS_EVAL_DIR or --eval-dir)"
+    if paired.images < MIN_LABELLED_IMAGES:
+        return f"not validated: only {paired.images} labelled report images (at least {MIN_LABELLED_IMAGES} needed)"
+    return (
+        f"measured on {paired.images} labelled report images of {data.split.get('evaluation_source')}: "
+        f"fp32 top-1 {paired.reference.top1:.1%}, int8 top-1 {paired.candidate.top1:.1%}"
+    )
+
+
+def kept_float(trial: Trial | None, groups: dict[str, NodeGroup]) -> list[dict[str, Any]]:
+    """Each float group of the chosen trial with why: accuracy (a repair step) or speed (the candidate's base)."""
+    if trial is None:
+        return []
+    return [
+        {
+            "group": name,
+            "op_types": list(groups[name].op_types),
+            "nodes": len(groups[name].nodes),
+            "reason": trial.repairs.get(name)
+            or f"speed: part of the fastest in-budget candidate {trial.name} ({groups[name].description})",
+        }
+        for name in trial.float_groups
+    ]
+
+
 def make_report(
     card: ModelCard,
-    preset: QuantPreset,
+    preset: Target,
     target_reason: str,
     config: OptimizeConfig,
-    calibration_set: ImageSet,
-    evaluation_set: ImageSet,
+    data: EvaluationData,
     groups: dict[str, NodeGroup],
     result: SearchResult,
+    verdict: Verdict,
+    final_check: Check | None,
+    settings: SearchSettings,
+    speed: SpeedGate | None,
     fp32: dict[str, Any],
     int8: dict[str, Any] | None,
-    exported: onnx.ModelProto,
-    simplified: onnx.ModelProto,
-    fused: onnx.ModelProto,
+    graphs: tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto],
     notes: list[str],
 ) -> OptimizeReport:
-    chosen = result.chosen
-    validation = chosen.validation if chosen else None
-    kept = []
-    if chosen:
-        for name in chosen.float_groups:
-            group = groups[name]
-            repaired = next((note for note in chosen.notes if f"kept {name} " in note), None)
-            reason = repaired or f"speed: part of the fastest in-budget candidate {chosen.name} ({group.description})"
-            kept.append({"group": name, "op_types": list(group.op_types), "nodes": len(group.nodes), "reason": reason})
+    exported, simplified, fused = graphs
+    written = result.chosen if int8 else None
+    measured = final_check.agreement if final_check else None
+    evaluation = {
+        "part": "report",
+        "candidate": result.closest.name if result.closest else None,
+        "candidate_speedup": result.closest.speedup if result.closest else None,
+        "agreement": measured.to_dict() if measured else None,
+        "labelled": final_check.paired.to_dict() if final_check and final_check.paired else None,
+    }
     return OptimizeReport(
         outdir=Path("."),
-        status="accepted" if chosen else "rejected",
-        reason=result.reason,
-        output=INT8_NAME if chosen else FP32_NAME,
+        status=verdict.status,
+        reason=verdict.reason,
+        detail=verdict.detail,
+        output=INT8_NAME if int8 else FP32_NAME,
         target=preset.name,
         target_reason=target_reason,
         preset=preset.to_dict(),
         fp32=fp32,
         int8=int8,
-        speedup=chosen.speedup if chosen else None,
-        agreement_top1=validation.agreement_top1 if validation else None,
-        top5_overlap=validation.top5_overlap if validation else None,
-        cosine_mean=validation.cosine_mean if validation else None,
-        accuracy=validation.to_dict() if validation else {},
+        speedup=written.speedup if written else None,
+        speed_gated=settings.gate_on_speed,
+        accuracy_status=accuracy_status(settings.rules, final_check, data),
+        agreement_top1=measured.agreement_top1 if measured else None,
+        top5_overlap=measured.top5_overlap if measured else None,
+        cosine_mean=measured.cosine_mean if measured else None,
+        evaluation=evaluation,
+        gate=settings.rules.to_dict(),
+        split=data.split,
         budget={
             "max_drop": config.max_drop,
-            "metric": budget_metric(validation or result.trials[0].validation) if result.trials else None,
-            "loss": accuracy_loss(validation) if validation else None,
+            "metric": "upper end of the 95% interval of the paired top-1 drop (points), labelled report part"
+            if data.labelled and not settings.rules.random_weights
+            else "none without labels: top-1 agreement over all images and logit cosine floors",
         },
-        kept_float=kept,
-        calibration_images=len(calibration_set),
-        calibration_source=calibration_set.source,
+        kept_float=kept_float(written, groups),
+        calibration_images=len(data.calibration),
+        calibration_source=data.calibration.source,
         calibration_method=config.calibration,
-        eval_images=len(evaluation_set),
-        eval_source=evaluation_set.source,
+        eval_images=len(data.report),
+        eval_source=data.report.source,
         node_counts={
             "export": op_counts(exported),
             "simplified": op_counts(simplified),
@@ -264,10 +367,17 @@ def make_report(
             "fusion": count_diff(op_counts(exported), op_counts(fused)),
         },
         search={
-            "settings": config.search_settings().__dict__,
+            "settings": {
+                "max_candidates": settings.max_candidates,
+                "max_repair_steps": settings.max_repair_steps,
+                "latency_runs": settings.latency_runs,
+                "gate_on_speed": settings.gate_on_speed,
+            },
+            "selection_images": len(data.selection),
             "groups": {name: {"nodes": len(g.nodes), "op_types": list(g.op_types)} for name, g in groups.items()},
             "sensitivity_cosine_gain": result.sensitivity,
             "trials": [trial.to_dict() for trial in result.trials],
+            "speed_gate": speed.to_dict() if speed else None,
         },
         notes=notes,
         config=config.to_dict(),

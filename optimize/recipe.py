@@ -1,15 +1,16 @@
 """The recipe search: which node groups stay float so int8 is both accurate and faster than fp32 here.
 
-Bounded and greedy, not a sweep:
-1. Speed candidates, from most to least quantized: everything; smooth activations float; + squeeze-excite
-   float; + grouped convs float; + depthwise float (the usual reasons int8 loses time on x86: Q/DQ pairs
+Bounded and greedy, not a sweep, in four named steps, all judged on the SELECTION part of the images (never on
+the report part, whose figures would otherwise be the best of many tries: the winner's curse):
+1. :func:`speed_candidates` -- from most to least quantized: everything; smooth activations float; + squeeze-
+   excite float; + grouped convs float; + depthwise float (the usual reasons int8 loses time on x86: Q/DQ pairs
    around unfusable ops, kernels without a fast int8 path). Groups absent from the model are skipped.
-2. Each candidate is checked against the accuracy budget on the evaluation images. If it misses, groups are
-   ranked by measured sensitivity (quantize with that group float, mean logit cosine vs fp32 on probe images)
-   and the most sensitive are kept float one at a time until the budget holds or the step limit is reached.
-3. Every candidate is timed against fp32 (batch 1, one thread, interleaved); the fastest within budget wins.
-   If none beats fp32, or none meets the budget, int8 is rejected and fp32 remains the output. For a target
-   CPU of another architecture (arm64 built on x86) timings are reported but not gated on.
+2. :func:`evaluate_candidate` / :func:`repair` -- build and check a candidate against the accuracy budget
+   (point estimates on the selection part); if it misses, keep the most sensitive groups (measured on probe
+   images) float one at a time until it holds or the step limit is reached. Every candidate is timed.
+3. :func:`choose` -- the fastest candidate within budget (the most quantized one when speed is not gated,
+   e.g. an arm64 target built on x86).
+4. :func:`refusal` -- otherwise why not: none within budget, or none faster than fp32.
 """
 
 from __future__ import annotations
@@ -20,27 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from smallnets.core.runtime import OnnxClassifier
 from smallnets.optimize.groups import NodeGroup
 from smallnets.optimize.latency import measure_latency
-from smallnets.optimize.validate import (
-    DECISIVE_MARGIN,
-    ValidationReport,
-    compare_logits,
-    predict_logits,
-    preprocess_batches,
-)
+from smallnets.optimize.report import Reason
+from smallnets.optimize.validate import Check, GateRules, Reference, within_budget
 
 # Cumulative: each step keeps one more group float that costs int8 time on x86 (Q/DQ around unfusable
 # activations, tiny 1x1 SE convs, grouped convs without a fast MLAS int8 path, depthwise convs).
-SPEED_CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("all-int8", ()),
-    ("float-activations", ("activations",)),
-    ("float-activations-se", ("activations", "squeeze_excite")),
-    ("float-activations-se-grouped", ("activations", "squeeze_excite", "grouped")),
-    ("float-activations-se-grouped-depthwise", ("activations", "squeeze_excite", "grouped", "depthwise")),
+SPEED_STEPS: tuple[tuple[str, ...], ...] = (
+    (),
+    ("activations",),
+    ("activations", "squeeze_excite"),
+    ("activations", "squeeze_excite", "grouped"),
+    ("activations", "squeeze_excite", "grouped", "depthwise"),
 )
 
 
@@ -48,11 +41,10 @@ SPEED_CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
 class SearchSettings:
     """Bounds of the search; tests shrink them, the CLI default is the full procedure."""
 
-    max_drop: float = 1.0
+    rules: GateRules
     max_candidates: int | None = None
     max_repair_steps: int = 3
     latency_runs: int = 60
-    probe_images: int = 16
     # False when the target CPU is not this machine's (e.g. arm64 built on x86): host timings of the target's
     # kernels say nothing about the device, so the most-quantized variant within budget is chosen instead.
     gate_on_speed: bool = True
@@ -60,16 +52,20 @@ class SearchSettings:
 
 @dataclass
 class Trial:
-    """One quantized variant that was built and measured."""
+    """One quantized variant that was built, checked on the selection part and timed."""
 
-    name: str
     float_groups: tuple[str, ...]
-    validation: ValidationReport
+    check: Check
     within_budget: bool
+    path: Path
     fp32_ms: float | None = None
     int8_ms: float | None = None
-    path: Path | None = None
-    notes: list[str] = field(default_factory=list)
+    # group kept float for accuracy -> why (its measured sensitivity); the other float groups are for speed
+    repairs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return candidate_name(self.float_groups)
 
     @property
     def speedup(self) -> float | None:
@@ -80,183 +76,193 @@ class Trial:
             "name": self.name,
             "float_groups": list(self.float_groups),
             "within_budget": self.within_budget,
-            "agreement_top1": self.validation.agreement_top1,
-            "agreement_top1_decisive": self.validation.agreement_top1_decisive,
-            "accuracy_loss": accuracy_loss(self.validation),
-            "cosine_mean": self.validation.cosine_mean,
-            "top1_drop_points": self.validation.top1_drop,
+            "check": self.check.to_dict(),
             "fp32_ms": self.fp32_ms,
             "int8_ms": self.int8_ms,
             "speedup": self.speedup,
-            "notes": self.notes,
+            "repairs": self.repairs,
         }
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the search returns no int8 candidate."""
+
+    reason: Reason
+    detail: str
 
 
 @dataclass
 class SearchResult:
+    """The chosen trial, or a refusal plus the closest trial (still reported on, never written)."""
+
     chosen: Trial | None
+    closest: Trial | None
+    refusal: Refusal | None
     trials: list[Trial]
     sensitivity: dict[str, float]
-    reason: str
 
 
-def accuracy_loss(report: ValidationReport) -> float:
-    """The budgeted number (see :func:`budget_metric`)."""
-    if report.top1_drop is not None:
-        return report.top1_drop
-    if report.agreement_top1_decisive is not None:
-        return 100.0 * (1.0 - report.agreement_top1_decisive)
-    return 100.0 * (1.0 - report.cosine_mean)
+def candidate_name(float_groups: Sequence[str]) -> str:
+    """Names say what is kept float: "all-int8", or "float-" and the float groups in the order they were kept."""
+    return "float-" + "+".join(float_groups) if float_groups else "all-int8"
 
 
-def budget_metric(report: ValidationReport) -> str:
-    """What ``--max-drop`` bounds for this evaluation set.
+def speed_candidates(groups: dict[str, NodeGroup], max_candidates: int | None = None) -> list[tuple[str, ...]]:
+    """Distinct float-group sets of :data:`SPEED_STEPS` restricted to the groups the model has, most int8 first."""
+    candidates: list[tuple[str, ...]] = []
+    for step in SPEED_STEPS:
+        present = tuple(group for group in step if group in groups)
+        if present not in candidates:
+            candidates.append(present)
+    return candidates[:max_candidates]
 
-    Labels: top-1 points lost. Unlabeled: % top-1 disagreement on decisive images. If fp32 decides no image
-    at all (random weights: every prediction is a near-tie), top-1 agreement measures nothing, so the
-    budget falls back to the logit error, 100 * (1 - mean cosine).
-    """
-    if report.top1_drop is not None:
-        return "top-1 accuracy points lost"
-    if report.agreement_top1_decisive is not None:
-        return (
-            f"% top-1 disagreement on {report.decisive_images} decisive images (fp32 margin >= {DECISIVE_MARGIN:.0%})"
+
+class CandidateBuilder:
+    """Builds a variant with some groups float and checks it; each distinct set is built once per image set."""
+
+    def __init__(
+        self,
+        groups: dict[str, NodeGroup],
+        quantize: Callable[[Path, Sequence[str]], None],
+        workdir: Path,
+    ) -> None:
+        self.groups = groups
+        self.quantize = quantize
+        self.workdir = workdir
+        self.built: dict[tuple[str, ...], Path] = {}
+        self.checked: dict[tuple[tuple[str, ...], int], Check] = {}
+
+    def path(self, float_groups: Sequence[str]) -> Path:
+        key = tuple(sorted(float_groups))
+        if key not in self.built:
+            path = self.workdir / f"candidate-{len(self.built)}.onnx"
+            self.quantize(path, [node for name in key for node in self.groups[name].nodes])
+            self.built[key] = path
+        return self.built[key]
+
+    def check(self, float_groups: Sequence[str], against: Reference) -> tuple[Path, Check]:
+        path = self.path(float_groups)
+        key = (tuple(sorted(float_groups)), id(against))
+        if key not in self.checked:
+            self.checked[key] = against.check(path)
+        return path, self.checked[key]
+
+
+def evaluate_candidate(
+    float_groups: tuple[str, ...], builder: CandidateBuilder, selection: Reference, rules: GateRules
+) -> Trial:
+    """Build one candidate and check it on the selection part (point estimates against the budget)."""
+    path, check = builder.check(float_groups, selection)
+    return Trial(float_groups, check, within_budget(check, rules), path)
+
+
+def rank_sensitivity(builder: CandidateBuilder, base: Sequence[str], probe: Reference) -> dict[str, float]:
+    """Gain in mean logit cosine (vs fp32, probe images) from keeping each group float on top of ``base``."""
+    _, reference = builder.check(base, probe)
+    gains = {}
+    for name in builder.groups:
+        if name not in base:
+            _, check = builder.check((*base, name), probe)
+            gains[name] = check.agreement.cosine_mean - reference.agreement.cosine_mean
+    return gains
+
+
+def repair(
+    trial: Trial,
+    builder: CandidateBuilder,
+    selection: Reference,
+    sensitivity: Callable[[], dict[str, float]],
+    settings: SearchSettings,
+) -> Trial:
+    """Keep the most sensitive groups float, one per step, until the trial is within budget or steps run out."""
+    for _ in range(settings.max_repair_steps):
+        if trial.within_budget:
+            break
+        gains = sensitivity()
+        remaining = [
+            group for group in sorted(gains, key=gains.__getitem__, reverse=True) if group not in trial.float_groups
+        ]
+        if not remaining:
+            break
+        added = remaining[0]
+        repaired = evaluate_candidate((*trial.float_groups, added), builder, selection, settings.rules)
+        repaired.repairs = {**trial.repairs, added: f"accuracy: sensitivity {gains[added]:+.4f} (logit cosine gain)"}
+        trial = repaired
+    return trial
+
+
+def choose(trials: Sequence[Trial], gate_on_speed: bool) -> Trial | None:
+    """The fastest trial within budget that beats fp32; without a speed gate the most quantized within budget."""
+    passing = [trial for trial in trials if trial.within_budget]
+    if not gate_on_speed:
+        return passing[0] if passing else None  # trials run from most to least quantized
+    faster = [trial for trial in passing if (trial.speedup or 0.0) > 1.0]
+    return max(faster, key=lambda trial: trial.speedup or 0.0) if faster else None
+
+
+def closest(trials: Sequence[Trial]) -> Trial:
+    """The trial nearest to acceptance: within budget and fastest, else the most faithful on the selection part."""
+    passing = [trial for trial in trials if trial.within_budget]
+    if passing:
+        return max(passing, key=lambda trial: trial.speedup or 0.0)
+    return max(trials, key=lambda trial: (trial.check.agreement.agreement_top1, trial.check.agreement.cosine_mean))
+
+
+def refusal(trials: Sequence[Trial], rules: GateRules) -> Refusal:
+    """Why :func:`choose` found nothing: no candidate within budget, or none faster than fp32."""
+    passing = [trial for trial in trials if trial.within_budget]
+    if not passing:
+        best = closest(trials)
+        labelled = best.check.paired
+        measured = (
+            f"top-1 drop {labelled.drop_points:+.2f} points, agreement {labelled.agreement:.1%}"
+            if labelled is not None and not rules.random_weights
+            else f"agreement {best.check.agreement.agreement_top1:.1%}, cosine {best.check.agreement.cosine_mean:.4f}"
         )
-    return "100 * (1 - mean logit cosine): fp32 makes no decisive prediction (random weights?)"
-
-
-def within_budget(report: ValidationReport, max_drop: float) -> bool:
-    return accuracy_loss(report) <= max_drop + 1e-9
-
-
-class LogitCache:
-    """fp32 logits of a fixed image set computed once; candidates are compared against them."""
-
-    def __init__(self, fp32: Path, images: Sequence[Image.Image], labels: Sequence[int] | None, desc: str) -> None:
-        classifier = OnnxClassifier(fp32)
-        self.batches = preprocess_batches(classifier, images)
-        self.labels = labels
-        self.desc = desc
-        self.reference = predict_logits(classifier, self.batches, f"{desc} fp32")
-
-    def compare(self, candidate: Path) -> ValidationReport:
-        logits = predict_logits(OnnxClassifier(candidate), self.batches, f"{self.desc} int8")
-        return compare_logits(self.reference, logits, self.labels)
+        return Refusal(
+            Reason.NONE_WITHIN_BUDGET,
+            f"no int8 variant met the accuracy budget on the selection part (max drop {rules.max_drop}); "
+            f"closest was {best.name} ({measured})",
+        )
+    fastest = max(passing, key=lambda trial: trial.speedup or 0.0)
+    return Refusal(
+        Reason.NONE_FASTER,
+        f"every int8 variant within the accuracy budget is slower than fp32 here (best {fastest.name}: "
+        f"{fastest.speedup or 0.0:.2f}x at batch 1, 1 thread)",
+    )
 
 
 def search_recipe(
     fp32: Path,
-    groups: dict[str, NodeGroup],
-    quantize: Callable[[Path, Sequence[str]], None],
-    evaluation: LogitCache,
-    probe: LogitCache,
-    workdir: Path,
+    builder: CandidateBuilder,
+    selection: Reference,
+    probe: Reference,
     settings: SearchSettings,
+    timer: Callable[[list[Path], int], list[float]] = measure_latency,
 ) -> SearchResult:
-    """Run the bounded search; ``quantize(output, excluded_nodes)`` builds one variant."""
-    built: dict[tuple[str, ...], tuple[Path, ValidationReport]] = {}
+    """Run the bounded search (see the module docstring); the chosen file is copied to ``chosen.onnx``.
 
-    def build(float_groups: Sequence[str], against: LogitCache) -> tuple[Path, ValidationReport]:
-        key = tuple(sorted(set(float_groups)))
-        path = workdir / f"candidate-{len(built)}.onnx"
-        if key in built and against is evaluation:
-            return built[key]
-        quantize(path, [node for name in key for node in groups[name].nodes])
-        report = against.compare(path)
-        if against is evaluation:
-            built[key] = (path, report)
-        return path, report
+    ``timer(paths, runs)`` gives the p50 ms of each path (interleaved); tests pass a fake one.
+    """
+    ranked: dict[str, float] = {}
 
-    candidates: list[tuple[str, tuple[str, ...]]] = []
-    for _, wanted in SPEED_CANDIDATES:
-        present = tuple(group for group in wanted if group in groups)
-        if all(present != existing for _, existing in candidates):
-            candidates.append(("float-" + "+".join(present) if present else "all-int8", present))
-    candidates = candidates[: settings.max_candidates]
+    def sensitivity() -> dict[str, float]:
+        if not ranked:
+            ranked.update(rank_sensitivity(builder, (), probe))
+        return ranked
 
-    sensitivity: dict[str, float] = {}
-    trials: list[Trial] = []
-    for name, float_groups in candidates:
-        path, report = build(float_groups, evaluation)
-        trial = Trial(name, float_groups, report, within_budget(report, settings.max_drop), path=path)
-        steps = 0
-        while not trial.within_budget and steps < settings.max_repair_steps:
-            if not sensitivity:
-                sensitivity = rank_sensitivity(groups, float_groups, build, probe)
-            remaining = [
-                g for g in sorted(sensitivity, key=sensitivity.get, reverse=True) if g not in trial.float_groups
-            ]
-            if not remaining:
-                break
-            steps += 1
-            float_groups = (*trial.float_groups, remaining[0])
-            path, report = build(float_groups, evaluation)
-            notes = [
-                *trial.notes,
-                f"kept {remaining[0]} float for accuracy (sensitivity {sensitivity[remaining[0]]:+.4f})",
-            ]
-            trial = Trial(
-                f"{name}+{remaining[0]}",
-                float_groups,
-                report,
-                within_budget(report, settings.max_drop),
-                path=path,
-                notes=notes,
-            )
+    trials = []
+    for float_groups in speed_candidates(builder.groups, settings.max_candidates):
+        trial = evaluate_candidate(float_groups, builder, selection, settings.rules)
+        trial = repair(trial, builder, selection, sensitivity, settings)
         # Timed even when over budget: the report then shows what speed the accuracy budget cost.
-        trial.fp32_ms, trial.int8_ms = measure_latency([fp32, path], runs=settings.latency_runs)
+        trial.fp32_ms, trial.int8_ms = timer([fp32, trial.path], settings.latency_runs)
         trials.append(trial)
-
-    passing = [trial for trial in trials if trial.within_budget]
-    if not passing:
-        best = min(trials, key=lambda t: (accuracy_loss(t.validation), -t.validation.cosine_mean))
-        return SearchResult(
-            None,
-            trials,
-            sensitivity,
-            f"no int8 variant met the accuracy budget (max drop {settings.max_drop}); best was {best.name} with "
-            f"accuracy loss {accuracy_loss(best.validation):.2f} "
-            f"(top-1 agreement {best.validation.agreement_top1:.1%})",
-        )
-    if not settings.gate_on_speed:
-        chosen = passing[0]  # candidates run from most to least quantized
-        final = workdir / "chosen.onnx"
-        shutil.copyfile(chosen.path, final)
-        chosen.path = final
-        return SearchResult(
-            chosen,
-            trials,
-            sensitivity,
-            f"{chosen.name}: most-quantized variant within the accuracy budget; speed not gated because the "
-            "target CPU is not this machine's (host timings are reported, measure on the device with "
-            "`smallnets bench`)",
-        )
-    fastest = max(passing, key=lambda t: t.speedup or 0.0)
-    if (fastest.speedup or 0.0) < 1.0:
-        return SearchResult(
-            None,
-            trials,
-            sensitivity,
-            f"every int8 variant within the accuracy budget is slower than fp32 here (best {fastest.name}: "
-            f"{fastest.speedup:.2f}x at batch 1, 1 thread)",
-        )
-    final = workdir / "chosen.onnx"
-    shutil.copyfile(fastest.path, final)
-    fastest.path = final
-    return SearchResult(fastest, trials, sensitivity, f"{fastest.name}: fastest variant within the accuracy budget")
-
-
-def rank_sensitivity(
-    groups: dict[str, NodeGroup],
-    base: Sequence[str],
-    build: Callable[[Sequence[str], LogitCache], tuple[Path, ValidationReport]],
-    probe: LogitCache,
-) -> dict[str, float]:
-    """Gain in mean logit cosine (vs fp32, probe images) from keeping each group float on top of ``base``."""
-    _, reference = build(base, probe)
-    gains = {}
-    for name in groups:
-        if name not in base:
-            _, report = build((*base, name), probe)
-            gains[name] = report.cosine_mean - reference.cosine_mean
-    return gains
+    chosen = choose(trials, settings.gate_on_speed)
+    if chosen is None:
+        return SearchResult(None, closest(trials), refusal(trials, settings.rules), trials, ranked)
+    final = builder.workdir / "chosen.onnx"
+    shutil.copyfile(chosen.path, final)
+    chosen.path = final
+    return SearchResult(chosen, chosen, None, trials, ranked)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from smallnets.core.evaluation import Evaluation
     from smallnets.core.runtime import OnnxClassifier
     from smallnets.export.onnx_export import ExportResult
     from smallnets.optimize.report import OptimizeReport
@@ -33,11 +34,14 @@ def export_model(
 def optimize_model(model: str | Path, output: str | Path, **config: Any) -> OptimizeReport:
     """Simplify, fuse and quantize ``model`` into the folder ``output``; ``config`` holds OptimizeConfig fields.
 
-    For example ``optimize_model("m.onnx", "out", target="x86-avx2", calib_dir="photos", eval_dir="photos")``.
+    For example ``optimize_model("m.onnx", "out", target="x86-avx2", eval_dir="imagenet-val")``; without
+    ``eval_dir`` the labelled folder named by ``$SMALLNETS_EVAL_DIR`` is used, when set.
     """
+    from smallnets.core.evaluation import eval_dir_setting
     from smallnets.optimize.pipeline import OptimizeConfig
     from smallnets.optimize.pipeline import optimize_model as optimize
 
+    config["eval_dir"] = eval_dir_setting(config.get("eval_dir"))
     paths = {key: Path(value) for key, value in config.items() if key.endswith("_dir") and value is not None}
     return optimize(model, output, OptimizeConfig(**{**config, **paths}))
 
@@ -61,3 +65,20 @@ def load(model: str | Path, providers: list[str] | None = None, threads: int | N
             f"{path} is not a loadable ONNX model ({detail}); pass an .onnx file written by `smallnets export` "
             "or `smallnets optimize`"
         ) from error
+
+
+def evaluate(
+    model: str | Path | OnnxClassifier, eval_dir: str | Path | None = None, limit: int | None = None
+) -> Evaluation:
+    """Top-1/top-5 (95% intervals) of a model on a labelled ImageFolder (``DIR/SYNSET/photo.JPEG``).
+
+    ``eval_dir`` defaults to ``$SMALLNETS_EVAL_DIR``; ``model`` is an .onnx file, an optimize output folder or a
+    classifier from :func:`load`. The same function optimize's gate and the benchmarks use.
+    """
+    from smallnets.core.evaluation import EVAL_DIR_ENV, eval_dir_setting
+    from smallnets.core.evaluation import evaluate as run
+
+    folder = eval_dir_setting(eval_dir)
+    if folder is None:
+        raise ValueError(f"no labelled photos: pass eval_dir or set {EVAL_DIR_ENV} (DIR/SYNSET/photo.JPEG)")
+    return run(model if not isinstance(model, str | Path) else load(model), folder, limit=limit)

@@ -18,24 +18,44 @@ import pytest
 import smallnets.optimize.pipeline
 from smallnets.cli import main
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME
-from smallnets.core.files import OutputExistsError
+from smallnets.core.evaluation import EVAL_DIR_ENV, eval_dir_setting
+from smallnets.core.files import MANIFEST_NAME, OutputExistsError
 from smallnets.core.hardware import CpuInfo, detect_cpu
 from smallnets.core.metadata import MissingMetadataError
 from smallnets.core.runtime import OnnxClassifier
+from smallnets.core.targets import PRESETS, UnknownTargetError, resolve_target, runs_here
 from smallnets.export.registry import list_specs
-from smallnets.optimize.calibration import CalibrationDataError, ImageCalibrationReader, folder_set
-from smallnets.optimize.card import PreprocessingFlags
+from smallnets.optimize.calibration import (
+    CALIBRATION_PHOTOS,
+    REPORT_PHOTOS,
+    SELECTION_PHOTOS,
+    CalibrationDataError,
+    ImageCalibrationReader,
+    demo_evaluation_set,
+    folder_set,
+)
+from smallnets.optimize.card import PreprocessingFlags, resolve_card
 from smallnets.optimize.fuse import fuse, op_counts
 from smallnets.optimize.groups import find_groups
 from smallnets.optimize.modelio import InvalidModelError, load_model, read_card
 from smallnets.optimize.pipeline import OptimizeConfig, optimize_model
-from smallnets.optimize.presets import PRESETS, UnknownTargetError, resolve_target, runs_here
 from smallnets.optimize.quantize import prepare_for_quantization, quantize_model
+from smallnets.optimize.report import Reason, Status
 from smallnets.optimize.simplify import simplify
-from smallnets.optimize.validate import compare
+from smallnets.optimize.validate import (
+    LABELLED_AGREEMENT_FLOOR,
+    MIN_LABELLED_IMAGES,
+    UNLABELLED_AGREEMENT_FLOOR,
+    compare,
+)
 
 # Quick search for tests: one candidate, no repair loop, few images, short timing. Not the CLI default.
 QUICK = {"calib_images": 8, "eval_per_photo": 2, "max_candidates": 1, "max_repair_steps": 0, "latency_runs": 6}
+# The labelled test's bounded search: all-int8 plus at most one repair step, 32 calibration photos.
+LABELLED_SEARCH = {"calib_images": 32, "max_candidates": 1, "max_repair_steps": 1, "latency_runs": 10}
+# About 250 report photos: even zero flips leave an upper bound near 1.5 points, so the test's budget is 3 points
+# (the CLI default of 1.0 needs a bigger labelled set, e.g. an ImageNet validation folder).
+LABELLED_TEST_MAX_DROP = 3.0
 
 
 def cheapest_per_family() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -161,11 +181,11 @@ def test_quantized_model_runs_and_stays_close_on_random_weights(
 
     reader = ImageCalibrationReader(demo_calibration_set(8).images, card.preprocessing, "input")
     output = tmp_path / "int8.onnx"
-    quantize_model(prepared, output, PRESETS["x86-vnni"], "minmax", tmp_path / "cache.json", reader)
+    quantize_model(prepared, output, PRESETS["x86-vnni"].quant, "minmax", tmp_path / "cache.json", reader)
     ops = op_counts(onnx.load(str(output)))
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     report = compare(fused_path, output, list(photos.values()))
-    assert report.cosine_mean > 0.95, report
+    assert report.cosine_mean > PRESETS["x86-vnni"].int8_min_cosine, report
     size = card.preprocessing.crop
     assert OnnxClassifier(output).run(np.zeros((7, 3, size, size), np.float32)).shape == (7, 1000)
 
@@ -178,38 +198,86 @@ def test_groups_find_the_known_trouble_spots(fused_models: Callable[[str], Any])
 
 @pytest.fixture(scope="module")
 def lite0_run(exported: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """Real Lite0 weights, no labelled folder: the demo photos stand in and nothing is called validated."""
     outdir = tmp_path_factory.mktemp("lite0") / "out"
     model = exported("efficientnet_lite0", weights="imagenet")
     return outdir, optimize_model(model, outdir, OptimizeConfig(**QUICK))
 
 
-def test_lite0_imagenet_int8_meets_the_agreement_budget(lite0_run: tuple[Path, Any], photos: dict) -> None:
+def test_lite0_without_labels_is_unvalidated_but_faithful(lite0_run: tuple[Path, Any], photos: dict) -> None:
     outdir, report = lite0_run
-    assert report.status == "accepted", report.reason
-    assert report.accuracy["decisive_images"] >= 4, "the budget must be judged on real decisions"
-    assert report.accuracy["agreement_top1_decisive"] >= 0.99 and report.cosine_mean > 0.98
+    assert (report.status, report.reason) == (Status.UNVALIDATED, Reason.NO_LABELS), report.detail
+    assert "not validated" in report.accuracy_status and report.labelled is None
+    assert (
+        report.agreement_top1 >= UNLABELLED_AGREEMENT_FLOOR and report.cosine_mean >= report.preset["int8_min_cosine"]
+    )
     int8 = OnnxClassifier(outdir / INT8_NAME)
     top3 = [p.class_id for p in int8.classify([photos["chelsea"]], k=3)[0]]
     assert set(top3) & set(range(281, 286)), top3
     assert int8.classify([photos["coffee"]], k=1)[0][0].class_id == 967
+    assert OnnxClassifier(outdir / INT8_NAME).card.quantization["accuracy_status"] == "unvalidated"
 
 
 def test_report_and_artifacts(lite0_run: tuple[Path, Any]) -> None:
     import json
 
-    outdir, _ = lite0_run
-    assert sorted(p.name for p in outdir.iterdir()) == sorted([FP32_NAME, INT8_NAME, "report.json", "report.md"])
+    outdir, report = lite0_run
+    assert sorted(p.name for p in outdir.iterdir()) == sorted(
+        [FP32_NAME, INT8_NAME, "report.json", "report.md", MANIFEST_NAME]
+    )
     data = json.loads((outdir / "report.json").read_text())
     for key in ("target", "preset", "fp32", "int8", "speedup", "agreement_top1", "top5_overlap", "cosine_mean"):
         assert key in data
-    assert data["calibration_images"] == QUICK["calib_images"] and data["eval_images"] == 7 * QUICK["eval_per_photo"]
+    assert (data["status"], data["reason"]) == ("unvalidated", "no_labels") and data["detail"]
+    counts = data["split"]["counts"]
+    assert counts["calibration"] == data["calibration_images"] == QUICK["calib_images"]
+    assert counts["report"] == data["eval_images"] == data["evaluation"]["agreement"]["images"] > 0
     assert data["preset"]["name"] == data["target"] and data["fp32"]["size_bytes"] > data["int8"]["size_bytes"]
     assert data["speedup"] == pytest.approx(data["fp32"]["latency_ms_p50"] / data["int8"]["latency_ms_p50"])
     assert all(entry["reason"] for entry in data["kept_float"])
     card = OnnxClassifier(outdir / INT8_NAME).card
     assert card.precision == "int8" and card.quantization["name"] == data["target"]
     assert card.labels == OnnxClassifier(outdir / FP32_NAME).card.labels
-    assert "## Kept in float" in (outdir / "report.md").read_text()
+    markdown = (outdir / "report.md").read_text()
+    assert "## Kept in float" in markdown
+    # One story per report: the old page said "110 decisive" and "no decisive image" side by side.
+    assert "decisive" not in markdown
+    assert f"over all {data['eval_images']} images" in markdown and report.detail in markdown
+
+
+@pytest.fixture(scope="module")
+def lite0_labelled(exported: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """Real Lite0 weights judged on labelled photos ($SMALLNETS_EVAL_DIR), with a bounded search."""
+    folder = eval_dir_setting()
+    if folder is None or not folder.is_dir():
+        pytest.skip(
+            f"needs labelled ImageNet photos: set {EVAL_DIR_ENV} to an ImageFolder (CI: ../shared/imagenet-dev)"
+        )
+    outdir = tmp_path_factory.mktemp("lite0-labelled") / "out"
+    model = exported("efficientnet_lite0", weights="imagenet")
+    config = OptimizeConfig(eval_dir=folder, max_drop=LABELLED_TEST_MAX_DROP, **LABELLED_SEARCH)
+    return outdir, optimize_model(model, outdir, config)
+
+
+def test_lite0_imagenet_int8_passes_the_labelled_gate(lite0_labelled: tuple[Path, Any]) -> None:
+    """On every CPU kind, for the right reason: the interval of the drop on unseen labelled photos fits the budget.
+
+    Calibration, selection and the reported figures come from disjoint photos; the report part has enough of them
+    for a verdict; int8 keeps the agreement floor; the accepted verdict follows from the figures.
+    """
+    outdir, report = lite0_labelled
+    split = report.split
+    assert split["disjoint"] and not any(split["overlap"].values())
+    assert split["counts"]["report"] >= MIN_LABELLED_IMAGES and split["counts"]["selection"] > 0
+    labelled = report.labelled
+    assert labelled is not None and labelled["images"] == split["counts"]["report"] == report.eval_images
+    assert labelled["reference"]["top1"] > 0.8, "real weights on ImageNet photos"
+    low, high = labelled["drop_interval_points"]
+    assert low <= labelled["drop_points"] <= high and high - low > 0.5, "an interval, not a point"
+    assert labelled["agreement_top1"] >= LABELLED_AGREEMENT_FLOOR
+    assert high <= LABELLED_TEST_MAX_DROP, labelled
+    assert (report.status, report.reason) == (Status.ACCEPTED, Reason.VALIDATED_ON_LABELS), report.detail
+    assert (outdir / INT8_NAME).is_file() and "labelled report images" in report.accuracy_status
 
 
 def test_presets_differ_as_documented(fused_models: Callable[[str], Any], tmp_path: Path) -> None:
@@ -227,7 +295,7 @@ def test_presets_differ_as_documented(fused_models: Callable[[str], Any], tmp_pa
     for preset in (avx2, vnni, arm):
         output = tmp_path / f"{preset.name}.onnx"
         reader = ImageCalibrationReader(images, card.preprocessing, "input")
-        model = quantize_model(prepared, output, preset, "minmax", tmp_path / f"{preset.name}.json", reader)
+        model = quantize_model(prepared, output, preset.quant, "minmax", tmp_path / f"{preset.name}.json", reader)
         inits = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
         activation_zero_points = {
             inits[node.input[2]].dtype for node in model.graph.node if node.op_type == "QuantizeLinear"
@@ -278,8 +346,10 @@ def test_cross_target_int8_is_not_rejected_for_host_speed(exported: Callable[...
     foreign = next(name for name, preset in PRESETS.items() if not runs_here(preset))
     config = OptimizeConfig(target=foreign, max_drop=100.0, **QUICK)
     report = optimize_model(cheapest(exported, "squeezenet"), tmp_path / "out", config)
-    assert report.status == "accepted" and (tmp_path / "out" / INT8_NAME).exists(), report.reason
-    assert "speed not gated" in report.reason
+    assert report.status is not Status.REJECTED and (tmp_path / "out" / INT8_NAME).exists(), report.detail
+    # report.json once said gate_on_speed: true here (it printed the default settings, not the ones used).
+    assert not report.speed_gated and report.search["settings"]["gate_on_speed"] is False
+    assert report.search["speed_gate"] is None
     assert any("not device ones" in note for note in report.notes)
 
 
@@ -331,26 +401,33 @@ def test_empty_or_unreadable_calibration_folder(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CalibrationDataError, match=r"no \.jpg"):
-        folder_set(empty, "calib")
+        folder_set(empty)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.jpg").write_bytes(b"not a jpeg")
     (broken / "b.png").write_bytes(b"")
     with pytest.raises(CalibrationDataError, match="could be read"):
-        folder_set(broken, "calib")
+        folder_set(broken)
     with pytest.raises(CalibrationDataError, match="not a folder"):
-        folder_set(tmp_path / "missing", "calib")
+        folder_set(tmp_path / "missing")
 
 
-def test_labels_from_synset_folders_and_csv(tmp_path: Path, photos: dict) -> None:
-    for synset, name in (("n02123045", "chelsea"), ("n07920052", "coffee")):
-        (tmp_path / synset).mkdir()
-        photos[name].save(tmp_path / synset / f"{name}.jpg")
-    synsets = ("n00000000", "n02123045", "n07920052")
-    assert folder_set(tmp_path, "eval", synsets=synsets).labels == (1, 2)
-    csv = tmp_path / "labels.csv"
-    csv.write_text("file,class_id\nn02123045/chelsea.jpg,281\nn07920052/coffee.jpg,967\n")
-    assert folder_set(tmp_path, "eval", labels_csv=csv).labels == (281, 967)
+def test_interpolation_flag_overrides_the_card(exported: Callable[..., Path]) -> None:
+    """--interpolation alone used to be ignored for a model with a card (it was not counted as a given flag)."""
+    model = onnx.load(str(cheapest(exported, "squeezenet")))
+    card, notes = resolve_card(model, PreprocessingFlags(interpolation="bicubic"), "model.onnx")
+    assert card.preprocessing.interpolation == "bicubic" and notes
+    assert read_card(model).preprocessing.interpolation != "bicubic", "the test must change something"
+
+
+def test_demo_sets_are_disjoint_and_deduplicated() -> None:
+    """cat is chelsea again; calibration, selection and report photos never overlap; identical crops count once."""
+    assert "cat" not in CALIBRATION_PHOTOS + SELECTION_PHOTOS + REPORT_PHOTOS
+    assert not set(CALIBRATION_PHOTOS) & set(SELECTION_PHOTOS + REPORT_PHOTOS)
+    assert not set(SELECTION_PHOTOS) & set(REPORT_PHOTOS)
+    crops = demo_evaluation_set(REPORT_PHOTOS).images
+    digests = {crop.tobytes() + str(crop.size).encode() for crop in crops}
+    assert len(digests) == len(crops) < 32 * len(REPORT_PHOTOS), "astronaut is square: its anchors coincide"
 
 
 def test_outdir_with_other_content_needs_force(tmp_path: Path, exported: Callable[..., Path]) -> None:
