@@ -298,7 +298,5 @@ def calibration_batches(artifacts: ModelArtifacts) -> list[np.ndarray]:
     from smallnets.optimize.calibration import demo_calibration_set, folder_set
 
     count = artifacts.calib_images()
-    images = (
-        folder_set(artifacts.calib_dir, "calib", limit=count) if artifacts.calib_dir else demo_calibration_set(count)
-    )
+    images = folder_set(artifacts.calib_dir, limit=count) if artifacts.calib_dir else demo_calibration_set(count)
     return [preprocess([image], artifacts.card.preprocessing) for image in images.images]
