@@ -236,7 +236,7 @@ def pipeline_inputs_key(name: str, variant: dict[str, Any], weights: str, config
         "name": name,
         "variant": variant,
         "weights": sha256_file(weights) if Path(weights).is_file() else weights,
-        "config": config.to_dict(),
+        "config": {key: value for key, value in config.to_dict().items() if key != "force"},
         "target": resolve_target(config.target)[0].name,
         "code": _code_digest(),
         "versions": {package: metadata.version(package) for package in KEY_PACKAGES},
