@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 MODEL ?= efficientnet_lite0
 PORT ?= 3000
+HOST ?= 127.0.0.1
+# Local bench results; the committed ones in benchmarks/results are only rewritten on purpose (BENCH_OUT=...).
+BENCH_OUT ?= results
 
 .PHONY: install run test lint pipeline bench bench-peers clean
 
@@ -17,11 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Skips the work when $(ARTIFACTS)/$(MODEL) was made from the same model, weights, settings, CPU target and code;
+# --force replaces only that folder's own files (never one holding files smallnets did not write).
 pipeline: $(STAMP)
 	$(VENV)/bin/smallnets pipeline $(MODEL) --weights imagenet -o $(ARTIFACTS)/$(MODEL) --force
 
 run: pipeline
-	$(VENV)/bin/smallnets serve $(ARTIFACTS)/$(MODEL) --port $(PORT)  # int8 if optimize kept it, else fp32
+	$(VENV)/bin/smallnets serve $(ARTIFACTS)/$(MODEL) --host $(HOST) --port $(PORT)  # int8 if optimize kept it, else fp32
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -31,7 +36,7 @@ test: $(STAMP) lint
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(VENV)/bin/smallnets bench --models all-default -o benchmarks/results
+	$(VENV)/bin/smallnets bench --models all-default -o $(BENCH_OUT) --force
 
 # The issue-12 side-by-side: every runtime and peer, batch 1 at 1 and 2 threads, into benchmarks/results/<CPU kind>/.
 # Real-weight models get labelled top-1 (EVAL_DIR); the others are timed with seeded random weights.
