@@ -23,18 +23,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio.to_thread
 import bentoml
 import numpy as np
+from bentoml.exceptions import BentoMLException
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
@@ -61,7 +60,7 @@ from smallnets.serve.forms import (
 from smallnets.serve.memory import release_after_decode
 from smallnets.serve.oip import oip_app
 from smallnets.serve.settings import DEFAULT_TOP_K, MAX_TOP_K, ServeSettings
-from smallnets.serve.store import MODEL_FILENAME, model_name
+from smallnets.serve.store import MODEL_FILENAME, model_name, read_card
 from smallnets.serve.ui.pages import pages_app
 
 LOGGER = logging.getLogger(__name__)
@@ -71,8 +70,6 @@ MODEL_TAG: str | None = getattr(bentoml.use_arguments(), "model_tag", None)
 BENTOML_TIMEOUT_MARGIN_S = 30
 # What a shed request is told: the queue drains within a second at the default limits.
 RETRY_AFTER_S = 1
-# Exit status of a worker whose model cannot be loaded (the server then stops instead of restarting it forever).
-EXIT_MODEL_UNLOADABLE = 3
 Input = TypeVar("Input")
 
 
@@ -135,6 +132,35 @@ class BatchClassificationOut(bentoml.IODescriptor):
     results: list[ClassificationOut]
 
 
+def checked_model_file() -> Path:
+    """The ONNX file to serve, checked at import: `bentoml serve` imports this module before it starts workers, so
+    a missing or corrupt model stops the server with one line and exit status 1, instead of failing in workers
+    that BentoML would restart forever."""
+    if MODEL_TAG:
+        try:
+            path = Path(bentoml.models.BentoModel(MODEL_TAG).resolve().path_of(MODEL_FILENAME))
+        except BentoMLException as error:
+            raise SystemExit(
+                f"smallnets serve: model {MODEL_TAG} is not in the BentoML model store ({error}); import it with "
+                "`smallnets serve MODEL.onnx` or `smallnets build MODEL.onnx`"
+            ) from None
+    elif SETTINGS.model_path:
+        path = Path(SETTINGS.model_path)
+    else:
+        raise SystemExit(
+            "smallnets serve: no model to serve: pass a BentoML model tag (bentoml serve ... --arg model_tag=TAG) "
+            "or set SMALLNETS_MODEL to an .onnx path, or start the server with `smallnets serve MODEL.onnx`"
+        )
+    try:
+        read_card(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise SystemExit(f"smallnets serve: {error}") from None
+    return path
+
+
+MODEL_FILE = checked_model_file()
+
+
 async def metadata_endpoint(_: Request) -> JSONResponse:
     service: ImageClassifier = bentoml.get_current_service()
     return JSONResponse(service.metadata())
@@ -164,8 +190,14 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         self._ready = False
-        self.model_path = self._model_file()
-        self.classifier = load_classifier_or_exit(self.model_path)
+        self.model_path = MODEL_FILE
+        self.classifier = OnnxClassifier(
+            self.model_path,
+            providers=list(SETTINGS.providers) or None,
+            threads=SETTINGS.threads,
+            memory_arena=False,
+            spinning=False,
+        )
         for note in self.classifier.provider_notes:
             LOGGER.warning("execution providers: %s", note)
         self.model_name = model_name(self.classifier.card)
@@ -184,16 +216,6 @@ class ImageClassifier:
         )
         metrics.QUEUE_LIMIT.set(SETTINGS.max_queue)
         self._ready = True
-
-    def _model_file(self) -> Path:
-        if MODEL_TAG:
-            return Path(self.model_ref.path_of(MODEL_FILENAME))
-        if SETTINGS.model_path:
-            return Path(SETTINGS.model_path)
-        fail_start(
-            "no model to serve: pass a BentoML model tag (bentoml serve ... --arg model_tag=TAG) or set "
-            "SMALLNETS_MODEL to an .onnx path, or start the server with `smallnets serve MODEL.onnx`"
-        )
 
     def __is_ready__(self) -> bool:
         return self._ready and not self._draining
@@ -445,26 +467,3 @@ async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
         yield
     finally:
         watcher.cancel()
-
-
-def load_classifier_or_exit(path: Path) -> OnnxClassifier:
-    """The worker's session; a missing or corrupt model file ends the process with one clear line."""
-    if not path.is_file():
-        fail_start(f"model file {path} does not exist: export one with `smallnets export NAME -o FILE`")
-    try:
-        return OnnxClassifier(
-            path,
-            providers=list(SETTINGS.providers) or None,
-            threads=SETTINGS.threads,
-            memory_arena=False,
-            spinning=False,
-        )
-    except Exception as error:  # ORT raises its own exception types for corrupt files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        fail_start(f"model file {path} is not a loadable smallnets ONNX model ({first_line}): re-export it")
-
-
-def fail_start(message: str) -> NoReturn:
-    """One line on stderr and a non-zero exit, instead of a traceback per worker restart."""
-    print(f"smallnets serve: {message}", file=sys.stderr, flush=True)
-    os._exit(EXIT_MODEL_UNLOADABLE)

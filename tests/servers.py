@@ -66,7 +66,8 @@ def smallnets_server(model: Path, workdir: Path, env: Mapping[str, str] | None =
         yield url
     finally:
         SERVER_PIDS.pop(url, None)
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # a test may have stopped it already
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

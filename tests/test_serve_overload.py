@@ -1,5 +1,6 @@
-"""Overload and abandoned work over real HTTP: a full queue answers 503 at once, a request past its deadline gets
-504 (not a late 200) and its remaining decoding stops, a client that hangs up stops its work too.
+"""Overload, abandoned work and the process around it, over real HTTP: a full queue answers 503 at once, a request
+past its deadline gets 504 (not a late 200) and its remaining decoding stops, a client that hangs up stops its work
+too; shutdown answers the requests in flight; an unusable model stops the server with one line.
 
 One `smallnets serve` with a tight queue (2 requests) and a short deadline (3 s); heavy requests are batches of
 flat 3000x3000 PNGs (9 MP each, ~0.3-1 s of decoding apiece), far more work than the deadline allows.
@@ -8,14 +9,19 @@ flat 3000x3000 PNGs (9 MP each, ~0.3-1 s of decoding apiece), far more work than
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
-from servers import cpu_seconds, smallnets_server, worker_pids
+from servers import SERVER_PIDS, cpu_seconds, smallnets_server, worker_pids
 from test_serve import assert_rejected, jpeg, metric_values
 
 MAX_QUEUE = 2
@@ -115,3 +121,38 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(tight: str, heavy_fil
         wait_idle(tight, client)
         ok = client.post(f"{tight}/classify", files={"image": ("coffee.jpg", photo, "image/jpeg")})
         assert ok.status_code == 200, ok.text
+
+
+def test_shutdown_answers_the_requests_in_flight(exported, tmp_path: Path) -> None:
+    """SIGTERM while a request is being decoded: it still gets its 200, then the server exits."""
+    model = exported("efficientnet_lite0", weights="imagenet")
+    buffer = io.BytesIO()
+    Image.new("RGB", (3000, 3000), (90, 10, 10)).save(buffer, format="PNG")
+    files = [("images", (f"flat{index}.png", buffer.getvalue(), "image/png")) for index in range(4)]
+    with smallnets_server(model, tmp_path) as url, ThreadPoolExecutor(1) as pool:
+        server = SERVER_PIDS[url]
+        in_flight = pool.submit(httpx.post, f"{url}/classify_batch", files=files, timeout=60, trust_env=False)
+        time.sleep(0.5)
+        os.killpg(server, signal.SIGTERM)
+        response = in_flight.result()
+        assert response.status_code == 200, response.text
+        assert len(response.json()["results"]) == 4
+        os.waitpid(server, 0)  # the server stops after answering (it is our child)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/readyz", timeout=2, trust_env=False)
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt"])
+def test_an_unusable_model_stops_the_server_with_one_line(tmp_path: Path, problem: str) -> None:
+    """`bentoml serve` on a missing or corrupt model file: one clear line and a non-zero exit, not workers
+    restarting forever."""
+    model = tmp_path / "model.onnx"
+    if problem == "corrupt":
+        model.write_bytes(b"\x08\x07 this is not a protobuf")
+    env = {**os.environ, "SMALLNETS_MODEL": str(model), "BENTOML_HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "bentoml", "serve", "smallnets.serve.service:ImageClassifier", "--port", "0"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(model) in lines[0], result.stderr
+    assert ("does not exist" if problem == "missing" else "not a loadable ONNX model") in lines[0]
