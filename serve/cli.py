@@ -68,7 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"address to listen on; 0.0.0.0 for every interface (default: {DEFAULT_HOST}, this machine only)",
     )
     serve.add_argument(
-        "--workers", type=int, default=1, help="worker processes, each with its own ONNX Runtime session (default: 1)"
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes, each with its own ONNX Runtime session (default: one per 4 cores of the CPU quota)",
     )
     serve.add_argument("--max-upload-mb", type=float, default=None, help="upload size cap in MB (default: 20)")
     serve.add_argument(
@@ -187,8 +190,10 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
     """What the BentoML worker processes read at import (serve/settings.py)."""
     from smallnets.serve import settings
 
-    env = {**os.environ, settings.ENV_WORKERS: str(args.workers)}
+    env = {**os.environ}
     env.pop(settings.ENV_MODEL_PATH, None)
+    if args.workers is not None:
+        env[settings.ENV_WORKERS] = str(args.workers)
     if args.threads is not None:
         env[settings.ENV_THREADS] = str(args.threads)
     if args.providers:
@@ -200,21 +205,22 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
 
 def run_serve(args: argparse.Namespace) -> NoReturn:
     from smallnets.core.artifacts import resolve_model_file
-    from smallnets.core.hardware import detect_cpu
+    from smallnets.core.hardware import cpu_quota, serving_cores
     from smallnets.core.runtime import resolve_providers
     from smallnets.serve.store import import_model, read_card
 
-    if args.workers < 1 or (args.threads is not None and args.threads < 1):
+    if (args.workers is not None and args.workers < 1) or (args.threads is not None and args.threads < 1):
         raise ValueError("--workers and --threads must be positive integers")
     model_file = resolve_model_file(args.model)
     read_card(model_file)  # a missing or foreign model fails first, in one line
     check_listen_address(args.host, args.port)  # before BentoML starts: its own failure is a long traceback
     resolve_providers(_providers(args.providers))  # fail here, not in every worker
-    cores = detect_cpu().usable_cores
-    if args.threads is not None and args.workers * args.threads > cores:
+    cores = serving_cores(quota=cpu_quota())  # a container's CPU quota, not the host's cores
+    workers = args.workers or 1
+    if args.threads is not None and workers * args.threads > cores:
         print(
-            f"warning: {args.workers} workers x {args.threads} threads > {cores} cores: requests will fight for "
-            f"CPU; use --threads {max(1, cores // args.workers)}",
+            f"warning: {workers} workers x {args.threads} threads > {cores} cores: requests will fight for "
+            f"CPU; use --threads {max(1, cores // workers)}",
             file=sys.stderr,
         )
     tag = import_model(args.model)
