@@ -136,7 +136,7 @@ class CandidateBuilder:
     def path(self, float_groups: Sequence[str]) -> Path:
         key = tuple(sorted(float_groups))
         if key not in self.built:
-            path = self.workdir / f"candidate-{len(self.built)}.onnx"
+            path = self.workdir / f"{candidate_name(key)}.onnx"  # the name shows in progress bars
             self.quantize(path, [node for name in key for node in self.groups[name].nodes])
             self.built[key] = path
         return self.built[key]

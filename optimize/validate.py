@@ -101,7 +101,7 @@ class Reference:
         return evaluate(classifier, self.data, desc=f"{self.desc} {precision}").logits
 
     def check(self, candidate: Path) -> Check:
-        logits = self._run(candidate, "int8")
+        logits = self._run(candidate, f"int8 {candidate.stem}")
         paired = compare_paired(self.fp32, logits, self.data.labels) if self.data.labels is not None else None
         return Check(compare_logits(self.fp32, logits), paired)
 
