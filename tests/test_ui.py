@@ -7,6 +7,7 @@ One real `smallnets serve` process (real-weights EfficientNet-Lite0) per module.
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 from collections.abc import Iterator
@@ -141,6 +142,16 @@ def browser() -> Iterator[object]:
     driver.quit()
 
 
+# A drop event carrying a file, as a user dragging a photo from their desktop makes (WebDriver cannot drag files).
+DROP_FILE = """
+const [zone, data, name] = arguments;
+const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+const transfer = new DataTransfer();
+transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+"""
+
+
 def loaded_origins(driver) -> set[str]:
     """Origins of every resource the page requested (the Resource Timing entries, failed loads included)."""
     entries = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
@@ -186,6 +197,18 @@ def test_classifier_page_in_a_browser(
     assert browser.save_screenshot(str(screenshot))
     print(f"screenshot: {screenshot}")
     assert loaded_origins(browser) == {urlsplit(url).netloc}
+
+    # Dropped instead of picked: the same answer.
+    browser.execute_script(
+        DROP_FILE,
+        browser.find_element(By.ID, "drop-zone"),
+        base64.b64encode(photo.read_bytes()).decode(),
+        "dropped.jpg",
+    )
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("dropped.jpg:"))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#predictions li")) == 5)
+    dropped = browser.find_elements(By.CSS_SELECTOR, "#predictions li")
+    assert [int(row.get_attribute("data-class-id")) for row in dropped] == [p.class_id for p in expected]
 
     not_a_photo = tmp_path / "notes.jpg"
     not_a_photo.write_text("not a photo")
