@@ -14,19 +14,21 @@ import numpy as np
 
 from smallnets.benchmarks.labelled import LabelledSplit, report_batch
 from smallnets.benchmarks.measure import MeasureSpec, load_model
+from smallnets.core.evaluation import accuracy
 
 UNVALIDATED = "unvalidated (random weights)"
+
+
+def logits_of(run: Callable[[Any], Any], prepare: Callable[[np.ndarray], Any], photos: np.ndarray) -> np.ndarray:
+    """Logits of every photo, one photo per call (batch 1, as timed)."""
+    return np.stack([np.asarray(run(prepare(photo[None]))).reshape(-1) for photo in photos])
 
 
 def top1(
     run: Callable[[Any], Any], prepare: Callable[[np.ndarray], Any], photos: np.ndarray, labels: np.ndarray
 ) -> float:
-    """Fraction of photos whose highest logit is their label, one photo per call."""
-    correct = 0
-    for photo, label in zip(photos, labels, strict=True):
-        logits = np.asarray(run(prepare(photo[None])))
-        correct += int(np.argmax(logits.reshape(-1)) == label)
-    return correct / len(labels)
+    """Top-1 as core.evaluation counts it (ties go to the first class, as argmax)."""
+    return accuracy(logits_of(run, prepare, photos), labels.tolist()).top1
 
 
 def variant_top1(spec: MeasureSpec, photos: np.ndarray, labels: np.ndarray) -> float:
@@ -35,13 +37,13 @@ def variant_top1(spec: MeasureSpec, photos: np.ndarray, labels: np.ndarray) -> f
     return top1(model.run, model.prepare, photos, labels)
 
 
-def accuracy_fields(split: LabelledSplit | None, weights: str, score: float | None) -> dict[str, Any]:
+def accuracy_fields(weights: str, score: float | None, images: int | None) -> dict[str, Any]:
     """The row's accuracy columns: a figure with its photo count, or why there is none."""
-    if weights == "random":
+    if weights.startswith("random"):
         return {"labelled_top1": None, "labelled_images": None, "accuracy_note": UNVALIDATED}
-    if split is None or score is None:
+    if score is None or not images:
         return {"labelled_top1": None, "labelled_images": None, "accuracy_note": "no labelled photos (set --eval-dir)"}
-    return {"labelled_top1": score, "labelled_images": len(split.report), "accuracy_note": None}
+    return {"labelled_top1": score, "labelled_images": images, "accuracy_note": None}
 
 
 def score_variants(split: LabelledSplit, card: Any, specs: Sequence[tuple[str, MeasureSpec]]) -> dict[str, float]:

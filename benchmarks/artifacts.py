@@ -4,9 +4,9 @@ Cache layout (one folder per model + variant + weights, one sub-folder per optim
 
     CACHE/<model-label>--<weights>/model.onnx            onnx-fp32 (export's output, + model.export.json)
     CACHE/<model-label>--<weights>/input.npy             the sample photos preprocessed by the model's card
-    CACHE/<model-label>--<weights>/<target>[-bounded][-calibN-HASH]/model.fp32.onnx, model.int8.onnx, report.json
+    CACHE/<model-label>--<weights>/<target>[-bounded][-labelled]/model.fp32.onnx, model.int8.onnx, report.json
     CACHE/<model-label>--<weights>/openvino/model.fp32.xml                openvino-fp32 (+ .bin)
-    CACHE/<model-label>--<weights>/openvino/model.nncf-int8[-calib...].xml openvino-nncf-int8, optimize's calibration
+    CACHE/<model-label>--<weights>/openvino/model.nncf-int8-cN[-labelled].xml  openvino-nncf-int8, same calibration
 
 A second run finds everything and builds nothing; building needs the export stage (torch), measuring does not,
 so a cache built on x86 can be copied to an ARM box and measured there.
@@ -77,11 +77,16 @@ class ModelArtifacts:
     card: ModelCard
     target: str | None = None
     effort: str = DEFAULT_EFFORT
-    calib_dir: Path | None = None  # labelled calibration photos (benchmarks.labelled); None: optimize's demo set
+    eval_dir: Path | None = None  # labelled photos optimize splits (benchmarks.labelled); None: its demo set
+    max_drop: float | None = None  # optimize's accuracy budget in top-1 points; None: optimize's default
 
     @property
     def calib_tag(self) -> str:
-        return f"-{self.calib_dir.name}" if self.calib_dir else ""
+        return "-labelled" if self.eval_dir else ""
+
+    @property
+    def budget_tag(self) -> str:
+        return "" if self.max_drop is None else f"-maxdrop{self.max_drop:g}"
 
     @property
     def exported(self) -> Path:
@@ -96,7 +101,7 @@ class ModelArtifacts:
         if not self.target:
             return None
         effort = "" if self.effort == "full" else f"-{self.effort}"
-        return self.folder / f"{self.target}{effort}{self.calib_tag}"
+        return self.folder / f"{self.target}{effort}{self.calib_tag}{self.budget_tag}"
 
     def peer_path(self, variant: str) -> Path:
         """OpenVINO IR of a peer variant; NNCF's int8 is named after the calibration images it shares with ours."""
@@ -158,7 +163,8 @@ class ModelArtifacts:
         from smallnets.optimize.pipeline import OptimizeConfig
 
         bounds = OPTIMIZE_EFFORTS[self.effort]
-        return OptimizeConfig(target=self.target or "auto", force=True, calib_dir=self.calib_dir, **bounds)
+        budget = {} if self.max_drop is None else {"max_drop": self.max_drop}
+        return OptimizeConfig(target=self.target or "auto", force=True, eval_dir=self.eval_dir, **bounds, **budget)
 
     def optimize_report(self) -> dict[str, Any] | None:
         """optimize's report.json (agreement/accuracy of int8 vs fp32), when the int8 variant was built."""
@@ -202,7 +208,8 @@ class ArtifactCache:
         weights: str = "random",
         rebuild: bool = False,
         effort: str = DEFAULT_EFFORT,
-        calib_dir: Path | None = None,
+        eval_dir: Path | None = None,
+        max_drop: float | None = None,
     ) -> None:
         if effort not in OPTIMIZE_EFFORTS:
             raise ValueError(f"unknown optimize effort {effort!r}; choose from {', '.join(OPTIMIZE_EFFORTS)}")
@@ -210,7 +217,8 @@ class ArtifactCache:
         self.weights = weights
         self.rebuild = rebuild
         self.effort = effort
-        self.calib_dir = calib_dir
+        self.eval_dir = eval_dir
+        self.max_drop = max_drop
 
     def folder(self, choice: ModelChoice, weights: str) -> Path:
         return self.root / f"{_slug(choice.label)}--{weights_tag(weights)}"
@@ -221,8 +229,8 @@ class ArtifactCache:
         weights, folder = self._export(choice)
         card = self._write_input(folder)
         target = target if variants & set(OPTIMIZED_FILES) else None
-        calib_dir = self.calib_dir if weights != "random" else None  # labelled photos mean nothing to random weights
-        artifacts = ModelArtifacts(choice, weights, folder, card, target, self.effort, calib_dir)
+        eval_dir = self.eval_dir if weights != "random" else None  # labelled photos mean nothing to random weights
+        artifacts = ModelArtifacts(choice, weights, folder, card, target, self.effort, eval_dir, self.max_drop)
         if artifacts.optimized_dir is not None:
             self._optimize(artifacts)
         for variant in sorted(variants & set(PEER_VARIANTS)):
@@ -293,10 +301,15 @@ class ArtifactCache:
 
 
 def calibration_batches(artifacts: ModelArtifacts) -> list[np.ndarray]:
-    """optimize's calibration images for these artifacts (labelled folder or demo set), one preprocessed array each."""
+    """optimize's calibration images for these artifacts (labelled part or demo set), one preprocessed array each."""
+    from smallnets.benchmarks.labelled import split_labelled
     from smallnets.core.preprocess import preprocess
-    from smallnets.optimize.calibration import demo_calibration_set, folder_set
+    from smallnets.optimize.calibration import demo_calibration_set, images_from
 
     count = artifacts.calib_images()
-    images = folder_set(artifacts.calib_dir, limit=count) if artifacts.calib_dir else demo_calibration_set(count)
+    if artifacts.eval_dir:
+        split = split_labelled(artifacts.eval_dir, artifacts.card, count)
+        images = images_from(split.calibration, f"{split.root} (calibration part)")
+    else:
+        images = demo_calibration_set(count)
     return [preprocess([image], artifacts.card.preprocessing) for image in images.images]

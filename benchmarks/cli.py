@@ -101,6 +101,12 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: bounded)",
     )
     parser.add_argument("--optimize-effort", dest="effort", choices=EFFORT_CHOICES, help=argparse.SUPPRESS)  # old name
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        help="optimize's accuracy budget (top-1 points, upper end of the 95%% interval) when building int8; the "
+        "measured drop is reported either way (default: optimize's own, what `smallnets pipeline` ships)",
+    )
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,8 +121,7 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
         "--from-results",
         type=Path,
         metavar="RESULTS_JSON",
-        help="measure nothing: redraw report.md, results.csv and plots from an earlier results.json "
-        "(default: measure)",
+        help="measure nothing: redraw report.md, results.csv and plots from an earlier results.json (default: measure)",
     )
     parser.add_argument(
         "-o", "--output", type=Path, help="output folder (default: results, or the folder of --from-results)"
@@ -190,6 +195,7 @@ def bench_config(args: argparse.Namespace) -> Any:
         rebuild=args.rebuild,
         optimize_effort=args.effort,
         eval_dir=args.eval_dir or eval_dir_from_env(),
+        max_drop=args.max_drop,
     )
 
 

@@ -196,8 +196,9 @@ def side_by_side_sections(rows: Sequence[dict[str, Any]], machine: dict[str, Any
     """p50 ms per model x variant for each setting, labelled top-1 in brackets, the CPU kind in the title."""
     labelled = machine.get("labelled")
     source = (
-        f"labelled top-1 in brackets, on {labelled['report_images']} photos of {labelled['folder']} that neither "
-        f"calibrated ({labelled['calibration_images']} did) nor chose a recipe"
+        f"labelled top-1 in brackets, on the {labelled['report']} photos of {labelled['folder']}'s report part "
+        f"(content-hash split: {labelled['calibration']} calibrated ours and NNCF's int8, {labelled['selection']} "
+        "chose optimize's recipe, none of them is reported on)"
         if labelled
         else "no labelled photos given (--eval-dir / SMALLNETS_EVAL_DIR): no top-1"
     )

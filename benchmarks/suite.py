@@ -23,7 +23,7 @@ from smallnets.benchmarks.artifacts import (
     default_cache_dir,
     resolve_target,
 )
-from smallnets.benchmarks.labelled import LabelledSplit, calibration_folder, split_labelled
+from smallnets.benchmarks.labelled import split_labelled
 from smallnets.benchmarks.machine import machine_block
 from smallnets.benchmarks.measure import MeasureSpec
 from smallnets.benchmarks.runner import Measurement, bare_interpreter_rss_mb, pool, run_measurement
@@ -55,6 +55,7 @@ class BenchConfig:
     rebuild: bool = False
     optimize_effort: str = DEFAULT_EFFORT
     eval_dir: Path | None = None  # labelled photos: calibration part + reported top-1 (benchmarks.labelled)
+    max_drop: float | None = None  # optimize's accuracy budget when building int8; None: optimize's default
 
 
 @dataclass(frozen=True)
@@ -181,12 +182,14 @@ def loop_settings(config: BenchConfig) -> dict[str, Any]:
         "repeats": config.repeats,
         "weights": config.weights,
         "optimize_effort": config.optimize_effort,
+        "max_drop": config.max_drop,
     }
 
 
-def build_all(config: BenchConfig, target: str | None, split: LabelledSplit | None = None) -> list[ModelArtifacts]:
-    calib_dir = calibration_folder(split, config.cache_dir) if split else None
-    cache = ArtifactCache(config.cache_dir, config.weights, config.rebuild, config.optimize_effort, calib_dir)
+def build_all(config: BenchConfig, target: str | None) -> list[ModelArtifacts]:
+    cache = ArtifactCache(
+        config.cache_dir, config.weights, config.rebuild, config.optimize_effort, config.eval_dir, config.max_drop
+    )
     built = []
     with tqdm(config.models, desc="artifacts", unit="model", disable=None) as progress:
         for choice in progress:
@@ -226,8 +229,7 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
     baseline_rss_mb = bare_interpreter_rss_mb()  # also proves a measuring interpreter starts, before any build
     machine["bare_interpreter_rss_mb"] = baseline_rss_mb
     started = time.perf_counter()
-    split = split_labelled(config.eval_dir) if config.eval_dir else None
-    built = build_all(config, target, split)
+    built = build_all(config, target)
     build_s = time.perf_counter() - started
     machine["skipped"] = skipped(built, config.variants)
     for reason in machine["skipped"]:
@@ -241,35 +243,36 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
         make_row(by_label[label], variant, measurement, baseline_rss_mb, machine)
         for (label, variant, _, _), measurement in pooled.items()
     ]
-    rows = with_accuracy(rows, built, split, config)
-    machine["labelled"] = labelled_block(split)
+    rows, machine["labelled"] = with_accuracy(rows, built, config)
     write_results(outdir, rows, machine, raw_timings(rows, measurements))
     return SuiteResult(rows, machine, measurements)
 
 
-def labelled_block(split: LabelledSplit | None) -> dict[str, Any] | None:
-    """Where the labelled figures come from, for the machine block (None: no labelled photos given)."""
-    if split is None:
-        return None
-    return {"folder": str(split.root), "calibration_images": len(split.calibration), "report_images": len(split.report)}
-
-
 def with_accuracy(
-    rows: Sequence[dict[str, Any]], built: Sequence[ModelArtifacts], split: LabelledSplit | None, config: BenchConfig
-) -> list[dict[str, Any]]:
-    """Rows plus labelled top-1 per (model, variant), scored once per pair at batch 1 on one thread."""
+    rows: Sequence[dict[str, Any]], built: Sequence[ModelArtifacts], config: BenchConfig
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Rows plus labelled top-1 per (model, variant) on the report part, and where the figures come from."""
     from smallnets.benchmarks.accuracy import accuracy_fields, score_variants
 
     scores: dict[tuple[str, str], float] = {}
+    source = None
     for artifacts in built:
-        if split is None or artifacts.weights == "random":
+        if artifacts.eval_dir is None:
             continue
+        split = split_labelled(artifacts.eval_dir, artifacts.card, artifacts.calib_images())
+        source = split.to_dict()
         variants = [variant for variant in config.variants if artifacts.unavailable(variant) is None]
         specs = [(variant, spec_for(artifacts, variant, 1, 1, config)) for variant in variants]
         for variant, score in score_variants(split, artifacts.card, specs).items():
             scores[artifacts.choice.label, variant] = score
     by_label = {artifacts.choice.label: artifacts for artifacts in built}
-    return [
-        row | accuracy_fields(split, by_label[row["model"]].weights, scores.get((row["model"], row["variant"])))
+    labelled = [
+        row
+        | accuracy_fields(
+            by_label[row["model"]].weights,
+            scores.get((row["model"], row["variant"])),
+            source["report"] if source else None,
+        )
         for row in rows
     ]
+    return labelled, source

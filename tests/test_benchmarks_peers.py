@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from smallnets.benchmarks.accuracy import UNVALIDATED, accuracy_fields, top1
-from smallnets.benchmarks.labelled import CALIBRATION_SHARE, calibration_folder, report_batch, split_labelled
+from smallnets.benchmarks.labelled import report_batch, split_labelled
 from smallnets.benchmarks.selection import ModelChoice
 from smallnets.benchmarks.suite import BenchConfig, run_suite
 from smallnets.core.runtime import OnnxClassifier
@@ -38,49 +39,45 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, Ima
     return root
 
 
-def test_split_is_disjoint_complete_and_stable(image_folder: Path) -> None:
-    split = split_labelled(image_folder)
-    everything = sorted(path for path in image_folder.rglob("*.jpg"))
-    assert sorted(split.calibration + split.report) == everything
-    assert not set(split.calibration) & set(split.report) and split.report
-    assert split_labelled(image_folder) == split  # content hashes, not order or chance
-    assert 0 < len(split.calibration) < len(everything) / CALIBRATION_SHARE * 3
+def test_split_is_optimize_s_disjoint_and_stable(image_folder: Path, tiny: Path) -> None:
+    """The suite's parts are core.evaluation's: disjoint, complete, and the same on every call."""
+    card = OnnxClassifier(tiny).card
+    split = split_labelled(image_folder, card, calib_images=64)
+    everything = set(image_folder.rglob("*.jpg"))
+    distinct = {hashlib.sha256(path.read_bytes()).digest() for path in everything}  # skimage's cat is chelsea
+    report = {image.path for image in split.report}
+    selection = {image.path for image in split.parts.selection}
+    used = set(split.calibration) | selection | report
+    assert used <= everything and len(used) == len(distinct)
+    assert not (set(split.calibration) & report) and not (selection & report) and report
+    assert split_labelled(image_folder, card, calib_images=64) == split  # content hashes, not order or chance
+    capped = split_labelled(image_folder, card, calib_images=1)
+    assert len(capped.calibration) <= 1 and capped.report == split.report  # the cap never moves reported photos
 
 
-def test_calibration_folder_links_only_calibration_photos(image_folder: Path, tmp_path: Path) -> None:
-    split = split_labelled(image_folder)
-    folder = calibration_folder(split, tmp_path)
-    linked = sorted(path.resolve() for path in folder.rglob("*.jpg"))
-    assert linked == sorted(path.resolve() for path in split.calibration)
-    assert all(path.is_symlink() for path in folder.rglob("*.jpg"))  # never copies of the photos
-
-
-def test_missing_or_empty_labelled_folder_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="SMALLNETS_EVAL_DIR"):
-        split_labelled(tmp_path / "absent")
-    with pytest.raises(FileNotFoundError, match="no images"):
-        split_labelled(tmp_path)
+def test_missing_labelled_folder_is_named(tmp_path: Path, tiny: Path) -> None:
+    with pytest.raises(ValueError, match="not a folder"):
+        split_labelled(tmp_path / "absent", OnnxClassifier(tiny).card, 8)
 
 
 def test_top1_counts_argmax_against_labels(image_folder: Path, tiny: Path) -> None:
     """Labels taken from the model's own answers score 1.0; shifted by one they score 0.0."""
     classifier = OnnxClassifier(tiny)
-    photos, labels = report_batch(split_labelled(image_folder), classifier.card)
+    photos, labels = report_batch(split_labelled(image_folder, classifier.card, 8), classifier.card)
     own = np.argmax(classifier.run(photos), axis=1)
     assert labels.min() >= 0 and len(labels) == len(photos)
     assert top1(classifier.run, lambda batch: batch, photos, own) == 1.0
     assert top1(classifier.run, lambda batch: batch, photos, (own + 1) % 1000) == 0.0
 
 
-def test_random_weights_get_no_accuracy_figure(image_folder: Path) -> None:
-    split = split_labelled(image_folder)
-    assert accuracy_fields(split, "random", 0.9) == {
+def test_random_weights_get_no_accuracy_figure() -> None:
+    assert accuracy_fields("random", 0.9, 100) == {
         "labelled_top1": None,
         "labelled_images": None,
         "accuracy_note": UNVALIDATED,
     }
-    assert accuracy_fields(split, "imagenet", 0.5)["labelled_images"] == len(split.report)
-    assert "--eval-dir" in accuracy_fields(None, "imagenet", None)["accuracy_note"]
+    assert accuracy_fields("imagenet", 0.5, 100)["labelled_images"] == 100
+    assert "--eval-dir" in accuracy_fields("imagenet", None, None)["accuracy_note"]
 
 
 def test_openvino_peers_are_measured_beside_onnx(tmp_path: Path) -> None:
@@ -120,6 +117,7 @@ def test_real_weights_get_labelled_top1_on_the_report_photos(tmp_path: Path) -> 
         cache_dir=tmp_path / "cache",
         eval_dir=Path(os.environ["SMALLNETS_EVAL_DIR"]),
     )
-    row = run_suite(config, tmp_path / "out").rows[0]
-    split = split_labelled(config.eval_dir)
-    assert row["labelled_images"] == len(split.report) and 0.6 < row["labelled_top1"] <= 1.0
+    result = run_suite(config, tmp_path / "out")
+    row = result.rows[0]
+    assert row["labelled_images"] == result.machine["labelled"]["report"] and 0.6 < row["labelled_top1"] <= 1.0
+    assert result.machine["labelled"]["calibration"] > 0 and result.machine["labelled"]["selection"] > 0
