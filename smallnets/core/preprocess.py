@@ -15,27 +15,40 @@ _RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
 }
 # Shrink large photos by whole factors first (box filter), then resample the last < 3x: Pillow documents the result
-# as indistinguishable from a full resample, at a fraction of the cost for 12-megapixel uploads.
+# as indistinguishable from a full resample, at a fraction of the cost for 12-megapixel uploads. It only acts on
+# photos at least 2 x 3 = 6x the resize target (Pillow reduces by int(scale / 3) >= 2), so ImageNet-sized photos
+# get exactly torchvision's resample.
 REDUCING_GAP = 3.0
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """torchvision ``Resize(int)`` geometry: shorter side exactly ``shorter``, longer side truncated (not rounded)."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def crop_offset(size: int, crop: int) -> int:
+    """torchvision ``CenterCrop``: ``int(round((size - crop) / 2))`` (round half to even), not floor division."""
+    return round((size - crop) / 2.0)
 
 
 def resize_and_crop(image: Image.Image, config: Preprocessing) -> Image.Image:
     """Resize the shorter side to ``config.resize`` then take the centered ``config.crop`` square.
 
-    Done as one resample of the kept source region (Pillow's ``box``), so pixels that the crop discards are
-    never interpolated; the geometry is the same as resize-then-crop.
+    Pixel for pixel what torchvision/timm evaluation does on a PIL image (``Resize(resize)`` then
+    ``CenterCrop(crop)``), so published checkpoints see the inputs they were scored with. A single resample of
+    only the kept region (Pillow's ``box``) would be ~2x faster but is not bit-exact: it moved pixels by up to 11
+    levels on 93 of 100 ImageNet photos (bicubic 256 -> 224).
     """
     width, height = image.size
-    scale = config.resize / min(width, height)
-    resized_width = max(config.crop, round(width * scale))
-    resized_height = max(config.crop, round(height * scale))
-    left = (resized_width - config.crop) // 2
-    top = (resized_height - config.crop) // 2
-    x_scale, y_scale = width / resized_width, height / resized_height
-    box = (left * x_scale, top * y_scale, (left + config.crop) * x_scale, (top + config.crop) * y_scale)
-    return image.resize(
-        (config.crop, config.crop), _RESAMPLING[config.interpolation], box=box, reducing_gap=REDUCING_GAP
+    resized_width, resized_height = resized_size(width, height, config.resize)
+    resized = image.resize(
+        (resized_width, resized_height), _RESAMPLING[config.interpolation], reducing_gap=REDUCING_GAP
     )
+    left = crop_offset(resized_width, config.crop)
+    top = crop_offset(resized_height, config.crop)
+    return resized.crop((left, top, left + config.crop, top + config.crop))
 
 
 def preprocess(images: Sequence[Image.Image], config: Preprocessing) -> np.ndarray:
