@@ -396,7 +396,7 @@ def split_folders(
     labelled = {image.digest: image for image in evaluation.images}
     if calibration_dir is None:
         candidates = {digest: image.path for digest, image in labelled.items()}
-        source = f"{evaluation.root} (its calibration part)"
+        source = f"{evaluation.root}, calibration part"
     else:
         if not calibration_dir.is_dir():
             raise EvaluationDataError(f"--calib-dir {calibration_dir}: not a folder of images")
