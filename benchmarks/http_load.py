@@ -2,20 +2,26 @@
 
 Closed-loop clients (each sends its next request when the previous answer arrives) at a fixed concurrency for a
 fixed duration, over httpx's async client; per level: requests/s, latency percentiles of successful requests,
-and failures counted by status code or transport error. Every request has a timeout, so a level ends within
+failures counted by status code or transport error, the server's own per-phase timing (median of its
+``Server-Timing`` headers) and the peak resident memory of the server's processes (found through the listening
+socket, when the server runs on this machine). A client told to back off (503/429 with ``Retry-After``) waits that
+long before its next request, as a polite client would. Every request has a timeout, so a level ends within
 ``duration_s + timeout_s`` whatever the server does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import ipaddress
 import mimetypes
+import os
+import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +34,10 @@ from smallnets.core.images import iter_image_files, sample_photos
 DEFAULT_ENDPOINT = "/classify"
 # A refused connection fails instantly; pausing after transport errors keeps a dead server from being spun on.
 ERROR_BACKOFF_S = 0.01
+# A Retry-After longer than this is capped (a level must still end on time).
+MAX_RETRY_AFTER_S = 5.0
+BODIES = ("multipart", "raw")
+RSS_SAMPLE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,8 @@ class LevelResult:
     p99_ms: float | None
     mean_ms: float | None
     errors: dict[str, int]
+    server_timing_ms: dict[str, float] = field(default_factory=dict)  # median per Server-Timing entry (200s)
+    server_rss_mb: float | None = None  # peak resident memory of the largest server process during the level
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,18 +145,126 @@ def server_metadata(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
     return metadata if isinstance(metadata, dict) else None
 
 
-def warm_up(url: str, payloads: Sequence[Payload], requests: int, timeout_s: float, field: str = "image") -> None:
+def send(client: httpx.AsyncClient | httpx.Client, url: str, payload: Payload, field: str, body: str) -> Any:
+    """POST one image: as a multipart file ``field``, or (``body="raw"``) as the body with its Content-Type."""
+    if body == "raw":
+        return client.post(url, content=payload.data, headers={"content-type": payload.content_type})
+    return client.post(url, files={field: (payload.name, payload.data, payload.content_type)})
+
+
+def warm_up(
+    url: str,
+    payloads: Sequence[Payload],
+    requests: int,
+    timeout_s: float,
+    field: str = "image",
+    body: str = "multipart",
+) -> None:
     """A few untimed requests so lazy server-side setup is not billed to the first level."""
     with httpx.Client(timeout=timeout_s, trust_env=False) as client:
         for index in range(requests):
-            payload = payloads[index % len(payloads)]
-            client.post(url, files={field: (payload.name, payload.data, payload.content_type)})
+            send(client, url, payloads[index % len(payloads)], field, body)
 
 
-def summarize(concurrency: int, wall_s: float, latencies_ms: Sequence[float], outcomes: Counter[str]) -> LevelResult:
+def server_timing(header: str) -> dict[str, float]:
+    """A ``Server-Timing`` header as {name: milliseconds} (entries without a duration are skipped)."""
+    timings = {}
+    for entry in header.split(","):
+        name, _, rest = entry.strip().partition(";")
+        for parameter in rest.split(";"):
+            key, _, value = parameter.strip().partition("=")
+            if key == "dur" and name:
+                with contextlib.suppress(ValueError):
+                    timings[name] = float(value)
+    return timings
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """How long a 503/429 asks the client to wait (the seconds form of Retry-After), capped; None if not asked."""
+    if response.status_code not in (429, 503):
+        return None
+    try:
+        return min(max(float(response.headers.get("retry-after", "")), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return None
+
+
+def server_pids(url: str) -> list[int]:
+    """Processes holding the listening socket of ``url``'s port (BentoML: its arbiter and workers); [] if unknown."""
+    port = urlsplit(url).port or 80
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # state 0A = LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = []
+    for entry in Path("/proc").iterdir() if inodes else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                pids.append(int(entry.name))
+        except OSError:  # gone, or not ours to look at
+            continue
+    return pids
+
+
+def resident_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+class PeakRss:
+    """The largest resident size of any of ``pids`` while the block runs, sampled every 50 ms in a thread."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = list(pids)
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        if self.pids:
+            self._sample_once()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_S):
+            self._sample_once()
+
+    def _sample_once(self) -> None:
+        sizes = [size for size in map(resident_mb, self.pids) if size is not None]
+        if sizes:
+            self.peak_mb = max(self.peak_mb or 0.0, max(sizes))
+
+
+def summarize(
+    concurrency: int,
+    wall_s: float,
+    latencies_ms: Sequence[float],
+    outcomes: Counter[str],
+    timings: dict[str, list[float]] | None = None,
+    rss_mb: float | None = None,
+) -> LevelResult:
     ok = len(latencies_ms)
-    timings = np.asarray(latencies_ms, dtype=float)
-    p50, p90, p99 = (float(v) for v in np.percentile(timings, [50, 90, 99])) if ok else (None, None, None)
+    latencies = np.asarray(latencies_ms, dtype=float)
+    p50, p90, p99 = (float(v) for v in np.percentile(latencies, [50, 90, 99])) if ok else (None, None, None)
     return LevelResult(
         concurrency=concurrency,
         duration_s=wall_s,
@@ -154,17 +274,27 @@ def summarize(concurrency: int, wall_s: float, latencies_ms: Sequence[float], ou
         p50_ms=p50,
         p90_ms=p90,
         p99_ms=p99,
-        mean_ms=float(timings.mean()) if ok else None,
+        mean_ms=float(latencies.mean()) if ok else None,
         errors={key: count for key, count in sorted(outcomes.items()) if key != "200"},
+        server_timing_ms={name: float(np.median(values)) for name, values in (timings or {}).items()},
+        server_rss_mb=rss_mb,
     )
 
 
 async def run_level(
-    url: str, payloads: Sequence[Payload], concurrency: int, duration_s: float, timeout_s: float, field: str = "image"
+    url: str,
+    payloads: Sequence[Payload],
+    concurrency: int,
+    duration_s: float,
+    timeout_s: float,
+    field: str = "image",
+    body: str = "multipart",
+    watch_pids: Sequence[int] = (),
 ) -> LevelResult:
     """``concurrency`` closed-loop clients posting the payloads round-robin until ``duration_s`` has passed."""
     latencies_ms: list[float] = []
     outcomes: Counter[str] = Counter()
+    timings: dict[str, list[float]] = defaultdict(list)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits, trust_env=False) as client:
         started = time.perf_counter()
@@ -177,7 +307,7 @@ async def run_level(
                 sent += concurrency
                 request_started = time.perf_counter()
                 try:
-                    response = await client.post(url, files={field: (payload.name, payload.data, payload.content_type)})
+                    response = await send(client, url, payload, field, body)
                 except httpx.TransportError as error:
                     outcomes[type(error).__name__] += 1
                     await asyncio.sleep(ERROR_BACKOFF_S)
@@ -186,10 +316,16 @@ async def run_level(
                 outcomes[str(response.status_code)] += 1
                 if response.status_code == 200:
                     latencies_ms.append(elapsed_ms)
+                    for name, milliseconds in server_timing(response.headers.get("server-timing", "")).items():
+                        timings[name].append(milliseconds)
+                wait_s = retry_after_s(response)
+                if wait_s:
+                    await asyncio.sleep(min(wait_s, max(0.0, deadline - time.perf_counter())))
 
-        await asyncio.gather(*(client_loop(index) for index in range(concurrency)))
+        with PeakRss(watch_pids) as rss:
+            await asyncio.gather(*(client_loop(index) for index in range(concurrency)))
         wall_s = time.perf_counter() - started
-    return summarize(concurrency, wall_s, latencies_ms, outcomes)
+    return summarize(concurrency, wall_s, latencies_ms, outcomes, timings, rss.peak_mb)
 
 
 def run_load(
@@ -201,14 +337,18 @@ def run_load(
     warmup_requests: int = 2,
     field: str = "image",
     progress: bool = True,
+    body: str = "multipart",
 ) -> list[LevelResult]:
     """Check the URL, warm the server up, then run each concurrency level in turn."""
     from tqdm import tqdm
 
+    if body not in BODIES:
+        raise ValueError(f"body must be one of {BODIES}, got {body!r}")
     target = endpoint_url(url)
     check_reachable(target)
-    warm_up(target, payloads, warmup_requests, timeout_s, field)
+    warm_up(target, payloads, warmup_requests, timeout_s, field, body)
+    pids = server_pids(target)
     results = []
     for level in tqdm(concurrency, desc="http load", unit="level", disable=not progress):
-        results.append(asyncio.run(run_level(target, payloads, level, duration_s, timeout_s, field)))
+        results.append(asyncio.run(run_level(target, payloads, level, duration_s, timeout_s, field, body, pids)))
     return results

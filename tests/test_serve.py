@@ -466,3 +466,17 @@ def test_metrics_cover_requests_latency_phases_batches_queue_and_model(
     (info,) = metric_values(text, "smallnets_model_info").items()
     assert 'model="efficientnet_lite0_fp32"' in info[0] and 'precision="fp32"' in info[0] and info[1] == 1.0
     assert "bentoml_service_request_total" in text
+
+
+@pytest.mark.parametrize("body", ["multipart", "raw"])
+def test_bench_http_reads_the_server_timing_and_memory(server: Server, body: str) -> None:
+    """`smallnets bench-http`'s load loop against this server: phases from Server-Timing, RSS via the socket."""
+    from smallnets.benchmarks.http_load import load_payloads, run_load
+
+    (level,) = run_load(
+        server.url, load_payloads("samples")[:2], (2,), 1.0, warmup_requests=1, progress=False, body=body
+    )
+    assert level.ok > 0 and level.errors == {}
+    assert set(level.server_timing_ms) == {"queue", "decode", "preprocess", "inference", "total"}
+    assert 0 < level.server_timing_ms["inference"] < level.server_timing_ms["total"] <= level.p99_ms
+    assert level.server_rss_mb is not None and level.server_rss_mb > 50  # a worker holding a model session
