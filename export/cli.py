@@ -197,10 +197,11 @@ def _millions(value: int | None) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    output = args.output or Path(f"{args.name}.onnx")
+    check_export_target(output)  # before torch loads
     from smallnets.export.onnx_export import ExportConfig, export_model
 
     variant = variant_from_args(args)
-    output = args.output or Path(f"{args.name}.onnx")
     warn_if_random(args.weights)
     config = ExportConfig(model=args.name, variant=variant, weights=args.weights, seed=args.seed, atol=args.atol)
     result = export_model(config, output)
@@ -217,6 +218,30 @@ def run_export(args: argparse.Namespace) -> int:
         top3 = ", ".join(f"{p.label.split(',')[0]} {p.score:.2f}" for p in result.photo_top5[:3])
         print(f"  {result.photo:<8} {top3}")
     return 0
+
+
+def check_export_target(output: Path) -> None:
+    """Overwrite only an earlier smallnets export: a file of the user's is never replaced by a model."""
+    from smallnets.core.files import OutputExistsError
+
+    if output.is_dir():
+        raise OutputExistsError(f"{output} is a folder: pass a file name, e.g. -o {output / 'model.onnx'}")
+    if output.exists() and not _is_smallnets_model(output):
+        raise OutputExistsError(
+            f"refusing to overwrite {output}: it is not a model smallnets exported; choose another -o FILE.onnx"
+        )
+
+
+def _is_smallnets_model(path: Path) -> bool:
+    import onnx
+
+    from smallnets.core.metadata import CARD_KEY
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: the file is not an ONNX model at all
+        return False
+    return any(prop.key == CARD_KEY for prop in model.metadata_props)
 
 
 def _parse_variant(item: str) -> tuple[str, Any]:

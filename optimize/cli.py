@@ -259,9 +259,11 @@ def _code_digest() -> str:
 
 
 def _export_staging(outdir: Path) -> Path:
-    staging = outdir.parent / f".{outdir.name}.export"
-    staging.mkdir(parents=True, exist_ok=True)
-    return staging
+    """A fresh hidden folder beside OUTDIR for the export (removed afterwards: never one that existed before)."""
+    import tempfile
+
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{outdir.name}.export-", dir=outdir.parent))
 
 
 def _optimize_export(staging: Path, outdir: Path, config: Any, as_json: bool, key: str | None = None) -> int:

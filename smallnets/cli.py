@@ -28,11 +28,13 @@ EXIT_FAILED = 7
 EXIT_PARTIAL = 8
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
+# A bare KeyError/IndexError is a bug; the project's LookupErrors (unknown model, target, stored model) are not.
+BUILTIN_LOOKUPS = (KeyError, IndexError)
 EXIT_CODES = (
     (0, "success"),
     (EXIT_INTERNAL, "internal error (a bug: rerun with --debug and report the traceback)"),
-    (EXIT_USAGE, "bad command line or value (an unknown model, a file that is not an image or ONNX model, ...)"),
-    (EXIT_NOT_FOUND, "an input file, folder or model is missing"),
+    (EXIT_USAGE, "bad command line or value (e.g. a file that is not an image or an ONNX model)"),
+    (EXIT_NOT_FOUND, "not found: an input file or folder, a stored model, a registry name"),
     (EXIT_OUTPUT_REFUSED, "the output folder may not be written (not empty, or holds files smallnets did not write)"),
     (EXIT_PORT_IN_USE, "the port is already in use"),
     (EXIT_SYSTEM, "the system refused (permissions, disk full, network)"),
@@ -67,7 +69,7 @@ def exit_code(error: BaseException) -> int:
     """The documented exit code of an expected failure (EXIT_CODES)."""
     if isinstance(error, FileExistsError):
         return EXIT_OUTPUT_REFUSED
-    if isinstance(error, FileNotFoundError | LookupError) and not isinstance(error, KeyError):
+    if isinstance(error, FileNotFoundError) or (isinstance(error, LookupError) and type(error) not in BUILTIN_LOOKUPS):
         return EXIT_NOT_FOUND
     if isinstance(error, OSError):
         return EXIT_PORT_IN_USE if error.errno == errno.EADDRINUSE else EXIT_SYSTEM
@@ -82,6 +84,8 @@ def one_line(error: BaseException) -> str:
     """The error's message on one line (library messages can span many)."""
     if isinstance(error, OSError) and error.strerror:  # OSError(errno, text[, filename]): drop the "[Errno N]"
         text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    elif isinstance(error, KeyError) and error.args:  # str(KeyError) quotes its message
+        text = str(error.args[0])
     else:
         text = str(error) or type(error).__name__
     return " ".join(text.split())

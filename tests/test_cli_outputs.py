@@ -135,3 +135,18 @@ def test_manifest_inputs_key_and_additions(tmp_path: Path) -> None:
     assert is_up_to_date(folder, "k1") and not is_up_to_date(folder, "k2")
     (folder / "model.export.onnx").unlink()
     assert not is_up_to_date(folder, "k1"), "a listed file went missing"
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_export_never_overwrites_a_file_it_did_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture, kind: str
+) -> None:
+    target = tmp_path / "notes.onnx"
+    if kind == "folder":
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+    else:
+        target.write_text("mine")
+    error = refused(capsys, "export", "squeezenet1_1", "-o", str(target))
+    assert ("is a folder" if kind == "folder" else "not a model smallnets exported") in error
+    assert (target / "keep.txt" if kind == "folder" else target).read_text() == "mine"
