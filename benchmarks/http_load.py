@@ -349,6 +349,6 @@ def run_load(
     warm_up(target, payloads, warmup_requests, timeout_s, field, body)
     pids = server_pids(target)
     results = []
-    for level in tqdm(concurrency, desc="http load", unit="level", disable=not progress):
+    for level in tqdm(concurrency, desc="http load", unit="level", disable=None if progress else True):  # tty only
         results.append(asyncio.run(run_level(target, payloads, level, duration_s, timeout_s, field, body, pids)))
     return results
