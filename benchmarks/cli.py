@@ -224,14 +224,16 @@ def run_bench_http(args: argparse.Namespace) -> int:
     from smallnets.benchmarks.http_load import load_payloads, run_load, server_metadata
     from smallnets.benchmarks.report import write_http_results
     from smallnets.benchmarks.selection import parse_positive_ints
-    from smallnets.core.files import ensure_writable_dir
+    from smallnets.core.files import check_output_dir, ensure_writable_dir, write_manifest
 
     levels = parse_positive_ints(args.concurrency, "--concurrency")
     if args.duration <= 0 or args.timeout <= 0:
         raise ValueError("--duration and --timeout must be > 0 seconds")
+    check_output_dir(args.output, force=True)  # rewrites its own earlier results, never a folder of someone else's
     outdir = ensure_writable_dir(args.output)
     payloads = load_payloads(args.images)
     results = run_load(args.url, payloads, levels, args.duration, args.timeout, field=args.field)
     report = write_http_results(outdir, args.url, results, args.images, server_metadata(args.url))
+    write_manifest(outdir, "bench-http")
     print(report.read_text())
     return 0

@@ -150,3 +150,16 @@ def test_export_never_overwrites_a_file_it_did_not_write(
     error = refused(capsys, "export", "squeezenet1_1", "-o", str(target))
     assert ("is a folder" if kind == "folder" else "not a model smallnets exported") in error
     assert (target / "keep.txt" if kind == "folder" else target).read_text() == "mine"
+
+
+def test_a_nested_smallnets_output_is_ours_but_a_stray_file_in_it_is_not(tmp_path: Path) -> None:
+    """bench-http writes results/http inside bench's results/: both manifests together cover everything."""
+    results = our_output(tmp_path / "results")
+    http = results / "http"
+    http.mkdir()
+    (http / "http_report.md").write_text("load")
+    write_manifest(http, "bench-http")
+    check_output_dir(results, force=True)
+    (http / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"http/notes\.txt"):
+        check_output_dir(results, force=True)

@@ -158,10 +158,18 @@ def protected_reason(folder: Path) -> str | None:
 
 
 def foreign_files(folder: Path) -> list[str]:
-    """Files and folders in ``folder`` that its manifest does not list (all of them when there is no manifest)."""
+    """Files in ``folder`` that no manifest lists (its own, or a sub-folder's: bench-http writes into bench's)."""
     manifest = read_manifest(folder)
     ours = set(manifest["files"]) if manifest else set()
-    return [name for name in _relative_files(folder) if name != MANIFEST_NAME and name not in ours]
+    foreign = []
+    for name in _relative_files(folder):
+        if name == MANIFEST_NAME or name in ours or Path(name).name == MANIFEST_NAME:
+            continue
+        owner = next((parent for parent in Path(name).parents if (folder / parent / MANIFEST_NAME).is_file()), None)
+        inner = read_manifest(folder / owner) if owner not in (None, Path(".")) else None
+        if not (inner and Path(name).relative_to(owner).as_posix() in inner["files"]):
+            foreign.append(name)
+    return foreign
 
 
 def _relative_files(folder: Path) -> list[str]:
