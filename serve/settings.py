@@ -32,9 +32,10 @@ DEFAULT_MAX_BATCH_IMAGES = 32
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_PIXELS = 50_000_000
 # Decoded pixels one request may cost, summed over its images (JPEGs count at the reduced scale they decode at).
-# Decoding runs at ~25-30 MP/s per core here (a 50 MP PNG: ~1.7-2 s), so this keeps the worst request that is
-# accepted at ~6 s of decode; heavier requests are refused (413) before any pixel is decoded.
-DEFAULT_MAX_REQUEST_PIXELS = 150_000_000
+# Decoding runs at ~25-30 MP/s per core here (a 50 MP PNG: ~1.7-2 s), so the worst request accepted (two 50 MP
+# images) decodes in ~4 s, inside the 10 s deadline even on a busy machine; heavier requests are refused (413)
+# before any pixel is decoded.
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 # Requests a worker holds at once (reading, decoding, queued, running); past it: 503 + Retry-After at once.
 # Two full batches keep the model busy while the next one forms; more only adds waiting.
 DEFAULT_MAX_QUEUE_BATCHES = 2

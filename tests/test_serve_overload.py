@@ -2,7 +2,7 @@
 past its deadline gets 504 (not a late 200) and its remaining decoding stops, a client that hangs up stops its work
 too; shutdown answers the requests in flight; an unusable model stops the server with one line.
 
-One `smallnets serve` with a tight queue (2 requests) and a short deadline (3 s); heavy requests are batches of
+One `smallnets serve` with a tight queue (2 requests) and a short deadline (2 s); heavy requests are batches of
 flat 3000x3000 PNGs (9 MP each, ~0.3-1 s of decoding apiece), far more work than the deadline allows.
 """
 
@@ -25,8 +25,8 @@ from servers import SERVER_PIDS, cpu_seconds, smallnets_server, worker_pids
 from test_serve import assert_rejected, jpeg, metric_values
 
 MAX_QUEUE = 2
-TIMEOUT_S = 3
-HEAVY_IMAGES = 16  # 16 x 9 MP = 144 MP: inside the default 150 MP budget, several times the deadline's work
+TIMEOUT_S = 2
+HEAVY_IMAGES = 11  # 11 x 9 MP = 99 MP: inside the default 100 MP budget, several times the deadline's work
 
 
 @pytest.fixture(scope="module")

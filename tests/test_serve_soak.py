@@ -121,7 +121,7 @@ def closed_loop(url: str, until: float, send: Callable[[httpx.Client, int], http
 
 def test_normal_latency_recovers_after_a_heavy_soak(server: str, normal_photos: list[bytes]) -> None:
     (worker,) = worker_pids(server)
-    heavy = {"legal": batch(4000, 3), "hang_up": batch(3000, 16), "over_budget": batch(7071, 32)}
+    heavy = {"legal": batch(4000, 3), "hang_up": batch(3000, 11), "over_budget": batch(7071, 32)}
 
     def normal(client: httpx.Client, index: int) -> httpx.Response:
         data = normal_photos[index % len(normal_photos)]
