@@ -121,7 +121,9 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
         "--from-results",
         type=Path,
         metavar="RESULTS_JSON",
-        help="measure nothing: redraw report.md, results.csv and plots from an earlier results.json (default: measure)",
+        nargs="+",
+        help="measure nothing: redraw report.md, results.csv and plots from earlier results.json files, several merged "
+        "into one report (default: measure)",
     )
     parser.add_argument(
         "-o", "--output", type=Path, help="output folder (default: results, or the folder of --from-results)"
@@ -151,7 +153,7 @@ def add_bench_http_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 def run_bench(args: argparse.Namespace) -> int:
     if args.from_results:
-        return redraw(args.from_results, args.output or args.from_results.parent)
+        return redraw(args.from_results, args.output or args.from_results[0].parent)
     from smallnets.benchmarks.suite import run_suite
     from smallnets.core.files import check_output_dir, write_manifest
     from smallnets.export.cli import warn_if_random
@@ -209,12 +211,12 @@ def print_summary(rows: list[dict[str, Any]], config: Any, output: Path) -> None
     print(f"\nfull report: {output / 'report.md'} (results.json, results.csv, timings.json and plots beside it)")
 
 
-def redraw(results: Path, output: Path) -> int:
-    """Re-render an earlier run, e.g. results measured on a box without matplotlib."""
-    from smallnets.benchmarks.report import load_results, write_results
+def redraw(results: list[Path], output: Path) -> int:
+    """Re-render earlier runs (several are merged into one report), e.g. measured on a box without matplotlib."""
+    from smallnets.benchmarks.report import merge_results, write_results
     from smallnets.core.files import ensure_writable_dir
 
-    rows, machine = load_results(results)
+    rows, machine = merge_results(results)
     written = write_results(ensure_writable_dir(output), rows, machine)
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

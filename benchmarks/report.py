@@ -160,6 +160,8 @@ def machine_lines(machine: dict[str, Any]) -> list[str]:
     if machine.get("suite_seconds"):
         seconds = machine["suite_seconds"]
         lines.append(f"- Suite time: {seconds['build']:.0f} s building artifacts, {seconds['measure']:.0f} s measuring")
+    if machine.get("merged_from"):
+        lines.append(f"- Merged from: {', '.join(machine['merged_from'])}")
     lines.append(f"- Date: {machine['date']}")
     return lines
 
@@ -261,6 +263,22 @@ def load_results(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]
     if not isinstance(data, dict) or not {"results", "machine"} <= data.keys():
         raise ValueError(f"{path} is not a results.json of `smallnets bench` (it needs 'machine' and 'results')")
     return data["results"], data["machine"]
+
+
+def merge_results(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of several runs on one machine as one report (e.g. real-weight and random-weight models run apart).
+
+    The machine block is the first run's, with the sources listed; runs from different CPUs are refused.
+    """
+    loaded = [load_results(path) for path in paths]
+    machine = dict(loaded[0][1])
+    for path, (_, other) in zip(paths, loaded, strict=True):
+        if other["cpu"]["model"] != machine["cpu"]["model"] or other["cpu"]["features"] != machine["cpu"]["features"]:
+            raise ValueError(f"{path} was measured on another CPU ({other['cpu']['model']}); merge runs of one machine")
+        machine["labelled"] = machine.get("labelled") or other.get("labelled")
+    if len(paths) > 1:
+        machine["merged_from"] = [str(path) for path in paths]
+    return [row for rows, _ in loaded for row in rows], machine
 
 
 HTTP_COLUMNS = (

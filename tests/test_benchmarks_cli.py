@@ -57,7 +57,7 @@ def test_build_part_accepts_the_old_effort_name() -> None:
 
 def test_output_part_has_force_and_redraw() -> None:
     args = parser_with(add_output_arguments).parse_args(["--from-results", "r.json", "-o", "out", "--force"])
-    assert (args.from_results, args.output, args.force) == (Path("r.json"), Path("out"), True)
+    assert (args.from_results, args.output, args.force) == ([Path("r.json")], Path("out"), True)
 
 
 def test_register_adds_both_commands_with_their_handlers() -> None:
@@ -101,3 +101,22 @@ def test_summary_prints_the_first_setting(capsys: pytest.CaptureFixture[str]) ->
     printed = capsys.readouterr().out
     assert "batch 4, 2 thread(s)" in printed and "| 3.00 |" in printed and "| 1.00 |" not in printed
     assert "out/report.md" in printed
+
+
+def test_redraw_merges_runs_of_one_machine_and_refuses_others(tmp_path: Path) -> None:
+    import json
+
+    from smallnets.benchmarks.machine import machine_block
+    from smallnets.benchmarks.report import merge_results
+
+    machine = machine_block((1,))
+    row = {"model": "m", "variant": "onnx-fp32", "batch": 1, "threads": 1, "p50_ms": 1.0}
+    first, second, foreign = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    first.write_text(json.dumps({"machine": machine, "results": [row]}))
+    second.write_text(json.dumps({"machine": machine, "results": [{**row, "model": "n"}]}))
+    other = {**machine, "cpu": {**machine["cpu"], "model": "another CPU"}}
+    foreign.write_text(json.dumps({"machine": other, "results": [row]}))
+    rows, merged = merge_results([first, second])
+    assert [r["model"] for r in rows] == ["m", "n"] and merged["merged_from"] == [str(first), str(second)]
+    with pytest.raises(ValueError, match="another CPU"):
+        merge_results([first, foreign])
