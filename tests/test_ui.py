@@ -184,6 +184,12 @@ def test_classifier_page_in_a_browser(
     assert card["accuracy"].startswith("not recorded in the model card (imagenet weights)")
     assert "resize 256 (bicubic), center-crop 224" in browser.find_element(By.ID, "card-preprocessing").text
 
+    # A random-weights model has no accuracy, whatever else its card says.
+    metadata = httpx.get(f"{url}/metadata", timeout=30).json()
+    browser.execute_script("renderCard(arguments[0])", {**metadata, "weights": "random"})
+    assert browser.find_element(By.ID, "card-accuracy").text.startswith("unvalidated (random weights)")
+    browser.execute_script("renderCard(arguments[0])", metadata)
+
     browser.find_element(By.ID, "file-input").send_keys(str(photo))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#predictions li")) == 5)
     rows = browser.find_elements(By.CSS_SELECTOR, "#predictions li")
