@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from smallnets.core.images import ImageDecodeError, decode_image
+from smallnets.core.images import ImageDecodeError, decode_image, open_image, shrink
 
 SIZE = (96, 64)  # small and not square, so a wrong rotation changes the shape
 
@@ -144,3 +147,53 @@ def test_pixel_limit_applies_before_decoding(picture: Image.Image) -> None:
     with pytest.raises(ImageDecodeError, match=f"{width}x{height} pixels exceeds"):
         decode_image(encode(picture, "PNG"), max_pixels=width * height - 1)
     assert decode_image(encode(picture, "PNG"), max_pixels=width * height).size == SIZE
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "CMYK"])
+def test_shrink_by_strips_equals_one_box_reduce(photos: dict[str, Image.Image], mode: str) -> None:
+    big = photos["chelsea"].resize((1501, 1203)).convert(mode)
+    shrunk = shrink(big, 200)
+    assert shrunk.mode == mode and shrunk.size == (251, 201)  # factor 1203 // 200 = 6, partial last blocks kept
+    assert np.array_equal(np.asarray(shrunk), np.asarray(big.reduce(6)))
+
+
+@pytest.mark.parametrize("kind", ["palette_transparent", "sixteen_bit", "one_bit"])
+def test_shrink_handles_modes_reduce_cannot_average(photos: dict[str, Image.Image], kind: str) -> None:
+    """Decoded with ``min_side`` (shrunk while decoding) vs decoded whole: the same picture at the smaller size."""
+    big = photos["coffee"].resize((1600, 1200))
+    if kind == "palette_transparent":
+        source = big.convert("P", palette=Image.Palette.ADAPTIVE)
+        source.info["transparency"] = 0
+    elif kind == "sixteen_bit":
+        source = Image.fromarray(np.asarray(big.convert("L"), dtype=np.uint16) * 257)
+    else:
+        source = big.convert("1")
+    data = encode(source, "PNG")
+    whole = decode_image(data)
+    small = decode_image(data, min_side=300)
+    assert small.mode == "RGB" and small.size == (400, 300)
+    assert mean_abs_diff(small, whole.resize(small.size, Image.Resampling.BOX)) < (40.0 if kind == "one_bit" else 2.0)
+
+
+def test_jpeg_decodes_at_a_reduced_scale_that_keeps_min_side(photos: dict[str, Image.Image]) -> None:
+    data = encode(photos["chelsea"].resize((4000, 3000)), "JPEG", quality=90)
+    assert open_image(data, min_side=700).size == (1000, 750)  # 1/4 scale: 3000 // 700 = 4
+    assert open_image(data, min_side=768).size == (2000, 1500)  # 1/4 would give 750 < 768: 1/2
+    assert open_image(data).size == (4000, 3000)
+    assert min(decode_image(data, min_side=768).size) >= 768
+
+
+def test_peak_memory_of_a_large_decode_is_about_one_picture(tmp_path: Path) -> None:
+    """A 4000x4000 RGBA PNG (64 MB decoded) shrunk while decoding: the process grows by about that, not by the
+    premultiplied and converted full-size copies a plain reduce/convert would add (measured in a fresh process)."""
+    path = tmp_path / "big.png"
+    Image.new("RGBA", (4000, 4000), (10, 200, 30, 100)).save(path)
+    script = (
+        "import resource, sys; from smallnets.core.images import decode_image; data = open(sys.argv[1], 'rb').read();"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; decode_image(data, min_side=224);"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)"
+    )
+    grown_mb = float(
+        subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True).stdout
+    )
+    assert grown_mb < 1.4 * 64, grown_mb

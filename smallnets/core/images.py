@@ -13,6 +13,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Refuse decompression bombs ourselves (a clear error) instead of relying on PIL's warning/exception mix.
 DEFAULT_MAX_PIXELS = 50_000_000
+# Rows per strip when shrinking a decoded picture (a 7071-wide RGBA strip of 256 rows: 7 MB).
+SHRINK_STRIP_ROWS = 256
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -62,18 +64,36 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
 
 
 def shrink(image: Image.Image, min_side: int) -> Image.Image:
-    """Box-reduce by the largest whole factor that keeps the shorter side >= ``min_side`` (no-op if none)."""
+    """Box-reduce by the largest whole factor that keeps the shorter side >= ``min_side`` (no-op if none).
+
+    Done strip by strip, so the only full-size picture in memory is the decoded one: Pillow's own reduce of an
+    RGBA picture first makes a premultiplied full-size copy, and palette or 16-bit pictures need a conversion
+    before they can be averaged; here those copies are one strip each.
+    """
     factor = min(image.size) // min_side
     if factor < 2:
         return image
+    width, height = image.size
+    rows = factor * max(1, SHRINK_STRIP_ROWS // factor)
+    reduced: Image.Image | None = None
+    for top in range(0, height, rows):
+        strip = _reducible(image.crop((0, top, width, min(height, top + rows)))).reduce(factor)
+        if reduced is None:
+            reduced = Image.new(strip.mode, (-(-width // factor), -(-height // factor)))
+        reduced.paste(strip, (0, top // factor))
+    assert reduced is not None
+    return reduced.convert("I;16") if image.mode.startswith("I;16") else reduced
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """``image`` in a mode ``Image.reduce`` can average (palette indices and 1-bit pixels cannot be)."""
     if image.mode == "1":
-        image = image.convert("L")
-    elif image.mode == "P":  # palette indices cannot be averaged: expand the colours first
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode.startswith("I;16"):  # reduce() has no 16-bit kernel; a box resize by the same factor does
-        width, height = image.size
-        return image.resize((width // factor, height // factor), Image.Resampling.BOX)
-    return image.reduce(factor)
+        return image.convert("L")
+    if image.mode == "P":
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode.startswith("I;16"):  # reduce() has no 16-bit kernel
+        return image.convert("I")
+    return image
 
 
 @contextlib.contextmanager
