@@ -1,1 +1,1 @@
-"""ONNX side: simplify, fuse, quantize (per-target presets) and validate."""
+"""ONNX side: simplify, fuse, quantize (per-target options from smallnets.core.targets) and validate."""
