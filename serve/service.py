@@ -299,7 +299,8 @@ class ImageClassifier:
 
     async def logits_for_uploads(self, uploads: Sequence[ImageUpload], clock: RequestClock) -> np.ndarray:
         """Logits (N, classes) of encoded images, in order: pixel budget (413), bad image (400 naming it), one
-        upload decoded at a time on the decode pool, rows batched with other requests'."""
+        upload decoded at a time on the decode pool, its rows sent to the batcher in model-sized chunks (merged
+        there with other requests' rows)."""
         opened: list[Image.Image | None] = [self._open(upload) for upload in uploads]
         pixels = sum(image.width * image.height for image in opened if image is not None)
         if pixels > SETTINGS.max_request_pixels:
@@ -309,6 +310,7 @@ class ImageClassifier:
                 f"limit of {SETTINGS.max_request_pixels} (SMALLNETS_MAX_REQUEST_PIXELS): send fewer or smaller images",
             )
         submitted: list[asyncio.Future] = []
+        rows: list[np.ndarray] = []
         try:
             for index, upload in enumerate(uploads):
                 image, opened[index] = opened[index], None  # once decoded, nothing keeps the full-size pixels
@@ -321,7 +323,11 @@ class ImageClassifier:
                     limiter=self._decoders,
                 )
                 del image
-                submitted.append(asyncio.ensure_future(self.batcher.submit(row, clock.deadline)))
+                rows.append(row)
+                if len(rows) == self.batcher.max_batch_size or index == len(uploads) - 1:
+                    # A full model batch runs while the next images decode; a lone photo goes at once.
+                    chunk, rows = np.concatenate(rows) if len(rows) > 1 else rows[0], []
+                    submitted.append(asyncio.ensure_future(self.batcher.submit(chunk, clock.deadline)))
             return clock.merge(await asyncio.gather(*submitted))
         finally:
             for pending in submitted:
