@@ -176,8 +176,12 @@ class Arm64Environment:
     def run(
         self, args: Sequence[str], extra_env: Mapping[str, str] | None = None, **kwargs: object
     ) -> subprocess.CompletedProcess:
-        """Run the aarch64 interpreter (``subprocess.run`` keyword arguments pass through)."""
-        kwargs.setdefault("cwd", REPO)
+        """Run the aarch64 interpreter (``subprocess.run`` keyword arguments pass through).
+
+        The default working folder is the package view: ``-m`` puts the working folder first on sys.path, and
+        from the checkout that would import the bare ``smallnets/`` folder, which has no stage packages.
+        """
+        kwargs.setdefault("cwd", package_view(cache_dir()))
         return subprocess.run(self.command(args), env=self.environ(extra_env), **kwargs)  # type: ignore[call-overload]
 
     def write_cpuinfo(self) -> str:
