@@ -210,6 +210,7 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({size_mb:.1f} MB) and {result.path.with_suffix('.export.json')}")
     print(f"  model    {card.display_name}: {card.params:,} params, {card.macs / 1e6:.1f}M MACs")
     print(f"  weights  {card.weights}")
+    print(f"  accuracy {card.accuracy.summary}")
     print(
         f"  checked  max |ONNX - PyTorch| = {result.max_abs_diff_random:.2e} (random, batch 1 and 7), "
         f"{result.max_abs_diff_photo:.2e} ({result.photo} photo)"
