@@ -21,6 +21,7 @@ The model comes from the BentoML model store by tag, given as the Bento argument
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -70,6 +71,8 @@ MODEL_TAG: str | None = getattr(bentoml.use_arguments(), "model_tag", None)
 BENTOML_TIMEOUT_MARGIN_S = 30
 # What a shed request is told: the queue drains within a second at the default limits.
 RETRY_AFTER_S = 1
+# A decode this large (pixels actually decoded: a 12 MP JPEG at its reduced scale is 3 MP) counts as heavy.
+HEAVY_DECODE_PIXELS = 8_000_000
 Input = TypeVar("Input")
 
 
@@ -203,6 +206,9 @@ class ImageClassifier:
         self.model_name = model_name(self.classifier.card)
         self.batcher = Batcher(self._run_model, SETTINGS.max_batch_size, observe=self._observe_batch)
         self._decoders = anyio.CapacityLimiter(SETTINGS.decode_threads)
+        # Large decodes take at most all but one decode thread: photos of other requests always find one free, and
+        # at most that many full-size pictures are in memory at once.
+        self._heavy_decoders = anyio.CapacityLimiter(max(1, SETTINGS.decode_threads - 1))
         preprocessing = self.classifier.card.preprocessing
         # Decode big uploads straight to a size the preprocessing still reduces by box filter: same picture.
         self._decode_min_side = round(preprocessing.resize * REDUCING_GAP)
@@ -314,14 +320,16 @@ class ImageClassifier:
         try:
             for index, upload in enumerate(uploads):
                 image, opened[index] = opened[index], None  # once decoded, nothing keeps the full-size pixels
-                row = await anyio.to_thread.run_sync(
-                    self._decode_and_preprocess,
-                    upload.filename,
-                    image,
-                    clock,
-                    time.perf_counter(),
-                    limiter=self._decoders,
-                )
+                heavy = image.width * image.height > HEAVY_DECODE_PIXELS
+                async with self._heavy_decoders if heavy else contextlib.nullcontext():
+                    row = await anyio.to_thread.run_sync(
+                        self._decode_and_preprocess,
+                        upload.filename,
+                        image,
+                        clock,
+                        time.perf_counter(),
+                        limiter=self._decoders,
+                    )
                 del image
                 rows.append(row)
                 if len(rows) == self.batcher.max_batch_size or index == len(uploads) - 1:

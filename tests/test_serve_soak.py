@@ -1,6 +1,7 @@
 """Memory and recovery under heavy requests, over real HTTP with the default limits.
 
-- A request's peak memory is about one decoded upload, whatever the number of uploads.
+- A request's peak memory is about one decoded upload, whatever the number of uploads; two heavy requests at
+  once decode their large images one at a time.
 - The issue's worst request (32 flat 7071x7071 PNGs, 5 MB sent, 1.6 gigapixels) is refused at once.
 - A soak (~1 min): normal clients next to heavy, hung-up and over-budget requests; afterwards normal latency is
   back to the same run's own baseline and the worker's memory is back near where it was.
@@ -84,6 +85,24 @@ def test_peak_memory_is_one_upload_not_all_of_them(server: str) -> None:
             growth[count] = memory.peak_mb - idle
     # Decoding all four before shrinking (the old way) would grow ~4x as much as one.
     assert growth[4] < 1.6 * max(growth[1], 48.0), growth
+
+
+def test_two_heavy_requests_at_once_decode_one_large_image_at_a_time(server: str) -> None:
+    """Large decodes leave one decode thread to everyone else, so two heavy requests hold one full-size picture."""
+    (worker,) = worker_pids(server)
+    files = batch(4000, 2)
+
+    def heavy() -> int:
+        return httpx.post(f"{server}/classify_batch", files=files, timeout=120, trust_env=False).status_code
+
+    growth = {}
+    for parallel in (1, 2):
+        idle = resident_mb(worker)
+        with PeakMemory(worker) as memory, ThreadPoolExecutor(parallel) as pool:
+            statuses = list(pool.map(lambda _: heavy(), range(parallel)))
+        assert statuses == [200] * parallel
+        growth[parallel] = memory.peak_mb - idle
+    assert growth[2] < 1.5 * max(growth[1], 48.0), growth
 
 
 def test_the_issue_worst_request_is_refused_at_once(server: str, normal_photos: list[bytes]) -> None:
