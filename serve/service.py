@@ -135,10 +135,10 @@ class BatchClassificationOut(bentoml.IODescriptor):
     results: list[ClassificationOut]
 
 
-def checked_model_file() -> Path:
+def checked_model_file() -> Path | None:
     """The ONNX file to serve, checked at import: `bentoml serve` imports this module before it starts workers, so
     a missing or corrupt model stops the server with one line and exit status 1, instead of failing in workers
-    that BentoML would restart forever."""
+    that BentoML would restart forever. None when no model is configured (the module is importable by tools)."""
     if MODEL_TAG:
         try:
             path = Path(bentoml.models.BentoModel(MODEL_TAG).resolve().path_of(MODEL_FILENAME))
@@ -150,10 +150,7 @@ def checked_model_file() -> Path:
     elif SETTINGS.model_path:
         path = Path(SETTINGS.model_path)
     else:
-        raise SystemExit(
-            "smallnets serve: no model to serve: pass a BentoML model tag (bentoml serve ... --arg model_tag=TAG) "
-            "or set SMALLNETS_MODEL to an .onnx path, or start the server with `smallnets serve MODEL.onnx`"
-        )
+        return None
     try:
         read_card(path)
     except (OSError, ValueError, KeyError) as error:
@@ -192,6 +189,11 @@ class ImageClassifier:
         model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
+        if MODEL_FILE is None:
+            raise RuntimeError(
+                "no model to serve: pass a BentoML model tag (bentoml serve ... --arg model_tag=TAG) or set "
+                "SMALLNETS_MODEL to an .onnx path, or start the server with `smallnets serve MODEL.onnx`"
+            )
         self._ready = False
         self.model_path = MODEL_FILE
         self.classifier = OnnxClassifier(
