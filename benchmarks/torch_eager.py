@@ -22,7 +22,8 @@ def load_torch(model: str, variant: Mapping[str, Any], weights: str, threads: in
     from smallnets.export.weights import load_weights
 
     torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
+    if torch.get_num_interop_threads() != 1:  # settable once per process (labelled scoring loads several models)
+        torch.set_num_interop_threads(1)
     spec = get_spec(model)  # imports the family modules: not part of loading a model
     started = time.perf_counter()
     network = load_weights(spec, variant, weights).model.eval()
