@@ -147,6 +147,10 @@ def test_int8_logits_within_the_cpu_pair_tolerance_and_top1_off_near_ties(compar
     same top-1 wherever fp32 is not a near tie (x86-avx2 and x86-vnni hosts round differently; see compare.py)."""
     row = _row(comparison, name, "int8")
     assert row.host == host_target() and row.tolerance == INT8_RELATIVE_TOLERANCE[(row.host, "arm64")]
+    if dict(MODELS)[name] == "random":  # noise-dominated int8: unvalidated (random weights), reported only
+        assert not row.judged and row.passed, row
+        return
+    assert row.judged and row.passed, row
     assert row.max_relative_diff <= row.tolerance, row
     assert row.decisive_agreement == 1.0, row
 
@@ -159,6 +163,7 @@ def test_near_tie_flips_pass_and_decisive_flips_fail() -> None:
     decisive_flip = np.array([[4.0, 3.9, 0.0], [1.0, 4.0, 0.0]], dtype=np.float32)
     row = compare_logits("m", "int8", fp32, decisive_flip, fp32, "x86-vnni")
     assert not row.passed and row.decisive_images == 1 and row.decisive_agreement == 0.0
+    assert compare_logits("m", "int8", fp32, decisive_flip, fp32, "x86-vnni", random_weights=True).passed
     with pytest.raises(ValueError, match="no measured int8 tolerance"):
         compare_logits("m", "int8", fp32, fp32, fp32, "x86-unknown")
 
