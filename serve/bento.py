@@ -4,8 +4,9 @@ The model tag travels as the Bento argument ``model_tag`` (`bentoml build --arg`
 to declare its model, so the model is packed with the Bento, and the Bento records it for every later start
 (`bentoml serve <bento>`, the container). `bentoml build` runs in a subprocess so that import happens fresh.
 
-The build context is staged: only the top-level modules of ``smallnets``, ``smallnets/core`` and ``smallnets/serve`` are copied
-in, so the Bento holds the serving code and nothing of export/, optimize/ or benchmarks/ (nor torch's imports).
+The build context is staged: only the top-level modules of ``smallnets``, ``smallnets/core`` and
+``smallnets/serve`` are copied in, so the Bento holds the serving code and nothing of export/, optimize/ or
+benchmarks/ (nor torch's imports).
 """
 
 from __future__ import annotations
