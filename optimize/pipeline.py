@@ -278,9 +278,11 @@ def accuracy_status(rules: GateRules, check: Check | None, data: EvaluationData)
         return "not validated on labelled photos: demo photos only (set SMALLNETS_EVAL_DIR or --eval-dir)"
     if paired.images < MIN_LABELLED_IMAGES:
         return f"not validated: only {paired.images} labelled report images (at least {MIN_LABELLED_IMAGES} needed)"
+    low, high = paired.drop_interval_points.to_list()
     return (
         f"measured on {paired.images} labelled report images of {data.split.get('evaluation_source')}: "
-        f"fp32 top-1 {paired.reference.top1:.1%}, int8 top-1 {paired.candidate.top1:.1%}"
+        f"fp32 top-1 {paired.reference.top1:.1%}, int8 top-1 {paired.candidate.top1:.1%}, drop "
+        f"{paired.drop_points:+.2f} points (95% CI {low:+.2f} to {high:+.2f})"
     )
 
 

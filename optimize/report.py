@@ -28,6 +28,7 @@ class Reason(StrEnum):
     TOO_FEW_LABELS = "too_few_labels"
     RANDOM_WEIGHTS = "random_weights"
     DROP_OVER_BUDGET = "drop_over_budget"
+    INTERVAL_TOO_WIDE = "interval_too_wide"
     AGREEMENT_BELOW_FLOOR = "agreement_below_floor"
     COSINE_BELOW_FLOOR = "cosine_below_floor"
     NONE_WITHIN_BUDGET = "none_within_budget"

@@ -269,7 +269,8 @@ def test_lite0_imagenet_int8_passes_the_labelled_gate(lite0_labelled: tuple[Path
     x86-avx2 (7-bit weights) on the AVX2-only path (qemu -cpu Haswell, same top-1 as VNNI kernels running that
     model) drop +1.2 (CI -1.1 to +3.9; 5 broken, 2 fixed), agreement 96.8%. The naive AVX2 int8 of
     issue 11 (-10.4 points) fails them. With a 3-point budget the interval decides: accepted on x86-vnni,
-    rejected (drop over budget) on x86-avx2 -- either way int8 is written only when the figures allow it.
+    not validated on x86-avx2 (the interval reaches past 3; int8 written, labelled unvalidated); a measured drop
+    over the budget would reject it.
     """
     outdir, report = lite0_labelled
     split = report.split
@@ -285,9 +286,11 @@ def test_lite0_imagenet_int8_passes_the_labelled_gate(lite0_labelled: tuple[Path
     if high <= LABELLED_TEST_MAX_DROP:
         assert report.reason in (Reason.VALIDATED_ON_LABELS, Reason.NONE_FASTER), report.detail
         assert (report.status is Status.ACCEPTED) == (report.reason is Reason.VALIDATED_ON_LABELS)
-    else:
+    elif labelled["drop_points"] > LABELLED_TEST_MAX_DROP:
         assert (report.status, report.reason) == (Status.REJECTED, Reason.DROP_OVER_BUDGET), report.detail
-    assert (outdir / INT8_NAME).is_file() == (report.status is Status.ACCEPTED)
+    else:
+        assert (report.status, report.reason) == (Status.UNVALIDATED, Reason.INTERVAL_TOO_WIDE), report.detail
+    assert (outdir / INT8_NAME).is_file() == (report.status is not Status.REJECTED)
     assert "labelled report images" in report.accuracy_status
 
 

@@ -93,11 +93,16 @@ def test_labelled_gate_accepts_only_when_the_interval_fits_the_budget() -> None:
     check = labelled_check(1000, broken=2, fixed=1)
     verdict = final_verdict(check, GateRules(max_drop=1.0, min_cosine=0.9))
     assert (verdict.status, verdict.reason) == (Status.ACCEPTED, Reason.VALIDATED_ON_LABELS), verdict.detail
-    # Same point estimate, a quarter of the photos: the interval is wider than the budget -> rejected.
+    # A quarter of the photos: the interval is wider than the budget -> inconclusive, never "validated".
     small = labelled_check(250, broken=1, fixed=0)
     verdict = final_verdict(small, GateRules(max_drop=1.0, min_cosine=0.9))
-    assert (verdict.status, verdict.reason) == (Status.REJECTED, Reason.DROP_OVER_BUDGET), verdict.detail
+    assert (verdict.status, verdict.reason) == (Status.UNVALIDATED, Reason.INTERVAL_TOO_WIDE), verdict.detail
     assert small.paired is not None and small.paired.drop_points < 1.0, "the point alone would have passed"
+    # A measured drop over the budget is evidence against int8 -> rejected, whatever the interval.
+    worse = labelled_check(1000, broken=15, fixed=2)
+    verdict = final_verdict(worse, GateRules(max_drop=1.0, min_cosine=0.9))
+    assert (verdict.status, verdict.reason) == (Status.REJECTED, Reason.DROP_OVER_BUDGET), verdict.detail
+    assert not verdict.writes_int8
 
 
 def test_no_flips_on_few_photos_is_not_a_validation() -> None:
