@@ -229,7 +229,7 @@ def test_unknown_model_lists_valid_names(tmp_path: Path, capsys: pytest.CaptureF
     code, err = run_cli(
         ["bench", "--models", "mobilenet_v9", "--cache-dir", str(tmp_path), "-o", str(tmp_path / "out")], capsys
     )
-    assert code == 2
+    assert code == 3  # smallnets.cli.EXIT_NOT_FOUND: an unknown model is a lookup, not a usage error
     assert "unknown model 'mobilenet_v9'" in err and "squeezenet1_1" in err and "efficientnet_lite0" in err
 
 
@@ -262,7 +262,7 @@ def test_unwritable_output_fails_before_measuring(tmp_path: Path, capsys: pytest
         ["bench", "--models", TINY, "--cache-dir", str(cache), "-o", str(blocker / "out")],
         capsys,
     )
-    assert code == 2 and "not writable" in err and str(blocker / "out") in err
+    assert code == 6 and "not writable" in err and str(blocker / "out") in err  # smallnets.cli.EXIT_SYSTEM
     assert not cache.exists()  # nothing was built or measured
 
 
