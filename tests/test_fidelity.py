@@ -159,11 +159,28 @@ def test_imagenet_export_quotes_the_published_figure_with_its_source(exported: C
 # --- every numerics comparison rejects a graph with one weight tensor zeroed ----------------------------------
 
 
+POOLS = ("GlobalAveragePool", "ReduceMean")
+SINGLE_INPUT_OPS = ("Conv", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish")
+
+
+def main_path_conv_weights(graph: onnx.GraphProto) -> set[str]:
+    """Weights of the Convs on the feature path: not those fed by a global pool (squeeze-and-excitation branches,
+    whose zeroing only freezes a gate; mobilenet_v3's largest conv is such an SE fc1)."""
+    pooled: set[str] = set()
+    main: set[str] = set()
+    for node in graph.node:  # ONNX nodes are topologically sorted
+        if node.op_type in POOLS or (node.op_type in SINGLE_INPUT_OPS and node.input[0] in pooled):
+            pooled.update(node.output)
+        if node.op_type == "Conv" and node.input[0] not in pooled:
+            main.add(node.input[1])
+    return main
+
+
 def zero_largest_conv_weight(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """A copy with the largest Conv weight initializer set to zeros (the head or a main-path conv: a broken graph)."""
+    """A copy with the largest main-path Conv weight set to zeros (the head or a main conv: a broken graph)."""
     broken = onnx.ModelProto()
     broken.CopyFrom(model)
-    conv_weights = {node.input[1] for node in broken.graph.node if node.op_type == "Conv"}
+    conv_weights = main_path_conv_weights(broken.graph)
     candidates = [tensor for tensor in broken.graph.initializer if tensor.name in conv_weights]
     target = max(candidates, key=lambda tensor: int(np.prod(tensor.dims)))
     zeros = np.zeros(tuple(target.dims), dtype=numpy_helper.to_array(target).dtype)
