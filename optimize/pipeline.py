@@ -186,7 +186,9 @@ def build(
             prepared_path, output, preset.quant, config.calibration, cache, None if cache.exists() else reader, exclude
         )
 
-    rules = GateRules(config.max_drop, preset.int8_min_cosine, random_weights=card.weights.startswith("random"))
+    random_weights = card.weights.startswith("random")
+    min_cosine = preset.random_weights_min_cosine if random_weights else preset.int8_min_cosine
+    rules = GateRules(config.max_drop, min_cosine, random_weights=random_weights)
     settings = SearchSettings(
         rules, config.max_candidates, config.max_repair_steps, config.latency_runs, gate_on_speed=runs_here(preset)
     )

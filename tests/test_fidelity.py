@@ -251,7 +251,7 @@ def test_simplify_and_fuse_equivalence_check_rejects_a_zeroed_weight(
 def test_int8_gate_rejects_a_zeroed_weight(family: str, corrupted: Callable[[str], dict[str, Any]]) -> None:
     """optimize's int8-vs-fp32 gate, as it judges random weights (label-free rules, the host target's floor)."""
     case = corrupted(family)
-    rules = GateRules(max_drop=1.0, min_cosine=PRESETS[host_target()].int8_min_cosine, random_weights=True)
+    rules = GateRules(max_drop=1.0, min_cosine=PRESETS[host_target()].random_weights_min_cosine, random_weights=True)
     faithful = final_verdict(Check(compare_int8_with_fp32(case["logits"], case["logits"])), rules)
     assert faithful.status is Status.UNVALIDATED, faithful
     broken = final_verdict(Check(compare_int8_with_fp32(case["logits"], case["broken_logits"])), rules)

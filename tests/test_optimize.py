@@ -173,8 +173,8 @@ def test_fusion_folds_batchnorm_and_reduces_node_count() -> None:
 def test_quantized_model_runs_and_stays_close_on_random_weights(
     family: str, fused_models: Callable[[str], Any], photos: dict, tmp_path: Path
 ) -> None:
-    """'Close' for random weights: mean logit cosine vs fp32 > 0.95 on the sample photos (agreement of
-    random nets' near-tied top-1 is not a meaningful budget)."""
+    """'Close' for random weights: mean logit cosine vs fp32 above the target's random-weights floor on the sample
+    photos (tests/test_fidelity.py shows a zeroed weight falls below it)."""
     _, _, _, fused_path, prepared, _ = fused_models(family)
     card = read_card(onnx.load(str(prepared)))
     from smallnets.optimize.calibration import demo_calibration_set
@@ -185,7 +185,7 @@ def test_quantized_model_runs_and_stays_close_on_random_weights(
     ops = op_counts(onnx.load(str(output)))
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     report = compare(fused_path, output, list(photos.values()))
-    assert report.cosine_mean > PRESETS["x86-vnni"].int8_min_cosine, report
+    assert report.cosine_mean > PRESETS["x86-vnni"].random_weights_min_cosine, report
     size = card.preprocessing.crop
     assert OnnxClassifier(output).run(np.zeros((7, 3, size, size), np.float32)).shape == (7, 1000)
 

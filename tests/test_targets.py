@@ -30,6 +30,7 @@ def test_presets_state_the_int8_kinds_their_cpus_compute_without_overflow() -> N
         assert target.per_channel and target.rationale and target.hardware and target.features
         assert target.candidates[0] == target.quant and len(target.candidates) > 1
         assert 0.5 < target.int8_min_cosine < 1.0
+        assert 0.0 < target.random_weights_min_cosine < target.int8_min_cosine
         assert target.providers[-1].name == "CPUExecutionProvider"  # CPU stays the fallback everywhere
 
 

@@ -105,7 +105,8 @@ class Target:
 
     ``quant`` is the default way to quantize; ``candidates`` are the options the recipe search tries (the default
     first). ``threads`` are the counts int8 must be faster at: 1 and the serving thread count.
-    ``int8_min_cosine`` is the mean logit cosine int8 must keep against fp32 on random weights (tests).
+    ``int8_min_cosine`` is the mean logit cosine int8 must keep against fp32 for trained weights judged without
+    labels; ``random_weights_min_cosine`` the same for seeded random weights, whose int8 is faithful but noisier.
     """
 
     name: str
@@ -118,6 +119,10 @@ class Target:
     providers: tuple[ExecutionProvider, ...] = (EXECUTION_PROVIDERS["cpu"],)
     threads: tuple[int, ...] = (1,)
     int8_min_cosine: float = 0.95
+    # Random weights with input-dependent logits (export/calibrate_bn.py) carry little signal per logit, so int8
+    # noise weighs more: faithful int8 measured 0.50 (mobilenet_v2) to 0.84 (efficientnet) mean cosine on the VNNI
+    # host, a graph with one zeroed conv weight 0.00-0.03. 0.2 keeps both margins wide, 7-bit AVX2 weights included.
+    random_weights_min_cosine: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.candidates or self.candidates[0] != self.quant:
@@ -179,6 +184,7 @@ class Target:
             "providers": [provider.to_dict() for provider in self.providers],
             "threads": list(self.threads),
             "int8_min_cosine": self.int8_min_cosine,
+            "random_weights_min_cosine": self.random_weights_min_cosine,
         }
 
 
