@@ -11,6 +11,7 @@ from typing import Any
 
 from smallnets.benchmarks.machine import EMULATED_WARNING
 from smallnets.benchmarks.selection import VARIANTS
+from smallnets.core.evaluation import wilson_interval
 from smallnets.core.files import atomic_write
 
 TABLE_COLUMNS = (
@@ -63,11 +64,16 @@ def int8_quality(row: dict[str, Any]) -> str | None:
     return None
 
 
+def labelled_top1(row: dict[str, Any]) -> str:
+    """Top-1 with its 95% Wilson interval: a figure on a few hundred photos is a range, not a point."""
+    images = row.get("labelled_images") or 0
+    interval = wilson_interval(round(row["labelled_top1"] * images), images)
+    return f"{row['labelled_top1']:.1%} [{interval.low:.1%}-{interval.high:.1%}]"
+
+
 def format_value(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key == "labelled_top1":
-        return f"{value:.1%}"
     if key.startswith("speedup"):
         return f"{value:.2f}x"
     if isinstance(value, float):
@@ -78,8 +84,8 @@ def format_value(key: str, value: Any) -> str:
 def cell(row: dict[str, Any], key: str) -> str:
     if key == "int8_quality":
         return int8_quality(row) or "-"
-    if key == "labelled_top1" and row.get("labelled_top1") is None:
-        return row.get("accuracy_note") or "-"
+    if key == "labelled_top1":
+        return labelled_top1(row) if row.get("labelled_top1") is not None else row.get("accuracy_note") or "-"
     return format_value(key, row.get(key))
 
 
@@ -95,7 +101,7 @@ def side_by_side(rows: Sequence[dict[str, Any]]) -> str:
             if row is None:
                 cells.append("not built")
                 continue
-            top1 = f" ({row['labelled_top1']:.1%})" if row.get("labelled_top1") is not None else ""
+            top1 = f" ({labelled_top1(row)})" if row.get("labelled_top1") is not None else ""
             cells.append(f"{row['p50_ms']:.2f}{top1}")
         unvalidated = any(
             row.get("accuracy_note") == "unvalidated (random weights)" for row in rows if row["model"] == model

@@ -13,6 +13,7 @@ from PIL import Image
 
 from smallnets.benchmarks.accuracy import UNVALIDATED, accuracy_fields, top1
 from smallnets.benchmarks.labelled import report_batch, split_labelled
+from smallnets.benchmarks.report import cell, side_by_side
 from smallnets.benchmarks.selection import ModelChoice
 from smallnets.benchmarks.suite import BenchConfig, run_suite
 from smallnets.core.runtime import OnnxClassifier
@@ -121,3 +122,14 @@ def test_real_weights_get_labelled_top1_on_the_report_photos(tmp_path: Path) -> 
     row = result.rows[0]
     assert row["labelled_images"] == result.machine["labelled"]["report"] and 0.6 < row["labelled_top1"] <= 1.0
     assert result.machine["labelled"]["calibration"] > 0 and result.machine["labelled"]["selection"] > 0
+
+
+def test_labelled_top1_is_shown_with_its_interval() -> None:
+    """222 of 248 photos (Lite0 fp32 on imagenet-dev's report part): Wilson 95% 85.1%-92.7%, not a bare point."""
+    row = {"model": "efficientnet_lite0", "variant": "onnx-fp32", "p50_ms": 9.0}
+    row |= {"labelled_top1": 222 / 248, "labelled_images": 248}
+    assert "9.00 (89.5% [85.1%-92.7%])" in side_by_side([row])
+    assert cell(row, "labelled_top1") == "89.5% [85.1%-92.7%]"
+    assert cell({**row, "labelled_top1": None, "accuracy_note": "unvalidated (random weights)"}, "labelled_top1") == (
+        "unvalidated (random weights)"
+    )
