@@ -213,7 +213,7 @@ def test_unknown_model_name_suggests_close_names(tmp_path: Path, capsys: pytest.
     name = list_specs()[0].name
     with pytest.raises(UnknownModelError, match=f"did you mean.*{name}"):
         get_spec(f"{name}x")
-    assert main(["export", f"{name}x", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert main(["export", f"{name}x", "-o", str(tmp_path / "m.onnx")]) == 3  # 3: not found
     assert f"did you mean {name}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 

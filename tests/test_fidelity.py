@@ -25,7 +25,7 @@ from smallnets.export import onnx_export
 from smallnets.export.onnx_export import ExportConfig, ExportValidationError
 from smallnets.export.registry import get_spec, list_specs
 from smallnets.export.weights import load_weights
-from smallnets.optimize.report import Status
+from smallnets.optimize.report import Reason, Status
 from smallnets.optimize.simplify import SimplifyError, assert_same_outputs
 from smallnets.optimize.validate import Check, GateRules, final_verdict
 from smallnets.optimize.validate import compare_logits as compare_int8_with_fp32
@@ -249,11 +249,18 @@ def test_simplify_and_fuse_equivalence_check_rejects_a_zeroed_weight(
 
 @pytest.mark.parametrize("family", FAMILY_IDS)
 def test_int8_gate_rejects_a_zeroed_weight(family: str, corrupted: Callable[[str], dict[str, Any]]) -> None:
-    """optimize's int8-vs-fp32 gate, as it judges random weights (label-free rules, the host target's floor)."""
+    """optimize's label-free int8 gate (agreement over all photos + the target's cosine floor), the rules a trained
+    model without labelled photos is judged by, on every family's input-dependent logits.
+
+    Not the random-weights rules: those keep only a coarse cosine floor (core/targets.py) because faithful int8 of a
+    random net already scores 0.50-0.98 (mobilenet_v2 .. squeezenet), while this zeroed weight leaves
+    mobilenet_v3 at 0.71 -- random weights cannot tell subtle damage from int8 noise, which is why their int8 is
+    only ever "unvalidated (random weights)".
+    """
     case = corrupted(family)
-    rules = GateRules(max_drop=1.0, min_cosine=PRESETS[host_target()].random_weights_min_cosine, random_weights=True)
+    rules = GateRules(max_drop=1.0, min_cosine=PRESETS[host_target()].int8_min_cosine)
     faithful = final_verdict(Check(compare_int8_with_fp32(case["logits"], case["logits"])), rules)
-    assert faithful.status is Status.UNVALIDATED, faithful
+    assert (faithful.status, faithful.reason) == (Status.UNVALIDATED, Reason.NO_LABELS), faithful
     broken = final_verdict(Check(compare_int8_with_fp32(case["logits"], case["broken_logits"])), rules)
     assert broken.status is Status.REJECTED, (case["tensor"], broken)
 
