@@ -14,6 +14,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 from PIL import Image
+from registry_choices import FAMILIES, FAMILY_IDS
 
 from smallnets.benchmarks.arm64.compare import compare_logits as compare_across_cpus
 from smallnets.benchmarks.arm64.compare import host_target
@@ -42,21 +43,6 @@ LABELLED_SUBSET = 200
 # ratios of 1e-8 (mobilenet_v1/v2/v3, shufflenet_v2, squeezenet).
 MIN_DISTINCT_TOP1 = 3
 MIN_SPREAD_RATIO = 0.3
-
-
-def cheapest_per_family() -> dict[str, tuple[str, dict[str, Any]]]:
-    """Family -> (name, variant overrides) with the fewest reference MACs (same choice as tests/test_optimize.py,
-    so a whole-suite run shares the session's exports)."""
-    best: dict[str, tuple[str, dict[str, Any], int]] = {}
-    for spec in list_specs():
-        for reference in spec.references:
-            if reference.macs is not None and (spec.family not in best or reference.macs < best[spec.family][2]):
-                best[spec.family] = (spec.name, dict(reference.variant), reference.macs)
-    return {family: (name, variant) for family, (name, variant, _) in best.items()}
-
-
-FAMILIES = cheapest_per_family()
-FAMILY_IDS = sorted(FAMILIES)
 
 
 def distinct_photos(photos: dict[str, Image.Image]) -> list[Image.Image]:

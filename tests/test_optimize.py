@@ -14,16 +14,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from registry_choices import FAMILIES, FAMILY_IDS
 
 import smallnets.optimize.pipeline
 from smallnets.cli import main
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME
 from smallnets.core.evaluation import EVAL_DIR_ENV, eval_dir_setting
 from smallnets.core.files import MANIFEST_NAME, OutputExistsError
-from smallnets.core.hardware import CpuInfo, detect_cpu
 from smallnets.core.metadata import MissingMetadataError
 from smallnets.core.runtime import OnnxClassifier
-from smallnets.core.targets import PRESETS, UnknownTargetError, resolve_target, runs_here
+from smallnets.core.targets import PRESETS, runs_here
 from smallnets.export.registry import list_specs
 from smallnets.optimize.calibration import (
     CALIBRATION_PHOTOS,
@@ -58,25 +58,9 @@ LABELLED_SEARCH = {"calib_images": 32, "max_candidates": 1, "max_repair_steps": 
 LABELLED_TEST_MAX_DROP = 3.0
 
 
-def cheapest_per_family() -> dict[str, tuple[str, dict[str, Any]]]:
-    """Family -> (name, variant) with the fewest MACs among the registry's reference variants."""
-    best: dict[str, tuple[str, dict[str, Any], int]] = {}
-    for spec in list_specs():
-        for reference in spec.references:
-            if reference.macs is not None and (spec.family not in best or reference.macs < best[spec.family][2]):
-                best[spec.family] = (spec.name, dict(reference.variant), reference.macs)
-    return {family: (name, variant) for family, (name, variant, _) in best.items()}
-
-
-FAMILIES = cheapest_per_family()
-
-
 def cheapest(exported: Callable[..., Path], family: str) -> Path:
     name, variant = FAMILIES[family]
     return exported(name, **variant)
-
-
-FAMILY_IDS = sorted(FAMILIES)
 
 
 @pytest.fixture(scope="module")
@@ -324,37 +308,6 @@ def test_presets_differ_as_documented(fused_models: Callable[[str], Any], tmp_pa
         assert (peak <= 64) == preset.reduce_range, (preset.name, peak)  # 7-bit weights with reduce_range
 
 
-def test_auto_picks_the_preset_of_this_cpu() -> None:
-    cpu = detect_cpu()
-    preset, reason = resolve_target("auto")
-    if cpu.is_x86 and any(cpu.has(flag) for flag in ("avx512_vnni", "avx_vnni", "amx_int8")):
-        assert preset.name == "x86-vnni"  # this machine: Xeon with AVX-512 VNNI / AMX
-    assert preset.name in reason and "auto" in reason
-
-
-@pytest.mark.parametrize(
-    ("arch", "features", "expected"),
-    [
-        ("x86_64", ("avx2", "fma"), "x86-avx2"),
-        ("x86_64", ("avx2", "avx512f", "avx512_vnni"), "x86-vnni"),
-        ("x86_64", ("avx2", "avx_vnni"), "x86-vnni"),
-        ("x86_64", ("avx2", "amx_int8"), "x86-vnni"),
-        ("aarch64", ("asimd", "asimddp", "i8mm"), "arm64"),
-        ("aarch64", ("asimd",), "arm64"),
-    ],
-)
-def test_resolve_target_from_fabricated_cpus(arch: str, features: tuple[str, ...], expected: str) -> None:
-    preset, reason = resolve_target("auto", CpuInfo(arch, "fabricated", features, 4, 4))
-    assert preset.name == expected and expected in reason
-
-
-def test_presets_know_which_cpus_they_can_be_timed_on() -> None:
-    x86, arm = CpuInfo("x86_64", "fabricated", (), 4, 4), CpuInfo("aarch64", "fabricated", (), 4, 4)
-    assert runs_here(PRESETS["x86-vnni"], x86) and runs_here(PRESETS["x86-avx2"], x86)
-    assert not runs_here(PRESETS["arm64"], x86) and runs_here(PRESETS["arm64"], arm)
-    assert not runs_here(PRESETS["x86-vnni"], arm)
-
-
 def test_cross_target_int8_is_not_rejected_for_host_speed(exported: Callable[..., Path], tmp_path: Path) -> None:
     """Building for another CPU architecture (arm64 on x86): host timings are reported, not gated on."""
     foreign = next(name for name, preset in PRESETS.items() if not runs_here(preset))
@@ -367,11 +320,8 @@ def test_cross_target_int8_is_not_rejected_for_host_speed(exported: Callable[...
     assert any("not device ones" in note for note in report.notes)
 
 
-def test_unknown_target_and_architecture_are_refused() -> None:
-    with pytest.raises(UnknownTargetError, match="x86-vnni"):
-        resolve_target("x86-avx9")
-    with pytest.raises(UnknownTargetError, match="--target"):
-        resolve_target("auto", CpuInfo("riscv64", "fabricated", (), 4, 4))
+def test_cli_refuses_an_unknown_target() -> None:
+    """The targets themselves are tested in tests/test_targets.py; here, that the CLI offers only them."""
     with pytest.raises(SystemExit) as exit_info:
         main(["optimize", "m.onnx", "--target", "gpu"])
     assert exit_info.value.code == 2
