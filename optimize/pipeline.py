@@ -25,7 +25,7 @@ from smallnets.core.evaluation import (
 )
 from smallnets.core.files import check_output_dir, replace_folder, write_manifest
 from smallnets.core.hardware import detect_cpu
-from smallnets.core.metadata import ModelCard
+from smallnets.core.metadata import AccuracyStatus, ModelCard
 from smallnets.core.targets import Target, resolve_target, runs_here
 from smallnets.optimize.calibration import (
     REPORT_PHOTOS,
@@ -216,7 +216,8 @@ def build(
             "float_groups": list(result.chosen.float_groups),
             "accuracy_status": verdict.status.value,
         }
-        write_card(quantized, card.with_updates(precision="int8", quantization=quantization))
+        accuracy = int8_accuracy(rules, final_check, verdict)
+        write_card(quantized, card.with_updates(precision="int8", quantization=quantization, accuracy=accuracy))
         int8_path = save_model(quantized, final / INT8_NAME)
         int8_entry = artifact(int8_path, result.chosen.int8_ms)
     return make_report(
@@ -269,6 +270,18 @@ def decide(
 
 def artifact(path: Path, latency_ms: float | None) -> dict[str, Any]:
     return {"path": path.name, "size_bytes": path.stat().st_size, "latency_ms_p50": latency_ms}
+
+
+def int8_accuracy(rules: GateRules, check: Check | None, verdict: Verdict) -> AccuracyStatus:
+    """The int8 file's own accuracy status: its labelled figure where one was measured, never the fp32 quote."""
+    if rules.random_weights:
+        return AccuracyStatus()
+    paired = check.paired if check else None
+    if paired is None:
+        return AccuracyStatus("unvalidated", source=f"optimize: {verdict.detail}")
+    return AccuracyStatus(
+        "measured", top1=100 * paired.candidate.top1, source=f"optimize ({verdict.status}): {verdict.detail}"
+    )
 
 
 def accuracy_status(rules: GateRules, check: Check | None, data: EvaluationData) -> str:

@@ -196,6 +196,9 @@ def test_lite0_without_labels_is_unvalidated_but_faithful(lite0_run: tuple[Path,
         report.agreement_top1 >= UNLABELLED_AGREEMENT_FLOOR and report.cosine_mean >= report.preset["int8_min_cosine"]
     )
     int8 = OnnxClassifier(outdir / INT8_NAME)
+    # The int8 file says what is known of its own accuracy (not the fp32 checkpoint's published figure).
+    accuracy = int8.describe()["accuracy"]
+    assert accuracy["status"] == "unvalidated" and accuracy["top1"] is None and "not validated" in accuracy["source"]
     top3 = [p.class_id for p in int8.classify([photos["chelsea"]], k=3)[0]]
     assert set(top3) & set(range(281, 286)), top3
     assert int8.classify([photos["coffee"]], k=1)[0][0].class_id == 967
@@ -276,6 +279,9 @@ def test_lite0_imagenet_int8_passes_the_labelled_gate(lite0_labelled: tuple[Path
         assert (report.status, report.reason) == (Status.UNVALIDATED, Reason.INTERVAL_TOO_WIDE), report.detail
     assert (outdir / INT8_NAME).is_file() == (report.status is not Status.REJECTED)
     assert "labelled report images" in report.accuracy_status
+    if report.status is not Status.REJECTED:
+        accuracy = OnnxClassifier(outdir / INT8_NAME).card.accuracy
+        assert accuracy.status == "measured" and accuracy.top1 == pytest.approx(100 * labelled["candidate"]["top1"])
 
 
 def test_presets_differ_as_documented(fused_models: Callable[[str], Any], tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -153,4 +153,5 @@ class OnnxClassifier:
             "providers": self.providers,
             "threads": self.threads,
             "quantization": card.quantization,
+            "accuracy": {**asdict(card.accuracy), "summary": card.accuracy.summary},
         }
