@@ -56,11 +56,13 @@ def with_speedups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def int8_quality(row: dict[str, Any]) -> str | None:
-    """How close int8 answers fp32, in the terms optimize budgeted: decisive agreement, else logit cosine."""
-    if row.get("agreement_top1_decisive") is not None:
-        return f"{row['agreement_top1_decisive']:.1%} top-1 on {row['decisive_images']} decisive"
+    """How close int8 answers fp32, in optimize's own terms: the labelled drop with its interval, else agreement
+    over all report images and the logit cosine."""
+    if row.get("int8_drop_points") is not None:
+        low, high = row["int8_drop_interval"]
+        return f"drop {row['int8_drop_points']:+.2f} pts (95% CI {low:+.2f}..{high:+.2f}), {row['int8_verdict']}"
     if row.get("cosine_mean") is not None:
-        return f"cosine {row['cosine_mean']:.5f}"
+        return f"agreement {row['agreement_top1']:.1%} of {row['eval_images']}, cosine {row['cosine_mean']:.4f}"
     return None
 
 
@@ -184,8 +186,8 @@ def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], plo
         "then a bounded loop with the clock around inference only; repeats of all variants are interleaved and "
         "pooled, outliers kept. Speedups compare p50 latency with `torch` and `onnx-fp32` at the same batch and "
         "threads. `+RSS` is peak RSS minus that of a bare measuring interpreter; `size` is the ONNX file (the state "
-        "dict for torch). `int8 vs fp32` is optimize's check: top-1 agreement on the images where fp32 is "
-        "decisive, or the mean logit cosine when no image is (random weights). MiB = 2^20 bytes.",
+        "dict for torch). `int8 vs fp32` is optimize's check on its report images: the labelled top-1 drop with its "
+        "95% interval and verdict, else top-1 agreement over all images and the mean logit cosine. MiB = 2^20 bytes.",
         "",
     ]
     parts += side_by_side_sections(rows, machine)

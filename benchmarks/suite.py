@@ -123,22 +123,20 @@ def make_row(
 def quality_fields(variant: str, report: dict[str, Any] | None) -> dict[str, Any]:
     """What optimize measured about this variant's answers (its report.json), None where it measured nothing.
 
-    Agreement/overlap/cosine compare int8 with fp32 on optimize's evaluation images; ``decisive`` agreement counts
-    only images where fp32 is confident (random weights have none, then the logit cosine is what optimize
-    budgets). Top-1 accuracy exists only when optimize had labels (reference = fp32, candidate = int8).
+    Agreement over all of optimize's report images, the logit cosine, and (with labels) the paired top-1 drop of
+    int8 against fp32 with its 95% interval and optimize's verdict.
     """
-    report = report or {}
-    accuracy = report.get("accuracy") or {}
-    budget = report.get("budget") or {}
-    int8 = variant == "onnx-int8"
+    if variant != "onnx-int8" or not report:
+        return {}
+    labelled = report.get("labelled") or {}
     return {
-        "agreement_top1": report.get("agreement_top1") if int8 else None,
-        "agreement_top1_decisive": accuracy.get("agreement_top1_decisive") if int8 else None,
-        "decisive_images": accuracy.get("decisive_images") if int8 else None,
-        "top5_overlap": report.get("top5_overlap") if int8 else None,
-        "cosine_mean": report.get("cosine_mean") if int8 else None,
-        "quality_budget": budget.get("metric") if int8 else None,
-        "top1_accuracy": accuracy.get("candidate_top1" if int8 else "reference_top1"),
+        "agreement_top1": report.get("agreement_top1"),
+        "eval_images": report.get("eval_images"),
+        "top5_overlap": report.get("top5_overlap"),
+        "cosine_mean": report.get("cosine_mean"),
+        "int8_drop_points": labelled.get("drop_points"),
+        "int8_drop_interval": labelled.get("drop_interval_points"),
+        "int8_verdict": report.get("status"),
     }
 
 
