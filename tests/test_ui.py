@@ -181,7 +181,8 @@ def test_classifier_page_in_a_browser(
     wait.until(lambda d: d.find_element(By.ID, "card-architecture").text not in ("", "…"))
     card = {key: browser.find_element(By.ID, f"card-{key}").text for key in ("architecture", "precision", "accuracy")}
     assert "efficientnet_lite0" in card["architecture"] and card["precision"] == "fp32"
-    assert card["accuracy"].startswith("not recorded in the model card (imagenet weights)")
+    # The card's own status for a published checkpoint: the quoted figure's source, never a figure measured here.
+    assert card["accuracy"].startswith("published (source: ImageNet-1k val") and "not measured" in card["accuracy"]
     assert "resize 256 (bicubic), center-crop 224" in browser.find_element(By.ID, "card-preprocessing").text
 
     # A random-weights model has no accuracy, whatever else its card says.

@@ -18,13 +18,13 @@ function fmtCount(value) {
 
 // Random weights have no accuracy; a figure is shown only with the source the card names for it.
 function accuracyText(meta) {
+  const weights = String(meta.weights || "unknown").split(":")[0];
+  if (weights === "random") return "unvalidated (random weights) (source: model card, weights = random)";
   const accuracy = meta.accuracy;
   if (accuracy && typeof accuracy === "object") {
     const status = accuracy.status || accuracy.summary || JSON.stringify(accuracy);
     return accuracy.source ? `${status} (source: ${accuracy.source})` : status;
   }
-  const weights = String(meta.weights || "unknown").split(":")[0];
-  if (weights === "random") return "unvalidated (random weights) (source: model card, weights = random)";
   return `not recorded in the model card (${weights} weights): ` +
     "the measured figures are in the optimize report (report.md) beside the model file";
 }
