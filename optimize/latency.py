@@ -6,6 +6,8 @@ them alike and the ratio of their times (the speedup) stays meaningful when the 
 
 from __future__ import annotations
 
+import enum
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -44,26 +46,55 @@ def measure_latency(
     return [float(np.median(values)) for values in timings]
 
 
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median: order statistics whose binomial coverage reaches ``confidence``.
+
+    Round-to-round timing noise on a shared machine is skewed and bursty, so no normal approximation; with fewer
+    rounds than the coverage needs, the interval is the whole range (min to max), as wide as it honestly can be.
+    """
+    ordered = np.sort(np.asarray(values, dtype=float))
+    count = len(ordered)
+    # P(X_(k) <= median <= X_(n-k+1)) = 1 - 2 * P(Binomial(n, 1/2) <= k - 1); take the largest k that keeps it.
+    tail = np.cumsum([math.comb(count, i) for i in range(count + 1)]) / 2.0**count
+    inner = 1
+    for k in range(1, count // 2 + 1):
+        if 1.0 - 2.0 * tail[k - 1] >= confidence:
+            inner = k
+    return float(ordered[inner - 1]), float(ordered[count - inner])
+
+
+class Pace(enum.Enum):
+    """What the rounds so far say about the candidate against the baseline."""
+
+    FASTER = "faster"  # the whole interval of the speedup is above 1 + margin
+    NOT_FASTER = "not_faster"  # the whole interval is at or below 1 + margin: no worthwhile gain
+    UNDECIDED = "undecided"  # the interval straddles 1 + margin: more rounds could tell
+
+
 @dataclass(frozen=True)
 class SpeedCheck:
-    """Candidate against baseline at one thread count: median speedup, its noise, and whether it clears both.
+    """Candidate against baseline at one thread count: the median speedup and its 95% interval.
 
-    ``speedup`` is the median over rounds of (baseline p50 / candidate p50) within the round; ``noise`` is half
-    the interquartile range of those per-round ratios (how much the ratio itself moves on this machine now);
-    ``faster`` means the speedup exceeds 1 by more than ``margin`` = max(noise, MIN_MARGIN).
+    ``speedup`` is the median over rounds of (baseline p50 / candidate p50) within the round; ``low``/``high`` bound
+    that median (distribution-free, see `median_interval`); ``faster`` means ``low`` exceeds 1 + ``margin``.
     """
 
     threads: int
     baseline_ms: float
     candidate_ms: float
     speedup: float
-    noise: float
+    low: float
+    high: float
     margin: float
     rounds: int
-    faster: bool
+    pace: Pace
 
-    def to_dict(self) -> dict[str, float | int | bool]:
-        return asdict(self)
+    @property
+    def faster(self) -> bool:
+        return self.pace is Pace.FASTER
+
+    def to_dict(self) -> dict[str, float | int | bool | str]:
+        return {**asdict(self), "pace": self.pace.value, "faster": self.faster}
 
 
 @dataclass(frozen=True)
@@ -79,11 +110,12 @@ class SpeedGate:
     @property
     def worst(self) -> SpeedCheck:
         """The thread count where the candidate gains least (what a refusal should name)."""
-        return min(self.checks, key=lambda check: check.speedup - check.margin)
+        return min(self.checks, key=lambda check: check.low)
 
     def summary(self) -> str:
         return "; ".join(
-            f"{c.threads} thread(s): {c.speedup:.2f}x ± {c.noise:.2f} ({c.baseline_ms:.2f} -> {c.candidate_ms:.2f} ms)"
+            f"{c.threads} thread(s): {c.speedup:.2f}x (95% {c.low:.2f}-{c.high:.2f}, {c.rounds} rounds, "
+            f"{c.pace.value}; {c.baseline_ms:.2f} -> {c.candidate_ms:.2f} ms)"
             for c in self.checks
         )
 
@@ -98,19 +130,19 @@ def judge(
     if len(baseline_rounds) != len(candidate_rounds) or not baseline_rounds:
         raise ValueError("judge needs the same positive number of rounds for baseline and candidate")
     ratios = np.asarray(baseline_rounds) / np.asarray(candidate_rounds)
-    speedup = float(np.median(ratios))
-    low, high = np.percentile(ratios, [25, 75])
-    noise = float(high - low) / 2.0
-    margin = max(noise, min_margin)
+    low, high = median_interval(ratios)
+    bar = 1.0 + min_margin
+    pace = Pace.FASTER if low > bar else Pace.NOT_FASTER if high <= bar else Pace.UNDECIDED
     return SpeedCheck(
         threads=threads,
         baseline_ms=float(np.median(baseline_rounds)),
         candidate_ms=float(np.median(candidate_rounds)),
-        speedup=speedup,
-        noise=noise,
-        margin=margin,
+        speedup=float(np.median(ratios)),
+        low=low,
+        high=high,
+        margin=min_margin,
         rounds=len(ratios),
-        faster=speedup - 1.0 > margin,
+        pace=pace,
     )
 
 
@@ -141,16 +173,27 @@ def speed_gate(
     candidate: Path,
     threads: Sequence[int] = (LATENCY_THREADS,),
     rounds: int = 9,
+    max_rounds: int = 45,
     runs_per_round: int = 10,
     min_margin: float = MIN_MARGIN,
 ) -> SpeedGate:
     """Is ``candidate`` faster than ``baseline`` by more than the noise, at every thread count in ``threads``?
 
-    Pass the target's thread counts (1 and the serving count, `Target.threads`). Sessions are created fresh
-    here, so a candidate chosen from earlier timings is re-timed independently of them.
+    Pass the target's thread counts (1 and the serving count, `Target.threads`). Rounds come in blocks of
+    ``rounds``; while the interval of the speedup straddles the bar another block is timed, up to ``max_rounds``,
+    so a burst of load from other processes widens the interval and buys more rounds instead of flipping the
+    verdict. Sessions are created fresh here, so a candidate chosen from earlier timings is re-timed independently.
     """
     checks = []
     for count in dict.fromkeys(threads):
-        baseline_rounds, candidate_rounds = timed_rounds(baseline, candidate, count, rounds, runs_per_round)
-        checks.append(judge(count, baseline_rounds, candidate_rounds, min_margin))
+        baseline_rounds: list[float] = []
+        candidate_rounds: list[float] = []
+        while True:
+            more_baseline, more_candidate = timed_rounds(baseline, candidate, count, rounds, runs_per_round)
+            baseline_rounds += more_baseline
+            candidate_rounds += more_candidate
+            check = judge(count, baseline_rounds, candidate_rounds, min_margin)
+            if check.pace is not Pace.UNDECIDED or len(baseline_rounds) + rounds > max_rounds:
+                break
+        checks.append(check)
     return SpeedGate(tuple(checks))
