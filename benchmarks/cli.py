@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+HTTP_BODIES = ("multipart", "raw")  # http_load.BODIES, spelled here so the parser needs no httpx (a test ties them)
 EFFORT_CHOICES = ("bounded", "full")  # the words of `smallnets optimize --effort`; quick is too coarse to measure
 
 
@@ -145,6 +146,20 @@ def add_bench_http_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     http.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (default: 30)")
     http.add_argument("--field", default="image", help="multipart field of the upload (default: image)")
     http.add_argument(
+        "--body",
+        choices=HTTP_BODIES,
+        default="multipart",
+        help="send each image as a multipart upload, or raw as the request body with its image/* Content-Type "
+        "(the lighter path) (default: multipart)",
+    )
+    http.add_argument(
+        "--in-process",
+        action="store_true",
+        help="first measure the floor: the server's own model file and thread count (from its /metadata) "
+        "decoding, preprocessing and classifying the same images in this process, one at a time and in batches "
+        "of 16; the report sets each level against it (default: HTTP only)",
+    )
+    http.add_argument(
         "-o", "--output", type=Path, default=Path("results/http"), help="output folder (default: results/http)"
     )
     http.set_defaults(handler=run_bench_http)
@@ -160,8 +175,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
     output = args.output or Path("results")
     check_output_dir(output, args.force)  # before the build and the measurements: never overwrite silently
+    config = bench_config(args)  # unknown models fail here, before any warning about their weights
     warn_if_random(args.weights)
-    config = bench_config(args)
     result = run_suite(config, output)
     write_manifest(output, "bench")
     print_summary(result.rows, config, output)
@@ -175,14 +190,18 @@ def bench_config(args: argparse.Namespace) -> Any:
     from smallnets.benchmarks.selection import parse_models, parse_positive_ints, parse_variants
     from smallnets.benchmarks.suite import BenchConfig
     from smallnets.core.hardware import detect_cpu
+    from smallnets.export.registry import get_spec
 
+    models = tuple(parse_models(args.models))
+    for choice in models:
+        get_spec(choice.name)  # an unknown name fails here, before the build and any warning about weights
     if args.duration <= 0 or (args.iterations is not None and args.iterations < 1):
         raise ValueError("--duration must be > 0 seconds and --iterations >= 1")
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     cores = detect_cpu().usable_cores
     return BenchConfig(
-        models=tuple(parse_models(args.models)),
+        models=models,
         variants=tuple(parse_variants(args.variants)),
         batches=tuple(parse_positive_ints(args.batch, "--batch")),
         threads=tuple(parse_positive_ints(args.threads.replace("all", str(cores)), "--threads")),
@@ -223,8 +242,8 @@ def redraw(results: list[Path], output: Path) -> int:
 
 
 def run_bench_http(args: argparse.Namespace) -> int:
-    from smallnets.benchmarks.http_load import load_payloads, run_load, server_metadata
-    from smallnets.benchmarks.report import write_http_results
+    from smallnets.benchmarks.http_load import check_reachable, load_payloads, run_load, server_metadata
+    from smallnets.benchmarks.report import HttpRun, write_http_results
     from smallnets.benchmarks.selection import parse_positive_ints
     from smallnets.core.files import check_output_dir, ensure_writable_dir, write_manifest
 
@@ -234,8 +253,28 @@ def run_bench_http(args: argparse.Namespace) -> int:
     check_output_dir(args.output, force=True)  # rewrites its own earlier results, never a folder of someone else's
     outdir = ensure_writable_dir(args.output)
     payloads = load_payloads(args.images)
-    results = run_load(args.url, payloads, levels, args.duration, args.timeout, field=args.field)
-    report = write_http_results(outdir, args.url, results, args.images, server_metadata(args.url))
+    check_reachable(args.url)
+    server = server_metadata(args.url)
+    floor = in_process_floor(server, payloads, args.duration) if args.in_process else None
+    results = run_load(args.url, payloads, levels, args.duration, args.timeout, field=args.field, body=args.body)
+    run = HttpRun(args.url, args.images, args.body, server, floor.to_dict() if floor else None)
+    report = write_http_results(outdir, run, results)
     write_manifest(outdir, "bench-http")
     print(report.read_text())
     return 0
+
+
+def in_process_floor(server: dict[str, Any] | None, payloads: list[Any], duration_s: float) -> Any:
+    """The server's own model and threads, measured in this process (see benchmarks/in_process.py)."""
+    from smallnets.benchmarks.in_process import measure_floor
+
+    if not server or not server.get("model_file") or not server.get("threads_per_worker"):
+        raise ValueError(
+            "--in-process needs a smallnets server whose /metadata names its model_file and threads_per_worker; "
+            "drop --in-process to measure HTTP only"
+        )
+    model_file = Path(server["model_file"])
+    if not model_file.is_file():
+        raise FileNotFoundError(f"--in-process: the server's model file {model_file} is not on this machine")
+    print(f"in-process floor: {model_file.name}, {server['threads_per_worker']} thread(s), {duration_s:g} s x 2")
+    return measure_floor(model_file, payloads, int(server["threads_per_worker"]), duration_s)

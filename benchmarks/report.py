@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -302,13 +303,42 @@ HTTP_COLUMNS = (
 )
 
 
-def render_http_markdown(
-    url: str,
-    levels: Sequence[dict[str, Any]],
-    machine: dict[str, Any],
-    images: str,
-    server: dict[str, Any] | None = None,
-) -> str:
+BODY_NAMES = {"multipart": "multipart uploads", "raw": "raw bodies (Content-Type image/*)"}
+
+
+@dataclass(frozen=True)
+class HttpRun:
+    """What an HTTP load run was pointed at, beside its levels: the target, the uploads, the server, the floor."""
+
+    url: str
+    images: str
+    body: str = "multipart"
+    server: dict[str, Any] | None = None  # the server's /metadata
+    floor: dict[str, Any] | None = None  # benchmarks/in_process.py InProcessFloor, when measured
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def floor_lines(levels: Sequence[dict[str, Any]], floor: dict[str, Any]) -> list[str]:
+    """The in-process floor and each level against it: what HTTP adds at c=1, what share of throughput it keeps."""
+    lines = [
+        f"In-process floor (same model file, {floor['threads']} thread(s), the server's session options, no HTTP): "
+        f"one image decoded, preprocessed and classified p50 {floor['single_p50_ms']:.2f} ms "
+        f"(p99 {floor['single_p99_ms']:.2f}); batches of {floor['batch']} end to end "
+        f"{floor['batched_images_per_s']:.1f} images/s.",
+        "",
+        "| concurrency | p50 ms minus floor p50 | requests/s as a share of the batched floor |",
+        "|---:|---:|---:|",
+    ]
+    for level in levels:
+        over = "-" if level["p50_ms"] is None else f"{level['p50_ms'] - floor['single_p50_ms']:+.2f}"
+        share = level["requests_per_s"] / floor["batched_images_per_s"]
+        lines.append(f"| {level['concurrency']} | {over} | {share:.0%} |")
+    return [*lines, ""]
+
+
+def render_http_markdown(run: HttpRun, levels: Sequence[dict[str, Any]], machine: dict[str, Any]) -> str:
     header = "| " + " | ".join(title for _, title in HTTP_COLUMNS) + " |"
     lines = [header, "|" + "|".join("---:" for _ in HTTP_COLUMNS) + "|"]
     for level in levels:
@@ -323,18 +353,21 @@ def render_http_markdown(
     if machine.get("emulated"):
         parts += [f"> **{EMULATED_WARNING}**", ""]
     parts += [
-        f"Target `{url}`, images: {images}, closed-loop clients, "
+        f"Target `{run.url}`, images: {run.images} sent as {BODY_NAMES[run.body]}, closed-loop clients, "
         f"{levels[0]['duration_s']:.1f} s per level. Latencies of successful (200) requests.",
         "",
     ]
-    if server:
+    if run.server:
         described = ", ".join(
-            f"{key} {server[key]}" for key in ("model", "precision", "providers", "threads", "workers") if key in server
+            f"{key} {run.server[key]}"
+            for key in ("model", "precision", "providers", "threads", "workers")
+            if key in run.server
         )
         parts += [f"Server: {described}", ""]
+    parts += [*lines, ""]
+    if run.floor:
+        parts += floor_lines(levels, run.floor)
     parts += [
-        *lines,
-        "",
         "## Machine",
         "",
         *machine_lines(machine),
@@ -345,9 +378,7 @@ def render_http_markdown(
     return "\n".join(parts)
 
 
-def write_http_results(
-    outdir: str | Path, url: str, results: Sequence[Any], images: str, server: dict[str, Any] | None = None
-) -> Path:
+def write_http_results(outdir: str | Path, run: HttpRun, results: Sequence[Any]) -> Path:
     """http_results.json, http_report.md and the throughput-vs-p99 plot; returns the report's path."""
     from smallnets.benchmarks.machine import machine_block
     from smallnets.benchmarks.plots import http_throughput_vs_p99
@@ -355,9 +386,9 @@ def write_http_results(
     outdir = Path(outdir)
     machine = machine_block()
     levels = [result.to_dict() for result in results]
-    payload = {"machine": machine, "url": url, "images": images, "server": server, "levels": levels}
+    payload = {"machine": machine, **run.to_dict(), "levels": levels}
     atomic_write(outdir / "http_results.json", json.dumps(payload, indent=2) + "\n")
     served = [level for level in levels if level["p99_ms"] is not None]
     if served:
         http_throughput_vs_p99(served, outdir / "http_throughput_vs_p99.png", machine["emulated"])
-    return atomic_write(outdir / "http_report.md", render_http_markdown(url, levels, machine, images, server))
+    return atomic_write(outdir / "http_report.md", render_http_markdown(run, levels, machine))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from smallnets.benchmarks.cli import (
+    HTTP_BODIES,
     add_bench_http_parser,
     add_bench_parser,
     add_build_arguments,
@@ -18,6 +19,7 @@ from smallnets.benchmarks.cli import (
     print_summary,
     register,
 )
+from smallnets.benchmarks.http_load import BODIES
 from smallnets.benchmarks.selection import ModelChoice
 from smallnets.core.hardware import detect_cpu
 
@@ -69,6 +71,16 @@ def test_register_adds_both_commands_with_their_handlers() -> None:
     alone = add_bench_http_parser(argparse.ArgumentParser().add_subparsers())
     with pytest.raises(SystemExit):
         alone.parse_args([])  # --url is required
+
+
+def test_bench_http_bodies_are_the_load_tools_own() -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert HTTP_BODIES == BODIES
+    assert parser.parse_args(["bench-http", "--url", "u"]).body == "multipart"
+    assert parser.parse_args(["bench-http", "--url", "u", "--body", "raw"]).body == "raw"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench-http", "--url", "u", "--body", "form"])
 
 
 def test_bench_config_from_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -162,6 +162,15 @@ def test_cli_writes_results_report_and_plot(
     assert "requests/s" in capsys.readouterr().out
 
 
+def test_in_process_needs_a_server_that_names_its_model(
+    server: CountingServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench-http", "--url", server.url, "--duration", "0.2", "--in-process", "-o", str(tmp_path / "http")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--in-process needs a smallnets server" in err and "model_file" in err and "drop --in-process" in err
+
+
 def test_cli_unreachable_url_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["bench-http", "--url", url, "--duration", "1", "-o", str(tmp_path / "http")]) == 6  # network
@@ -177,11 +186,29 @@ def bento_url(exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         yield url
 
 
-def test_load_on_the_real_bento_service(bento_url: str, tmp_path: Path) -> None:
-    argv = ["bench-http", "--url", bento_url, "--concurrency", "1,4", "--duration", "1", "-o", str(tmp_path)]
-    assert main(argv) == 0
+@pytest.mark.parametrize("body", ["multipart", "raw"])
+def test_load_on_the_real_bento_service(bento_url: str, body: str, tmp_path: Path) -> None:
+    argv = ["bench-http", "--url", bento_url, "--concurrency", "1,4", "--duration", "1", "--body", body]
+    assert main([*argv, "-o", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "http_results.json").read_text())
-    assert data["server"]["name"] == "mobilenet_v1"
+    assert data["server"]["name"] == "mobilenet_v1" and data["body"] == body
+    assert ("raw bodies" in (tmp_path / "http_report.md").read_text()) is (body == "raw")
     for level in data["levels"]:
         assert level["ok"] > 0 and level["errors"] == {}, level
         assert 0 < level["p50_ms"] <= level["p90_ms"] <= level["p99_ms"]
+
+
+def test_the_in_process_floor_is_the_servers_own_model(bento_url: str, tmp_path: Path) -> None:
+    """--in-process times the file and thread count the server reports, and sets every level against it."""
+    argv = ["bench-http", "--url", bento_url, "--concurrency", "1,4", "--duration", "1", "--in-process"]
+    assert main([*argv, "-o", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "http_results.json").read_text())
+    floor, server = data["floor"], data["server"]
+    assert floor["model_file"] == server["model_file"] and floor["threads"] == server["threads_per_worker"]
+    assert 0 < floor["single_p50_ms"] <= floor["single_p99_ms"] and floor["single_runs"] >= 3
+    assert floor["batch"] == 16 and floor["batched_images_per_s"] > 0 and floor["batched_runs"] >= 3
+    report = (tmp_path / "http_report.md").read_text()
+    assert "In-process floor (same model file, " in report
+    for level in data["levels"]:
+        share = level["requests_per_s"] / floor["batched_images_per_s"]
+        assert f"| {level['concurrency']} | {level['p50_ms'] - floor['single_p50_ms']:+.2f} | {share:.0%} |" in report
