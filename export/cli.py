@@ -200,8 +200,10 @@ def run_export(args: argparse.Namespace) -> int:
     output = args.output or Path(f"{args.name}.onnx")
     check_export_target(output)  # before torch loads
     from smallnets.export.onnx_export import ExportConfig, export_model
+    from smallnets.export.registry import get_spec
 
     variant = variant_from_args(args)
+    get_spec(args.name)  # an unknown name fails before the warning about its weights
     warn_if_random(args.weights)
     config = ExportConfig(model=args.name, variant=variant, weights=args.weights, seed=args.seed, atol=args.atol)
     result = export_model(config, output)

@@ -203,6 +203,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
     from smallnets.core.files import check_output_dir, is_up_to_date
     from smallnets.export.onnx_export import ExportConfig, export_model
+    from smallnets.export.registry import get_spec
 
     variant = variant_from_args(args)
     outdir = args.output or Path("artifacts") / args.name
@@ -212,6 +213,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print(f"{outdir} is up to date (same model, weights, settings, CPU target and code): nothing to do")
         return 0
     check_output_dir(outdir, args.force)  # refuse before spending time on the export
+    get_spec(args.name)  # an unknown name fails before the warning about its weights
     warn_if_random(args.weights)
     staging = _export_staging(outdir)
     try:
