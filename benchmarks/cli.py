@@ -185,16 +185,15 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def bench_config(args: argparse.Namespace) -> Any:
     """The suite's BenchConfig from parsed arguments; bad values fail here with the option's name."""
-    from smallnets.benchmarks.artifacts import default_cache_dir
+    from smallnets.benchmarks.artifacts import check_choice, default_cache_dir
     from smallnets.benchmarks.labelled import eval_dir_from_env
     from smallnets.benchmarks.selection import parse_models, parse_positive_ints, parse_variants
     from smallnets.benchmarks.suite import BenchConfig
     from smallnets.core.hardware import detect_cpu
-    from smallnets.export.registry import get_spec
 
     models = tuple(parse_models(args.models))
     for choice in models:
-        get_spec(choice.name)  # an unknown name fails here, before the build and any warning about weights
+        check_choice(choice)  # an unknown name or variant fails here, before the build and any weights warning
     if args.duration <= 0 or (args.iterations is not None and args.iterations < 1):
         raise ValueError("--duration must be > 0 seconds and --iterations >= 1")
     if args.repeats < 1 or args.warmup < 0:
