@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from smallnets.core.evaluation import (
 from smallnets.core.files import check_output_dir, replace_folder, write_manifest
 from smallnets.core.hardware import detect_cpu
 from smallnets.core.metadata import AccuracyStatus, ModelCard
-from smallnets.core.targets import Target, resolve_target, runs_here
+from smallnets.core.targets import QuantOptions, Target, resolve_target, runs_here
 from smallnets.optimize.calibration import (
     REPORT_PHOTOS,
     SELECTION_PHOTOS,
@@ -43,7 +44,14 @@ from smallnets.optimize.groups import NodeGroup, find_groups
 from smallnets.optimize.latency import SpeedGate, measure_latency, speed_gate
 from smallnets.optimize.modelio import load_model, save_model, write_card
 from smallnets.optimize.quantize import calibration_method, prepare_for_quantization, quantize_model
-from smallnets.optimize.recipe import CandidateBuilder, SearchResult, SearchSettings, Trial, search_recipe
+from smallnets.optimize.recipe import (
+    CandidateBuilder,
+    SearchResult,
+    SearchSettings,
+    Trial,
+    choose_format,
+    search_recipe,
+)
 from smallnets.optimize.report import OptimizeReport, Reason, Status, Verdict
 from smallnets.optimize.simplify import simplify
 from smallnets.optimize.validate import MIN_LABELLED_IMAGES, Check, GateRules, Reference, final_verdict
@@ -54,7 +62,14 @@ from smallnets.optimize.validate import MIN_LABELLED_IMAGES, Check, GateRules, R
 SEARCH_EFFORTS: dict[str, dict[str, int]] = {
     "full": {},
     "bounded": {"calib_images": 32, "latency_runs": 20, "max_repair_steps": 2},
-    "quick": {"calib_images": 16, "eval_per_photo": 4, "max_candidates": 2, "max_repair_steps": 1, "latency_runs": 20},
+    "quick": {
+        "calib_images": 16,
+        "eval_per_photo": 4,
+        "max_candidates": 2,
+        "max_formats": 1,
+        "max_repair_steps": 1,
+        "latency_runs": 20,
+    },
 }
 # Calibration pictures used to rank group sensitivity in the repair step (never selection or report images).
 PROBE_IMAGES = 16
@@ -67,9 +82,9 @@ class OptimizeConfig:
     ``eval_dir`` is a labelled ImageFolder (SYNSET/photo.JPEG): it is split by content hash into calibration,
     selection and report parts (``calib_dir``, when given, supplies the calibration photos instead; photos in
     both are kept on one side). Without it the unlabelled demo photos stand in and int8 is never "validated".
-    ``max_candidates``/``max_repair_steps``/``latency_runs`` bound the recipe search (tests shrink them; the
-    defaults run the full procedure). ``calib_images`` caps the calibration part, ``eval_per_photo`` sizes the
-    demo grid (crops per demo photo).
+    ``max_candidates``/``max_formats``/``max_repair_steps``/``latency_runs`` bound the recipe search (tests
+    shrink them; the defaults run the full procedure). ``calib_images`` caps the calibration part,
+    ``eval_per_photo`` sizes the demo grid (crops per demo photo).
     """
 
     target: str = "auto"
@@ -82,6 +97,7 @@ class OptimizeConfig:
     eval_per_photo: int = 32
     preprocessing: PreprocessingFlags = field(default_factory=PreprocessingFlags)
     max_candidates: int | None = None
+    max_formats: int | None = None
     max_repair_steps: int = 3
     latency_runs: int = 60
 
@@ -181,16 +197,24 @@ def build(
     cache = scratch / "calibration.json"
     reader = ImageCalibrationReader(data.calibration.images, card.preprocessing, exported.graph.input[0].name)
 
-    def quantize(output: Path, exclude: list[str]) -> None:
-        quantize_model(
-            prepared_path, output, preset.quant, config.calibration, cache, None if cache.exists() else reader, exclude
-        )
+    def quantizer(options: QuantOptions) -> Callable[[Path, Sequence[str]], None]:
+        def quantize(output: Path, exclude: Sequence[str]) -> None:
+            quantize_model(
+                prepared_path, output, options, config.calibration, cache, None if cache.exists() else reader, exclude
+            )
+
+        return quantize
 
     random_weights = card.weights.startswith("random")
     min_cosine = preset.random_weights_min_cosine if random_weights else preset.int8_min_cosine
     rules = GateRules(config.max_drop, min_cosine, random_weights=random_weights)
     settings = SearchSettings(
-        rules, config.max_candidates, config.max_repair_steps, config.latency_runs, gate_on_speed=runs_here(preset)
+        rules,
+        config.max_candidates,
+        config.max_formats,
+        config.max_repair_steps,
+        config.latency_runs,
+        gate_on_speed=runs_here(preset),
     )
     if not settings.gate_on_speed:
         notes.append(
@@ -200,7 +224,15 @@ def build(
     selection = Reference(fp32_path, data.selection, "selection")
     probe_images = data.calibration.images[:PROBE_IMAGES]
     probe = Reference(fp32_path, prepare_pictures(probe_images, card.preprocessing, "probe"), "probe")
-    result = search_recipe(fp32_path, CandidateBuilder(groups, quantize, scratch), selection, probe, settings)
+    options = {option.name: option for option in preset.candidates_for(card.family)}
+    builders = {name: CandidateBuilder(groups, quantizer(option), scratch / name) for name, option in options.items()}
+    for builder in builders.values():
+        builder.workdir.mkdir()
+    chosen_format, formats = choose_format(fp32_path, builders, selection, settings)
+    preset = preset.with_quant(options[chosen_format])
+    result = search_recipe(
+        fp32_path, builders[chosen_format], selection, probe, settings, measure_latency, formats=formats
+    )
 
     final_check = Reference(fp32_path, data.report, "report").check(result.closest.path) if result.closest else None
     verdict, speed = decide(result, final_check, rules, settings, fp32_path, preset)
@@ -386,6 +418,7 @@ def make_report(
         search={
             "settings": {
                 "max_candidates": settings.max_candidates,
+                "max_formats": settings.max_formats,
                 "max_repair_steps": settings.max_repair_steps,
                 "latency_runs": settings.latency_runs,
                 "gate_on_speed": settings.gate_on_speed,
@@ -393,6 +426,8 @@ def make_report(
             "selection_images": len(data.selection),
             "groups": {name: {"nodes": len(g.nodes), "op_types": list(g.op_types)} for name, g in groups.items()},
             "sensitivity_cosine_gain": result.sensitivity,
+            "formats": [trial.to_dict() for trial in result.formats],
+            "quant": preset.quant.name,
             "trials": [trial.to_dict() for trial in result.trials],
             "speed_gate": speed.to_dict() if speed else None,
         },

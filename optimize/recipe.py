@@ -1,7 +1,9 @@
 """The recipe search: which node groups stay float so int8 is both accurate and faster than fp32 here.
 
-Bounded and greedy, not a sweep, in four named steps, all judged on the SELECTION part of the images (never on
+Bounded and greedy, not a sweep, in named steps, all judged on the SELECTION part of the images (never on
 the report part, whose figures would otherwise be the best of many tries: the winner's curse):
+0. :func:`choose_format` -- the target's quantization options (e.g. QDQ and QOperator) each quantize everything;
+   the fastest within budget carries on (the most faithful where speed is not gated); ties keep the default.
 1. :func:`speed_candidates` -- from most to least quantized: everything; smooth activations float; + squeeze-
    excite float; + grouped convs float; + depthwise float (the usual reasons int8 loses time on x86: Q/DQ pairs
    around unfusable ops, kernels without a fast int8 path). Groups absent from the model are skipped.
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from smallnets.optimize.groups import NodeGroup
-from smallnets.optimize.latency import measure_latency
+from smallnets.optimize.latency import MIN_MARGIN, measure_latency
 from smallnets.optimize.report import Reason
 from smallnets.optimize.validate import Check, GateRules, Reference, within_budget
 
@@ -43,6 +45,7 @@ class SearchSettings:
 
     rules: GateRules
     max_candidates: int | None = None
+    max_formats: int | None = None  # how many of the target's quantization options step 0 tries (None: all)
     max_repair_steps: int = 3
     latency_runs: int = 60
     # False when the target CPU is not this machine's (e.g. arm64 built on x86): host timings of the target's
@@ -62,6 +65,7 @@ class Trial:
     int8_ms: float | None = None
     # group kept float for accuracy -> why (its measured sensitivity); the other float groups are for speed
     repairs: dict[str, str] = field(default_factory=dict)
+    quant: str = ""  # the quantization options' name (Target candidates), when several were tried
 
     @property
     def name(self) -> str:
@@ -81,6 +85,7 @@ class Trial:
             "int8_ms": self.int8_ms,
             "speedup": self.speedup,
             "repairs": self.repairs,
+            "quant": self.quant,
         }
 
 
@@ -101,6 +106,7 @@ class SearchResult:
     refusal: Refusal | None
     trials: list[Trial]
     sensitivity: dict[str, float]
+    formats: list[Trial] = field(default_factory=list)  # step 0's trials, when the target offered several
 
 
 def candidate_name(float_groups: Sequence[str]) -> str:
@@ -201,12 +207,49 @@ def choose(trials: Sequence[Trial], gate_on_speed: bool) -> Trial | None:
     return max(faster, key=lambda trial: trial.speedup or 0.0) if faster else None
 
 
+def fidelity(trial: Trial) -> tuple[float, float]:
+    """How closely a trial follows fp32 on the selection part: top-1 agreement, then mean logit cosine."""
+    return trial.check.agreement.agreement_top1, trial.check.agreement.cosine_mean
+
+
 def closest(trials: Sequence[Trial]) -> Trial:
     """The trial nearest to acceptance: within budget and fastest, else the most faithful on the selection part."""
     passing = [trial for trial in trials if trial.within_budget]
     if passing:
         return max(passing, key=lambda trial: trial.speedup or 0.0)
-    return max(trials, key=lambda trial: (trial.check.agreement.agreement_top1, trial.check.agreement.cosine_mean))
+    return max(trials, key=fidelity)
+
+
+def choose_format(
+    fp32: Path,
+    builders: dict[str, CandidateBuilder],
+    selection: Reference,
+    settings: SearchSettings,
+    timer: Callable[[list[Path], int], list[float]] = measure_latency,
+) -> tuple[str, list[Trial]]:
+    """Step 0: which quantization options (``builders`` by options name, the target's default first) to search.
+
+    Each builds its all-int8 variant, checked on the selection part and timed. With the speed gate on, the
+    fastest within budget wins, but only by more than MIN_MARGIN over the default (a tie is noise, not a reason
+    to leave the default); without it, or with none within budget, the most faithful. One option: no trial.
+    """
+    names = list(builders)[: settings.max_formats]
+    if len(names) == 1:
+        return names[0], []
+    trials = []
+    for name in names:
+        trial = evaluate_candidate((), builders[name], selection, settings.rules)
+        trial.quant = name
+        trial.fp32_ms, trial.int8_ms = timer([fp32, trial.path], settings.latency_runs)
+        trials.append(trial)
+    passing = [trial for trial in trials if trial.within_budget]
+    if not settings.gate_on_speed or not passing:
+        return max(passing or trials, key=fidelity).quant, trials
+    default, bar = trials[0], (trials[0].speedup or 0.0) * (1.0 + MIN_MARGIN)
+    faster = [trial for trial in passing if (trial.speedup or 0.0) > bar]
+    if default.within_budget and not faster:
+        return default.quant, trials
+    return max(faster or passing, key=lambda trial: trial.speedup or 0.0).quant, trials
 
 
 def refusal(trials: Sequence[Trial], rules: GateRules) -> Refusal:
@@ -240,8 +283,10 @@ def search_recipe(
     probe: Reference,
     settings: SearchSettings,
     timer: Callable[[list[Path], int], list[float]] = measure_latency,
+    formats: Sequence[Trial] = (),
 ) -> SearchResult:
-    """Run the bounded search (see the module docstring); the chosen file is copied to ``chosen.onnx``.
+    """Run steps 1-4 (see the module docstring) with ``builder``'s quantization options (step 0's choice, whose
+    ``formats`` trials are kept in the result); the chosen file is copied to ``chosen.onnx``.
 
     ``timer(paths, runs)`` gives the p50 ms of each path (interleaved); tests pass a fake one.
     """
@@ -261,8 +306,8 @@ def search_recipe(
         trials.append(trial)
     chosen = choose(trials, settings.gate_on_speed)
     if chosen is None:
-        return SearchResult(None, closest(trials), refusal(trials, settings.rules), trials, ranked)
+        return SearchResult(None, closest(trials), refusal(trials, settings.rules), trials, ranked, list(formats))
     final = builder.workdir / "chosen.onnx"
     shutil.copyfile(chosen.path, final)
     chosen.path = final
-    return SearchResult(chosen, chosen, None, trials, ranked)
+    return SearchResult(chosen, chosen, None, trials, ranked, list(formats))

@@ -148,15 +148,21 @@ class OptimizeReport:
             f"- {k['group']} ({k['nodes']} nodes: {', '.join(k['op_types'])}): {k['reason']}" for k in self.kept_float
         ]
         lines += [*([] if self.kept_float else ["- nothing"]), "", "## Candidates tried (selection part)", ""]
+        if self.search.get("formats"):
+            lines += [
+                f"Quantization options, all-int8 each, first: {self.search['quant']} carried on to the group search.",
+                "",
+            ]
         lines += [
             "| candidate | float groups | top-1 drop (points) | agreement | cosine | within budget | speedup |",
             "|---|---|---:|---:|---:|---|---:|",
         ]
-        for trial in self.search.get("trials", []):
+        for trial in [*self.search.get("formats", []), *self.search.get("trials", [])]:
             check = trial["check"]
             drop = check["labelled"]["drop_points"] if check.get("labelled") else None
+            quant = f" ({trial['quant']})" if trial.get("quant") else ""
             lines.append(
-                f"| {trial['name']} | {', '.join(trial['float_groups']) or '-'} | {number(drop, '+.2f')} | "
+                f"| {trial['name']}{quant} | {', '.join(trial['float_groups']) or '-'} | {number(drop, '+.2f')} | "
                 f"{check['agreement_top1']:.2%} | {check['cosine_mean']:.4f} | {trial['within_budget']} | "
                 f"{number(trial['speedup'], '.2f')} |"
             )

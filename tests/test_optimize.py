@@ -50,7 +50,14 @@ from smallnets.optimize.validate import (
 )
 
 # Quick search for tests: one candidate, no repair loop, few images, short timing. Not the CLI default.
-QUICK = {"calib_images": 8, "eval_per_photo": 2, "max_candidates": 1, "max_repair_steps": 0, "latency_runs": 6}
+QUICK = {
+    "calib_images": 8,
+    "eval_per_photo": 2,
+    "max_candidates": 1,
+    "max_formats": 1,
+    "max_repair_steps": 0,
+    "latency_runs": 6,
+}
 # The labelled test's bounded search: all-int8 plus at most one repair step, 32 calibration photos.
 LABELLED_SEARCH = {"calib_images": 32, "max_candidates": 1, "max_repair_steps": 1, "latency_runs": 10}
 # About 250 report photos: even zero flips leave an upper bound near 1.5 points, so the test's budget is 3 points
@@ -224,6 +231,8 @@ def test_report_and_artifacts(lite0_run: tuple[Path, Any]) -> None:
     assert all(entry["reason"] for entry in data["kept_float"])
     card = OnnxClassifier(outdir / INT8_NAME).card
     assert card.precision == "int8" and card.quantization["name"] == data["target"]
+    assert data["search"]["formats"] == [] and data["search"]["quant"] == data["preset"]["quant_name"]  # max_formats 1
+    assert card.quantization["quant_name"] == data["preset"]["quant_name"]
     assert card.labels == OnnxClassifier(outdir / FP32_NAME).card.labels
     markdown = (outdir / "report.md").read_text()
     assert "## Kept in float" in markdown
@@ -279,9 +288,29 @@ def test_lite0_imagenet_int8_passes_the_labelled_gate(lite0_labelled: tuple[Path
         assert (report.status, report.reason) == (Status.UNVALIDATED, Reason.INTERVAL_TOO_WIDE), report.detail
     assert (outdir / INT8_NAME).is_file() == (report.status is not Status.REJECTED)
     assert "labelled report images" in report.accuracy_status
+    # Step 0 tried every quantization option of the target (QDQ and QOperator) and the rest used the winner's.
+    tried = [trial["quant"] for trial in report.search["formats"]]
+    assert tried == [options.name for options in PRESETS[report.target].candidates_for("efficientnet_lite")]
+    assert len(tried) > 1 and report.search["quant"] in tried and report.preset["quant_name"] == report.search["quant"]
     if report.status is not Status.REJECTED:
-        accuracy = OnnxClassifier(outdir / INT8_NAME).card.accuracy
+        card = OnnxClassifier(outdir / INT8_NAME).card
+        assert card.quantization["quant_name"] == report.search["quant"]
+        accuracy = card.accuracy
         assert accuracy.status == "measured" and accuracy.top1 == pytest.approx(100 * labelled["candidate"]["top1"])
+
+
+def test_bench_reads_the_labelled_drop_from_report_json(lite0_labelled: tuple[Path, Any]) -> None:
+    """The bench's int8 quality column comes from optimize's report.json as written (it once read a key that
+    report.json does not have, and every labelled drop showed as missing)."""
+    import json
+
+    from smallnets.benchmarks.suite import quality_fields
+
+    outdir, report = lite0_labelled
+    fields = quality_fields("onnx-int8", json.loads((outdir / "report.json").read_text()))
+    assert fields["int8_drop_points"] == report.labelled["drop_points"]
+    assert fields["int8_drop_interval"] == report.labelled["drop_interval_points"]
+    assert fields["int8_verdict"] == report.status.value and fields["eval_images"] == report.eval_images
 
 
 def test_presets_differ_as_documented(fused_models: Callable[[str], Any], tmp_path: Path) -> None:

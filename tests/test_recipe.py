@@ -21,6 +21,7 @@ from smallnets.optimize.recipe import (
     Trial,
     candidate_name,
     choose,
+    choose_format,
     evaluate_candidate,
     refusal,
     repair,
@@ -293,3 +294,87 @@ def test_search_copies_the_chosen_candidate(tmp_path: Path) -> None:
     result = search_recipe(fp32, made, FakeReference({}), FakeReference({}), settings, timer)  # type: ignore[arg-type]
     assert result.chosen is not None and result.chosen.name == "float-activations"
     assert result.chosen.path == tmp_path / "chosen.onnx" and result.chosen.path.is_file()
+
+
+class BrokenInFolder(FakeReference):
+    """A check that breaks ``flips`` photos for candidates built in one options' folder, none elsewhere."""
+
+    def __init__(self, folder: str, flips: int) -> None:
+        super().__init__({})
+        self.folder, self.flips = folder, flips
+
+    def check(self, candidate: Path) -> Check:
+        return labelled_check(1000, broken=self.flips if candidate.parent.name == self.folder else 0, fixed=0)
+
+
+def per_format_timer(int8_ms: dict[str, float]) -> object:
+    """p50s: fp32 10 ms; a candidate by the options folder it was built in."""
+
+    def timer(paths: list[Path], runs: int) -> list[float]:
+        return [10.0, int8_ms[paths[1].parent.name]]
+
+    return timer
+
+
+def format_builders(tmp_path: Path, names: Sequence[str] = ("qdq", "qoperator")) -> dict[str, CandidateBuilder]:
+    folders = {name: tmp_path / name for name in names}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    return {name: CandidateBuilder(GROUPS, fake_quantize, folder) for name, folder in folders.items()}
+
+
+@pytest.mark.parametrize(
+    ("timings", "expected"),
+    [
+        ({"qdq": 5.0, "qoperator": 5.05}, "qdq"),  # a tie within MIN_MARGIN keeps the default
+        ({"qdq": 5.0, "qoperator": 4.95}, "qdq"),  # 1% faster is noise, not a reason to switch
+        ({"qdq": 5.0, "qoperator": 4.0}, "qoperator"),  # clearly faster wins
+    ],
+)
+def test_format_step_takes_the_fastest_only_beyond_the_margin(
+    tmp_path: Path, timings: dict[str, float], expected: str
+) -> None:
+    settings = SearchSettings(GateRules(1.0, 0.5))
+    fp32 = tmp_path / "fp32.onnx"
+    chosen, trials = choose_format(
+        fp32, format_builders(tmp_path), BrokenInFolder("none", 0), settings, per_format_timer(timings)
+    )  # type: ignore[arg-type]
+    assert chosen == expected and [trial.quant for trial in trials] == ["qdq", "qoperator"]
+    assert all(trial.name == "all-int8" and trial.to_dict()["quant"] == trial.quant for trial in trials)
+
+
+def test_format_step_never_takes_a_faster_option_over_budget(tmp_path: Path) -> None:
+    settings = SearchSettings(GateRules(1.0, 0.5))
+    builders = format_builders(tmp_path)
+    timer = per_format_timer({"qdq": 5.0, "qoperator": 3.0})
+    chosen, trials = choose_format(tmp_path / "fp32.onnx", builders, BrokenInFolder("qoperator", 50), settings, timer)  # type: ignore[arg-type]
+    assert chosen == "qdq" and [trial.within_budget for trial in trials] == [True, False]
+
+
+def test_format_step_without_speed_gate_takes_the_most_faithful(tmp_path: Path) -> None:
+    """arm64 built on x86: host timings say nothing, so the option that follows fp32 more closely wins."""
+    settings = SearchSettings(GateRules(5.0, 0.5), gate_on_speed=False)
+    builders = format_builders(tmp_path)
+    timer = per_format_timer({"qdq": 3.0, "qoperator": 5.0})
+    chosen, _ = choose_format(tmp_path / "fp32.onnx", builders, BrokenInFolder("qdq", 20), settings, timer)  # type: ignore[arg-type]
+    assert chosen == "qoperator"
+
+
+def test_format_step_with_one_option_tries_nothing(tmp_path: Path) -> None:
+    selection = BrokenInFolder("none", 0)
+    timer = per_format_timer({})  # a KeyError if anything were timed
+    one = choose_format(
+        tmp_path / "f.onnx",
+        format_builders(tmp_path / "a", ["qdq"]),
+        selection,
+        SearchSettings(GateRules(1.0, 0.5)),
+        timer,
+    )  # type: ignore[arg-type]
+    capped = choose_format(
+        tmp_path / "f.onnx",
+        format_builders(tmp_path / "b"),
+        selection,
+        SearchSettings(GateRules(1.0, 0.5), max_formats=1),
+        timer,
+    )  # type: ignore[arg-type]
+    assert one == ("qdq", []) and capped == ("qdq", []) and selection.calls == 0

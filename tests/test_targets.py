@@ -48,6 +48,18 @@ def test_candidates_are_filtered_by_family() -> None:
     assert [o.name for o in target.candidates_for("mobilenet_v2")] == ["base"]
 
 
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_with_quant_makes_the_search_choice_the_targets_own(name: str) -> None:
+    """What optimize writes into the int8 card and report: the options the search chose, not the default's."""
+    target = PRESETS[name]
+    other = target.candidates[-1]
+    chosen = target.with_quant(other)
+    assert chosen.quant == other and chosen.quant_format == other.quant_format and chosen.candidates[0] == other
+    assert set(chosen.candidates) == set(target.candidates) and chosen.to_dict()["quant_name"] == other.name
+    with pytest.raises(ValueError, match="not one of its candidates"):
+        target.with_quant(QuantOptions("elsewhere"))
+
+
 def test_a_target_must_try_its_default_first() -> None:
     with pytest.raises(ValueError, match="first candidate"):
         Target("t", "x86_64", (), "h", "r", quant=QuantOptions("a"), candidates=(QuantOptions("b"),))

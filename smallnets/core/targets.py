@@ -167,6 +167,12 @@ class Target:
         """The quantization options worth trying on a model family, the target's default first."""
         return [options for options in self.candidates if options.applies_to(family)]
 
+    def with_quant(self, options: QuantOptions) -> Target:
+        """This target with ``options`` as its quantization (what the recipe search chose among the candidates)."""
+        if options not in self.candidates:
+            raise ValueError(f"target {self.name}: {options.name} is not one of its candidates")
+        return replace(self, quant=options, candidates=(options, *(c for c in self.candidates if c != options)))
+
     def with_threads(self, serving: int) -> Target:
         return replace(self, threads=tuple(sorted({1, max(1, serving)})))
 
@@ -199,7 +205,8 @@ def _options(name: str, **fields: Any) -> QuantOptions:
 # (depthwise included); percentile (99.99/99.999) and entropy calibration gained nothing over min-max (-0.26/0.00
 # points), so min-max it is (ORT's histogram calibrators also fail on constant tensors: "Too many bins"); cross-layer
 # equalization needs ReLU6 -> ReLU, which alone takes Lite0's fp32 from 87.6% to 57.7%, so it is not offered.
-# QDQ and QOperator gave the same top-1; both are candidates so the recipe search picks the faster one per model.
+# QDQ and QOperator gave the same top-1; both are candidates, and the recipe search's first step
+# (optimize/recipe.py choose_format) times each all-int8 and keeps the faster one per model.
 
 # x86 without VNNI: VPMADDUBSW adds u8*s8 pairs into int16 and saturates when both operands use the full range,
 # so weights keep 7 bits (reduce_range; on the research set -0.77 points against full range). U8U8 avoids the
