@@ -128,7 +128,7 @@ def quality_fields(variant: str, report: dict[str, Any] | None) -> dict[str, Any
     """
     if variant != "onnx-int8" or not report:
         return {}
-    labelled = report.get("labelled") or {}
+    labelled = (report.get("evaluation") or {}).get("labelled") or {}  # report.json's evaluation on labels
     return {
         "agreement_top1": report.get("agreement_top1"),
         "eval_images": report.get("eval_images"),
