@@ -1,7 +1,8 @@
 """Bounded, self-stopping HTTP load against a running classification server (loopback only).
 
 Closed-loop clients (each sends its next request when the previous answer arrives) at a fixed concurrency for a
-fixed duration, over httpx's async client; per level: requests/s, latency percentiles of successful requests,
+fixed duration, each over its own keep-alive connection (benchmarks/http_wire.py: request bytes built once, so
+the client costs the server's CPU next to nothing); per level: requests/s, latency percentiles of successful requests,
 failures counted by status code or transport error, the server's own per-phase timing (median of its
 ``Server-Timing`` headers) and the peak resident memory of the server's processes (found through the listening
 socket, when the server runs on this machine). A client told to back off (503/429 with ``Retry-After``) waits that
@@ -20,7 +21,7 @@ import os
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from smallnets.benchmarks.http_wire import Connection, multipart_request, post_request
 from smallnets.core.images import iter_image_files, sample_photos
 
 DEFAULT_ENDPOINT = "/classify"
@@ -145,11 +147,11 @@ def server_metadata(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
     return metadata if isinstance(metadata, dict) else None
 
 
-def send(client: httpx.AsyncClient | httpx.Client, url: str, payload: Payload, field: str, body: str) -> Any:
-    """POST one image: as a multipart file ``field``, or (``body="raw"``) as the body with its Content-Type."""
+def request_bytes(url: str, payload: Payload, field: str, body: str) -> bytes:
+    """One upload as request bytes: a multipart file ``field``, or (``body="raw"``) the body with its Content-Type."""
     if body == "raw":
-        return client.post(url, content=payload.data, headers={"content-type": payload.content_type})
-    return client.post(url, files={field: (payload.name, payload.data, payload.content_type)})
+        return post_request(url, payload.data, payload.content_type)
+    return multipart_request(url, field, payload.name, payload.data, payload.content_type)
 
 
 def warm_up(
@@ -161,9 +163,17 @@ def warm_up(
     body: str = "multipart",
 ) -> None:
     """A few untimed requests so lazy server-side setup is not billed to the first level."""
-    with httpx.Client(timeout=timeout_s, trust_env=False) as client:
-        for index in range(requests):
-            send(client, url, payloads[index % len(payloads)], field, body)
+
+    async def send_all() -> None:
+        connection = Connection(url)
+        try:
+            for index in range(requests):
+                request = request_bytes(url, payloads[index % len(payloads)], field, body)
+                await asyncio.wait_for(connection.exchange(request), timeout_s)
+        finally:
+            await connection.close()
+
+    asyncio.run(send_all())
 
 
 def server_timing(header: str) -> dict[str, float]:
@@ -179,12 +189,12 @@ def server_timing(header: str) -> dict[str, float]:
     return timings
 
 
-def retry_after_s(response: httpx.Response) -> float | None:
+def retry_after_s(status: int, headers: Mapping[str, str]) -> float | None:
     """How long a 503/429 asks the client to wait (the seconds form of Retry-After), capped; None if not asked."""
-    if response.status_code not in (429, 503):
+    if status not in (429, 503):
         return None
     try:
-        return min(max(float(response.headers.get("retry-after", "")), 0.0), MAX_RETRY_AFTER_S)
+        return min(max(float(headers.get("retry-after", "")), 0.0), MAX_RETRY_AFTER_S)
     except ValueError:
         return None
 
@@ -295,36 +305,37 @@ async def run_level(
     latencies_ms: list[float] = []
     outcomes: Counter[str] = Counter()
     timings: dict[str, list[float]] = defaultdict(list)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits, trust_env=False) as client:
-        started = time.perf_counter()
-        deadline = started + duration_s
+    requests = [request_bytes(url, payload, field, body) for payload in payloads]
+    started = time.perf_counter()
+    deadline = started + duration_s
 
-        async def client_loop(index: int) -> None:
-            sent = index
-            while time.perf_counter() < deadline:
-                payload = payloads[sent % len(payloads)]
-                sent += concurrency
-                request_started = time.perf_counter()
-                try:
-                    response = await send(client, url, payload, field, body)
-                except httpx.TransportError as error:
-                    outcomes[type(error).__name__] += 1
-                    await asyncio.sleep(ERROR_BACKOFF_S)
-                    continue
-                elapsed_ms = (time.perf_counter() - request_started) * 1000.0
-                outcomes[str(response.status_code)] += 1
-                if response.status_code == 200:
-                    latencies_ms.append(elapsed_ms)
-                    for name, milliseconds in server_timing(response.headers.get("server-timing", "")).items():
-                        timings[name].append(milliseconds)
-                wait_s = retry_after_s(response)
-                if wait_s:
-                    await asyncio.sleep(min(wait_s, max(0.0, deadline - time.perf_counter())))
+    async def client_loop(index: int) -> None:
+        connection = Connection(url)
+        sent = index
+        while time.perf_counter() < deadline:
+            request = requests[sent % len(requests)]
+            sent += concurrency
+            request_started = time.perf_counter()
+            try:
+                response = await asyncio.wait_for(connection.exchange(request), timeout_s)
+            except OSError as error:  # refused, reset, closed mid-answer (WireError), timed out (TimeoutError)
+                outcomes[type(error).__name__] += 1
+                await asyncio.sleep(ERROR_BACKOFF_S)
+                continue
+            elapsed_ms = (time.perf_counter() - request_started) * 1000.0
+            outcomes[str(response.status)] += 1
+            if response.status == 200:
+                latencies_ms.append(elapsed_ms)
+                for name, milliseconds in server_timing(response.headers.get("server-timing", "")).items():
+                    timings[name].append(milliseconds)
+            wait_s = retry_after_s(response.status, response.headers)
+            if wait_s:
+                await asyncio.sleep(min(wait_s, max(0.0, deadline - time.perf_counter())))
+        await connection.close()
 
-        with PeakRss(watch_pids) as rss:
-            await asyncio.gather(*(client_loop(index) for index in range(concurrency)))
-        wall_s = time.perf_counter() - started
+    with PeakRss(watch_pids) as rss:
+        await asyncio.gather(*(client_loop(index) for index in range(concurrency)))
+    wall_s = time.perf_counter() - started
     return summarize(concurrency, wall_s, latencies_ms, outcomes, timings, rss.peak_mb)
 
 
