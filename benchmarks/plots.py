@@ -191,35 +191,6 @@ def memory(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return save(figure, path)
 
 
-def accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    """The EfficientNet paper's kind of figure, for the rows whose top-1 accuracy was measured."""
-    selected = [row for row in reference_setting(rows) if row.get("top1_accuracy") is not None]
-    if not selected:
-        return None
-    figure, axes = plt.subplots(figsize=(7, 5))
-    for variant in VARIANTS:
-        points = [row for row in selected if row["variant"] == variant]
-        if points:
-            axes.scatter(
-                [row["p50_ms"] for row in points],
-                [row["top1_accuracy"] for row in points],
-                marker=MARKERS[variant],
-                label=variant,
-            )
-    for row in selected:
-        axes.annotate(
-            row["model"], (row["p50_ms"], row["top1_accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
-        )
-    axes.set_xscale("log")
-    axes.margins(0.12)
-    axes.set_xlabel("p50 latency (ms)")
-    axes.set_ylabel("top-1 accuracy")
-    axes.set_title(f"Accuracy vs latency{emulated_suffix(rows)}")
-    axes.grid(True, alpha=0.3)
-    axes.legend()
-    return save(figure, path)
-
-
 def write_suite_plots(
     outdir: str | Path, rows: Sequence[dict[str, Any]], machine: dict[str, Any] | None = None
 ) -> list[Path]:
@@ -234,7 +205,6 @@ def write_suite_plots(
         latency_vs_macs(rows, outdir / f"latency_vs_macs_{kind}.png", peak),
         int8_speedup(rows, outdir / f"int8_speedup_{kind}.png"),
         memory(rows, outdir / f"memory_{kind}.png"),
-        accuracy_vs_latency(rows, outdir / f"accuracy_vs_latency_{kind}.png"),
         latency_vs_labelled_top1(rows, outdir / f"latency_vs_labelled_top1_{kind}.png"),
     ]
     return [path for path in written if path is not None]

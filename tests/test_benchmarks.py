@@ -336,15 +336,3 @@ def test_half_built_optimize_output_is_not_taken_for_a_cache_hit(
     missing = copy.path("onnx-int8" if status == "accepted" else "onnx-opt")
     missing.unlink()
     assert not copy.optimized_complete()
-
-
-def test_accuracy_plot_appears_when_accuracy_is_known(suite: SuiteRun, tmp_path: Path) -> None:
-    from smallnets.benchmarks.plots import write_suite_plots
-
-    rows = [{**row, "top1_accuracy": 0.7 + 0.01 * index} for index, row in enumerate(suite.result.rows)]
-    written = {path.name for path in write_suite_plots(tmp_path, rows)}
-    name = f"accuracy_vs_latency_{cpu_kind()}.png"
-    assert name in written
-    assert name not in {path.name for path in suite.outdir.glob("*.png")}  # random weights
-    with Image.open(tmp_path / name) as image:
-        image.verify()
