@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from smallnets.benchmarks.artifacts import (
     DEFAULT_EFFORT,
     ArtifactCache,
@@ -29,6 +27,7 @@ from smallnets.benchmarks.measure import MeasureSpec
 from smallnets.benchmarks.runner import Measurement, bare_interpreter_rss_mb, pool, run_measurement
 from smallnets.benchmarks.selection import DEFAULT_VARIANTS, OPTIMIZED_VARIANTS, PEER_VARIANTS, ModelChoice
 from smallnets.core.files import ensure_writable_dir
+from smallnets.core.progress import Progress
 from smallnets.core.runtime import resolve_providers
 
 MIB = 2**20
@@ -189,21 +188,21 @@ def build_all(config: BenchConfig, target: str | None) -> list[ModelArtifacts]:
         config.cache_dir, config.weights, config.rebuild, config.optimize_effort, config.eval_dir, config.max_drop
     )
     built = []
-    with tqdm(config.models, desc="artifacts", unit="model", disable=None) as progress:
-        for choice in progress:
-            progress.set_description(f"artifacts {choice.label}")
-            built.append(cache.prepare(choice, config.variants, target))
+    progress = Progress(config.models, "artifacts", unit="model", every_s=0.0)  # a line per model: builds take minutes
+    for choice in progress:
+        progress.note(choice.label)
+        built.append(cache.prepare(choice, config.variants, target))
     return built
 
 
 def measure_all(built: Sequence[ModelArtifacts], config: BenchConfig) -> dict[tuple[str, str, int, int], Measurement]:
     """Run the interleaved plan; repeats of one (model, variant, batch, threads) are pooled into one result."""
     runs: dict[tuple[str, str, int, int], list[Measurement]] = {}
-    with tqdm(plan(built, config), desc="measure", unit="run", disable=None) as progress:
-        for artifacts, variant, batch, threads in progress:
-            progress.set_description(f"{artifacts.choice.label} {variant} b{batch} t{threads}")
-            spec = spec_for(artifacts, variant, batch, threads, config)
-            runs.setdefault((artifacts.choice.label, variant, batch, threads), []).append(run_measurement(spec))
+    progress = Progress(plan(built, config), "measure", unit="run")
+    for artifacts, variant, batch, threads in progress:
+        progress.note(f"{artifacts.choice.label} {variant} b{batch} t{threads}")
+        spec = spec_for(artifacts, variant, batch, threads, config)
+        runs.setdefault((artifacts.choice.label, variant, batch, threads), []).append(run_measurement(spec))
     return {key: pool(measurements) for key, measurements in runs.items()}
 
 
