@@ -18,7 +18,7 @@ import numpy as np
 
 from smallnets.benchmarks.http_load import Payload
 from smallnets.core.images import finish_decode, open_image
-from smallnets.core.preprocess import REDUCING_GAP
+from smallnets.core.preprocess import decode_min_side
 from smallnets.core.runtime import OnnxClassifier
 
 
@@ -45,7 +45,7 @@ class Pipeline:
     def __init__(self, model_file: Path, threads: int) -> None:
         # The server's session options (serve/service.py): no arena, no spinning threads.
         self.classifier = OnnxClassifier(model_file, threads=threads, memory_arena=False, spinning=False)
-        self.min_side = round(self.classifier.card.preprocessing.resize * REDUCING_GAP)
+        self.min_side = decode_min_side(self.classifier.card.preprocessing)
 
     def rows(self, payloads: Sequence[Payload]) -> np.ndarray:
         pictures = [

@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from smallnets.core.images import ImageDecodeError, finish_decode, open_image
-from smallnets.core.preprocess import REDUCING_GAP
+from smallnets.core.preprocess import decode_min_side
 from smallnets.core.runtime import OnnxClassifier, softmax, top_k
 from smallnets.serve import metrics
 from smallnets.serve.batching import Batcher, BatcherStopped, DeadlineExceeded
@@ -213,7 +213,7 @@ class ImageClassifier:
         self._heavy_decoders = anyio.CapacityLimiter(max(1, SETTINGS.decode_threads - 1))
         preprocessing = self.classifier.card.preprocessing
         # Decode big uploads straight to a size the preprocessing still reduces by box filter: same picture.
-        self._decode_min_side = round(preprocessing.resize * REDUCING_GAP)
+        self._decode_min_side = decode_min_side(preprocessing)
         self._row_shape = (3, preprocessing.crop, preprocessing.crop)
         self._held = 0
         self._draining = False

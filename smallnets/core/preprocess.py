@@ -21,6 +21,12 @@ _RESAMPLING = {
 REDUCING_GAP = 3.0
 
 
+def decode_min_side(config: Preprocessing) -> int:
+    """The shorter side a photo may be shrunk to while decoding (JPEG draft, whole-factor box filter) and still
+    reach preprocessing with the same pixels: what the reducing step would have produced anyway."""
+    return round(config.resize * REDUCING_GAP)
+
+
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     """torchvision ``Resize(int)`` geometry: shorter side exactly ``shorter``, longer side truncated (not rounded)."""
     if width <= height:
