@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-HTTP_BODIES = ("multipart", "raw")  # http_load.BODIES, spelled here so the parser needs no httpx (a test ties them)
+from smallnets.benchmarks.http_wire import BODIES  # standard library only, like this module
+
 EFFORT_CHOICES = ("bounded", "full")  # the words of `smallnets optimize --effort`; quick is too coarse to measure
 
 
@@ -147,7 +148,7 @@ def add_bench_http_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     http.add_argument("--field", default="image", help="multipart field of the upload (default: image)")
     http.add_argument(
         "--body",
-        choices=HTTP_BODIES,
+        choices=BODIES,
         default="multipart",
         help="send each image as a multipart upload, or raw as the request body with its image/* Content-Type "
         "(the lighter path) (default: multipart)",

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from smallnets.benchmarks.http_wire import Connection, multipart_request, post_request
+from smallnets.benchmarks.http_wire import BODIES, Connection, multipart_request, post_request
 from smallnets.core.images import iter_image_files, sample_photos
 
 DEFAULT_ENDPOINT = "/classify"
@@ -38,7 +38,6 @@ DEFAULT_ENDPOINT = "/classify"
 ERROR_BACKOFF_S = 0.01
 # A Retry-After longer than this is capped (a level must still end on time).
 MAX_RETRY_AFTER_S = 5.0
-BODIES = ("multipart", "raw")
 RSS_SAMPLE_S = 0.05
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_HEADER_BYTES = 64 * 1024
+BODIES = ("multipart", "raw")  # how an image travels: a multipart form field, or the request body itself
 
 
 class WireError(ConnectionError):

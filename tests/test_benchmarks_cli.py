@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from smallnets.benchmarks.cli import (
-    HTTP_BODIES,
     add_bench_http_parser,
     add_bench_parser,
     add_build_arguments,
@@ -19,7 +18,7 @@ from smallnets.benchmarks.cli import (
     print_summary,
     register,
 )
-from smallnets.benchmarks.http_load import BODIES
+from smallnets.benchmarks.http_wire import BODIES
 from smallnets.benchmarks.selection import ModelChoice
 from smallnets.core.hardware import detect_cpu
 
@@ -73,10 +72,10 @@ def test_register_adds_both_commands_with_their_handlers() -> None:
         alone.parse_args([])  # --url is required
 
 
-def test_bench_http_bodies_are_the_load_tools_own() -> None:
+def test_bench_http_takes_the_load_tools_bodies() -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    assert HTTP_BODIES == BODIES
+    assert BODIES == ("multipart", "raw")
     assert parser.parse_args(["bench-http", "--url", "u"]).body == "multipart"
     assert parser.parse_args(["bench-http", "--url", "u", "--body", "raw"]).body == "raw"
     with pytest.raises(SystemExit):
