@@ -40,3 +40,14 @@ def test_a_terminal_gets_a_bar_named_by_the_step() -> None:
         progress.note(f"model {item}")
     shown = screen.getvalue()
     assert "measure model b" in shown and "2/2" in shown and "\r" in shown
+
+
+def test_a_loop_that_notes_nothing_is_silent_in_a_log_and_its_bar_can_go_away() -> None:
+    log, screen = io.StringIO(), Terminal()
+    assert list(Progress(range(3), "decode", stream=log)) == [0, 1, 2] and log.getvalue() == ""
+    assert list(Progress(range(3), "decode", stream=screen, leave=False)) == [0, 1, 2]
+    shown = screen.getvalue()
+    assert "decode" in shown and shown.endswith(" \r") and "\n" not in shown  # drawn, then blanked out
+    kept = Terminal()
+    list(Progress(range(3), "decode", stream=kept))
+    assert "3/3" in kept.getvalue() and kept.getvalue().endswith("\n")  # the finished bar stays on screen

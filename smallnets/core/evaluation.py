@@ -16,7 +16,6 @@ import hashlib
 import math
 import os
 import re
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,6 +28,7 @@ from PIL import Image
 from smallnets.core.images import IMAGE_SUFFIXES, load_image
 from smallnets.core.metadata import Preprocessing
 from smallnets.core.preprocess import preprocess
+from smallnets.core.progress import Progress
 from smallnets.core.runtime import OnnxClassifier
 
 EVAL_DIR_ENV = "SMALLNETS_EVAL_DIR"
@@ -452,13 +452,9 @@ class PreparedImages:
         return sum(len(batch) for batch in self.batches)
 
 
-def progress(iterable: Iterable[Any], total: int, desc: str, unit: str = "img") -> Any:
-    """tqdm on stderr, silent when stderr is not a terminal (CI logs, pipes)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        iterable, total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=not sys.stderr.isatty()
-    )
+def progress(iterable: Iterable[Any], total: int, desc: str, unit: str = "img") -> Progress:
+    """A bar on a terminal that goes away when done; silent in logs (CI, pipes)."""
+    return Progress(iterable, desc, total, unit, leave=False)
 
 
 def prepare(images: Sequence[LabelledImage], preprocessing: Preprocessing, source: str = "") -> PreparedImages:

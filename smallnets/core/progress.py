@@ -16,7 +16,8 @@ class Progress:
     """``for item in Progress(items, "measure", total)``, naming each step with ``note(label)``.
 
     On a terminal: a tqdm bar whose description is the label. Elsewhere: one line ``desc i/total: label (N s)``
-    when a step starts, at most every ``every_s`` seconds, and always for the first and the last step.
+    when a noted step starts, at most every ``every_s`` seconds, and always for the first and the last step; a
+    loop that notes nothing (a short inner step) stays silent in logs.
     """
 
     def __init__(
@@ -27,6 +28,7 @@ class Progress:
         unit: str = "it",
         every_s: float = 30.0,
         stream: TextIO | None = None,
+        leave: bool = True,
     ) -> None:
         self.items = items
         self.desc = desc
@@ -34,6 +36,7 @@ class Progress:
         self.unit = unit
         self.every_s = every_s
         self.stream = stream or sys.stderr
+        self.leave = leave  # keep the finished bar on screen (False for short inner steps)
         self.started = time.monotonic()
         self.last_line = float("-inf")
         self.index = 0
@@ -43,7 +46,8 @@ class Progress:
         if self.stream.isatty():
             from tqdm import tqdm
 
-            with tqdm(self.items, desc=self.desc, total=self.total, unit=self.unit, file=self.stream) as bar:
+            bar_options = {"desc": self.desc, "total": self.total, "unit": self.unit, "leave": self.leave}
+            with tqdm(self.items, file=self.stream, **bar_options) as bar:
                 self._bar = bar
                 yield from bar
             return
