@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 from smallnets.core.images import ImageDecodeError, iter_image_files, load_image, sample_photos
 from smallnets.core.metadata import Preprocessing
 from smallnets.core.preprocess import preprocess
+from smallnets.core.progress import Progress
 
 # scikit-image's bundled pictures (no download), one group per use. `cat` is not used: it is `chelsea` again.
 CALIBRATION_PHOTOS = (
@@ -134,18 +135,12 @@ class ImageCalibrationReader(CalibrationDataReader):
         self.preprocessing = preprocessing
         self.input_name = input_name
         self.batch_size = batch_size
-        self.progress = None
         self._batches: Iterator[np.ndarray] = self._generate()
 
     def _generate(self) -> Iterator[np.ndarray]:
-        from tqdm.auto import tqdm
-
-        self.progress = tqdm(total=len(self.images), desc="calibration", unit="img", leave=False, disable=None)
-        for start in range(0, len(self.images), self.batch_size):
-            chunk = self.images[start : start + self.batch_size]
-            yield preprocess(chunk, self.preprocessing)
-            self.progress.update(len(chunk))
-        self.progress.close()
+        starts = range(0, len(self.images), self.batch_size)
+        for start in Progress(starts, "calibration", unit="batch", leave=False):
+            yield preprocess(self.images[start : start + self.batch_size], self.preprocessing)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
