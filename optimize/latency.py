@@ -46,20 +46,23 @@ def measure_latency(
     return [float(np.median(values)) for values in timings]
 
 
-def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
     """A distribution-free interval for the median: order statistics whose binomial coverage reaches ``confidence``.
 
-    Round-to-round timing noise on a shared machine is skewed and bursty, so no normal approximation; with fewer
-    rounds than the coverage needs, the interval is the whole range (min to max), as wide as it honestly can be.
+    Round-to-round timing noise on a shared machine is skewed and bursty, so no normal approximation. None when
+    there are too few values for any interval to reach ``confidence`` (even min..max covers less): three rounds
+    bound the median only 75% of the time, and a gate that trusted them called a file faster than itself in CI.
     """
     ordered = np.sort(np.asarray(values, dtype=float))
     count = len(ordered)
     # P(X_(k) <= median <= X_(n-k+1)) = 1 - 2 * P(Binomial(n, 1/2) <= k - 1); take the largest k that keeps it.
     tail = np.cumsum([math.comb(count, i) for i in range(count + 1)]) / 2.0**count
-    inner = 1
+    inner = 0
     for k in range(1, count // 2 + 1):
         if 1.0 - 2.0 * tail[k - 1] >= confidence:
             inner = k
+    if inner == 0:
+        return None
     return float(ordered[inner - 1]), float(ordered[count - inner])
 
 
@@ -73,10 +76,11 @@ class Pace(enum.Enum):
 
 @dataclass(frozen=True)
 class SpeedCheck:
-    """Candidate against baseline at one thread count: the median speedup and its 95% interval.
+    """Candidate against baseline at one thread count: the median speedup and its interval.
 
     ``speedup`` is the median over rounds of (baseline p50 / candidate p50) within the round; ``low``/``high`` bound
-    that median (distribution-free, see `median_interval`); ``faster`` means ``low`` exceeds 1 + ``margin``.
+    that median with ``confidence`` (distribution-free, see `median_interval`); ``faster`` means ``low`` exceeds
+    1 + ``margin``.
     """
 
     threads: int
@@ -86,6 +90,7 @@ class SpeedCheck:
     low: float
     high: float
     margin: float
+    confidence: float
     rounds: int
     pace: Pace
 
@@ -114,7 +119,7 @@ class SpeedGate:
 
     def summary(self) -> str:
         return "; ".join(
-            f"{c.threads} thread(s): {c.speedup:.2f}x (95% {c.low:.2f}-{c.high:.2f}, {c.rounds} rounds, "
+            f"{c.threads} thread(s): {c.speedup:.2f}x ({c.confidence:.0%} {c.low:.2f}-{c.high:.2f}, {c.rounds} rounds, "
             f"{c.pace.value}; {c.baseline_ms:.2f} -> {c.candidate_ms:.2f} ms)"
             for c in self.checks
         )
@@ -124,15 +129,27 @@ class SpeedGate:
 
 
 def judge(
-    threads: int, baseline_rounds: Sequence[float], candidate_rounds: Sequence[float], min_margin: float = MIN_MARGIN
+    threads: int,
+    baseline_rounds: Sequence[float],
+    candidate_rounds: Sequence[float],
+    min_margin: float = MIN_MARGIN,
+    confidence: float = 0.95,
 ) -> SpeedCheck:
-    """The verdict from per-round p50s of baseline and candidate (same rounds, same order)."""
+    """The verdict from per-round p50s of baseline and candidate (same rounds, same order).
+
+    Too few rounds for a ``confidence`` interval is undecided, whatever the ratios say; ``low``/``high`` are then
+    the whole range, for the record.
+    """
     if len(baseline_rounds) != len(candidate_rounds) or not baseline_rounds:
         raise ValueError("judge needs the same positive number of rounds for baseline and candidate")
     ratios = np.asarray(baseline_rounds) / np.asarray(candidate_rounds)
-    low, high = median_interval(ratios)
+    interval = median_interval(ratios, confidence)
+    low, high = interval or (float(ratios.min()), float(ratios.max()))
     bar = 1.0 + min_margin
-    pace = Pace.FASTER if low > bar else Pace.NOT_FASTER if high <= bar else Pace.UNDECIDED
+    if interval is None:
+        pace = Pace.UNDECIDED
+    else:
+        pace = Pace.FASTER if low > bar else Pace.NOT_FASTER if high <= bar else Pace.UNDECIDED
     return SpeedCheck(
         threads=threads,
         baseline_ms=float(np.median(baseline_rounds)),
@@ -141,30 +158,33 @@ def judge(
         low=low,
         high=high,
         margin=min_margin,
+        confidence=confidence,
         rounds=len(ratios),
         pace=pace,
     )
 
 
-def timed_rounds(
-    baseline: Path, candidate: Path, threads: int, rounds: int, runs_per_round: int, warmup: int = 5
-) -> tuple[list[float], list[float]]:
-    """Per-round p50 ms of both models in fresh sessions; the order alternates (AB, BA, ...) round by round."""
+def timed_round(
+    baseline: Path, candidate: Path, threads: int, runs: int, baseline_first: bool, warmup: int = 3
+) -> tuple[float, float]:
+    """p50 ms of both models over ``runs`` runs each, in sessions made for this round alone.
+
+    Fresh sessions every round make the rounds independent, as the median interval assumes: two sessions of the
+    same file can differ by several percent for as long as they live (where their buffers landed in memory).
+    """
     pair = [OnnxClassifier(path, threads=threads) for path in (baseline, candidate)]
     inputs = [random_input(classifier) for classifier in pair]
     for classifier, batch in zip(pair, inputs, strict=True):
         for _ in range(warmup):
             classifier.run(batch)
-    medians: list[list[float]] = [[], []]
-    for round_index in range(rounds):
-        order = (0, 1) if round_index % 2 == 0 else (1, 0)
-        for index in order:
-            times = []
-            for _ in range(runs_per_round):
-                started = time.perf_counter()
-                pair[index].run(inputs[index])
-                times.append((time.perf_counter() - started) * 1000.0)
-            medians[index].append(float(np.median(times)))
+    medians = [0.0, 0.0]
+    for index in (0, 1) if baseline_first else (1, 0):
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            pair[index].run(inputs[index])
+            times.append((time.perf_counter() - started) * 1000.0)
+        medians[index] = float(np.median(times))
     return medians[0], medians[1]
 
 
@@ -176,23 +196,29 @@ def speed_gate(
     max_rounds: int = 45,
     runs_per_round: int = 10,
     min_margin: float = MIN_MARGIN,
+    confidence: float = 0.95,
 ) -> SpeedGate:
     """Is ``candidate`` faster than ``baseline`` by more than the noise, at every thread count in ``threads``?
 
     Pass the target's thread counts (1 and the serving count, `Target.threads`). Rounds come in blocks of
     ``rounds``; while the interval of the speedup straddles the bar another block is timed, up to ``max_rounds``,
     so a burst of load from other processes widens the interval and buys more rounds instead of flipping the
-    verdict. Sessions are created fresh here, so a candidate chosen from earlier timings is re-timed independently.
+    verdict. Each look at the data spends a share of ``1 - confidence`` (Bonferroni), so looking again and again
+    does not make a lucky "faster" likelier. The order of the two models alternates round by round.
     """
+    looks = math.ceil(max_rounds / rounds)
+    per_look = 1.0 - (1.0 - confidence) / looks
     checks = []
     for count in dict.fromkeys(threads):
         baseline_rounds: list[float] = []
         candidate_rounds: list[float] = []
         while True:
-            more_baseline, more_candidate = timed_rounds(baseline, candidate, count, rounds, runs_per_round)
-            baseline_rounds += more_baseline
-            candidate_rounds += more_candidate
-            check = judge(count, baseline_rounds, candidate_rounds, min_margin)
+            for _ in range(rounds):
+                first = len(baseline_rounds) % 2 == 0
+                baseline_ms, candidate_ms = timed_round(baseline, candidate, count, runs_per_round, first)
+                baseline_rounds.append(baseline_ms)
+                candidate_rounds.append(candidate_ms)
+            check = judge(count, baseline_rounds, candidate_rounds, min_margin, per_look)
             if check.pace is not Pace.UNDECIDED or len(baseline_rounds) + rounds > max_rounds:
                 break
         checks.append(check)
