@@ -432,7 +432,7 @@ class ImageClassifier:
     def _decode_and_preprocess(
         self, filename: str, image: Image.Image, clock: RequestClock, queued_at: float
     ) -> np.ndarray:
-        """One upload -> one model row, in a decode thread; the decoded picture is freed before returning."""
+        """One upload -> one model row, in a decode thread; the decoded pictures are freed before returning."""
         clock.add("queue", time.perf_counter() - queued_at)  # waiting for a decode thread
         if clock.expired():  # waited for a decode thread past the deadline: do not start
             raise DeadlineExceeded("deadline passed before decoding")
@@ -440,13 +440,17 @@ class ImageClassifier:
             try:
                 picture = finish_decode(image, self._decode_min_side)
             except ImageDecodeError as error:
+                image.close()
                 raise RequestRejected(400, f"{filename}: {error}") from error
-            finally:
-                decoded_pixels = image.width * image.height
-                image.close()  # frees the full-size decoded pixels now, not when the request ends
-                release_after_decode(decoded_pixels)
-        with clock.phase("preprocess"):
-            return self.classifier.preprocess([picture])
+        decoded_pixels = image.width * image.height
+        try:
+            if picture is not image:  # shrunk or converted: the full-size pixels go now, before preprocessing
+                image.close()
+            with clock.phase("preprocess"):
+                return self.classifier.preprocess([picture])
+        finally:
+            picture.close()  # now, not when the request ends
+            release_after_decode(decoded_pixels)
 
     def _run_model(self, batch: np.ndarray) -> np.ndarray:
         return self.classifier.run(batch)

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smallnets.core.images import ImageDecodeError, decode_image, open_image, shrink
+from smallnets.core.images import ImageDecodeError, decode_image, open_image, shrink, to_rgb
+from smallnets.core.metadata import Preprocessing
+from smallnets.core.preprocess import preprocess
 
 SIZE = (96, 64)  # small and not square, so a wrong rotation changes the shape
+PREPROCESSING = Preprocessing(resize=36, crop=32, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +102,17 @@ def test_exif_orientation_is_applied(picture: Image.Image, orientation: int, sto
     decoded = decode_image(data)
     assert decoded.size == SIZE
     assert mean_abs_diff(decoded, picture) < 6.0
+
+
+def test_an_upright_rgb_picture_is_not_copied(picture: Image.Image) -> None:
+    """Each full-size copy is page faults on the request path; an upright RGB picture needs none. Orientation 1
+    ("upright", what most cameras write) counts as no turn."""
+    assert to_rgb(picture) is picture
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    tagged = Image.open(io.BytesIO(encode(picture, "JPEG", quality=95, exif=exif.tobytes())))
+    tagged.load()
+    assert to_rgb(tagged) is tagged and preprocess([picture], PREPROCESSING).shape == (1, 3, 32, 32)
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])

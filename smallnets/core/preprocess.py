@@ -64,7 +64,8 @@ def preprocess(images: Sequence[Image.Image], config: Preprocessing) -> np.ndarr
     offset = (-np.asarray(config.mean, dtype=np.float32) / std).reshape(3, 1, 1)
     batch = np.empty((len(images), 3, config.crop, config.crop), dtype=np.float32)
     for index, image in enumerate(images):
-        pixels = np.asarray(resize_and_crop(image.convert("RGB"), config)).transpose(2, 0, 1)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        pixels = np.asarray(resize_and_crop(rgb, config)).transpose(2, 0, 1)
         np.multiply(pixels, scale, out=batch[index])
         batch[index] += offset
     return batch
