@@ -43,8 +43,7 @@ class Pipeline:
     """decode -> preprocess -> run, as the server does it (decode shrunk to the preprocessing's reducing size)."""
 
     def __init__(self, model_file: Path, threads: int) -> None:
-        # The server's session options (serve/service.py): no arena, no spinning threads.
-        self.classifier = OnnxClassifier(model_file, threads=threads, memory_arena=False, spinning=False)
+        self.classifier = OnnxClassifier.for_serving(model_file, threads=threads)
         self.min_side = decode_min_side(self.classifier.card.preprocessing)
 
     def rows(self, payloads: Sequence[Payload]) -> np.ndarray:

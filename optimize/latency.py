@@ -171,8 +171,10 @@ def timed_round(
 
     Fresh sessions every round make the rounds independent, as the median interval assumes: two sessions of the
     same file can differ by several percent for as long as they live (where their buffers landed in memory).
+    They are the server's sessions (`OnnxClassifier.for_serving`): what is timed is what will be served, and no
+    spinning pool thread of one model steals the cores while the other is timed.
     """
-    pair = [OnnxClassifier(path, threads=threads) for path in (baseline, candidate)]
+    pair = [OnnxClassifier.for_serving(path, threads=threads) for path in (baseline, candidate)]
     inputs = [random_input(classifier) for classifier in pair]
     for classifier, batch in zip(pair, inputs, strict=True):
         for _ in range(warmup):

@@ -196,12 +196,8 @@ class ImageClassifier:
             )
         self._ready = False
         self.model_path = MODEL_FILE
-        self.classifier = OnnxClassifier(
-            self.model_path,
-            providers=list(SETTINGS.providers) or None,
-            threads=SETTINGS.threads,
-            memory_arena=False,
-            spinning=False,
+        self.classifier = OnnxClassifier.for_serving(
+            self.model_path, threads=SETTINGS.threads, providers=list(SETTINGS.providers) or None
         )
         for note in self.classifier.provider_notes:
             LOGGER.warning("execution providers: %s", note)

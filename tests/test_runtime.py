@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,7 +12,7 @@ from PIL import Image
 from smallnets.core.hardware import detect_cpu, parse_cpuinfo
 from smallnets.core.metadata import CARD_KEY, MissingMetadataError, ModelCard, Preprocessing
 from smallnets.core.preprocess import preprocess
-from smallnets.core.runtime import ProviderError, resolve_providers, softmax, top_k
+from smallnets.core.runtime import OnnxClassifier, ProviderError, resolve_providers, softmax, top_k
 
 X86_CPUINFO = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8480+
@@ -77,3 +80,14 @@ def test_providers_default_to_cpu_and_fall_back_with_a_note() -> None:
     assert providers == ["CPUExecutionProvider"] and "ACLExecutionProvider is not available" in notes[0]
     with pytest.raises(ProviderError, match="unknown execution provider"):
         resolve_providers(["warp-drive"])
+
+
+def test_the_serving_session_neither_spins_nor_keeps_an_arena(exported: Callable[..., Path]) -> None:
+    """The server, the speed gate and the bench's in-process floor share this session: a default session (ORT's
+    spinning pool threads, an arena that keeps the largest batch) must not pass for it."""
+    model = exported("mobilenet_v1", width=0.25, resolution=128)
+    served, default = OnnxClassifier.for_serving(model, threads=2), OnnxClassifier(model, threads=2)
+    for classifier, spins, arena in ((served, "0", False), (default, "1", True)):
+        options = classifier.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == spins
+        assert options.enable_cpu_mem_arena is arena and options.intra_op_num_threads == 2
