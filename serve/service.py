@@ -432,21 +432,22 @@ class ImageClassifier:
         clock.add("queue", time.perf_counter() - queued_at)  # waiting for a decode thread
         if clock.expired():  # waited for a decode thread past the deadline: do not start
             raise DeadlineExceeded("deadline passed before decoding")
-        with clock.phase("decode"):
-            try:
-                picture = finish_decode(image, self._decode_min_side)
-            except ImageDecodeError as error:
-                image.close()
-                raise RequestRejected(400, f"{filename}: {error}") from error
-        decoded_pixels = image.width * image.height
+        picture: Image.Image | None = None
         try:
+            with clock.phase("decode"):
+                try:
+                    picture = finish_decode(image, self._decode_min_side)
+                except ImageDecodeError as error:
+                    raise RequestRejected(400, f"{filename}: {error}") from error
             if picture is not image:  # shrunk or converted: the full-size pixels go now, before preprocessing
                 image.close()
             with clock.phase("preprocess"):
                 return self.classifier.preprocess([picture])
-        finally:
-            picture.close()  # now, not when the request ends
-            release_after_decode(decoded_pixels)
+        finally:  # whatever happened: the pictures are freed now, not when the request ends
+            image.close()
+            if picture is not None:
+                picture.close()
+            release_after_decode(image.width * image.height)
 
     def _run_model(self, batch: np.ndarray) -> np.ndarray:
         return self.classifier.run(batch)
