@@ -28,21 +28,31 @@ def random_input(classifier: OnnxClassifier) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
 
 
+def warmed_inputs(classifiers: Sequence[OnnxClassifier], warmup: int) -> list[np.ndarray]:
+    """One batch-1 input per session, each session run ``warmup`` times on it first (allocations, caches)."""
+    inputs = [random_input(classifier) for classifier in classifiers]
+    for classifier, batch in zip(classifiers, inputs, strict=True):
+        for _ in range(warmup):
+            classifier.run(batch)
+    return inputs
+
+
+def run_ms(classifier: OnnxClassifier, batch: np.ndarray) -> float:
+    started = time.perf_counter()
+    classifier.run(batch)
+    return (time.perf_counter() - started) * 1000.0
+
+
 def measure_latency(
     paths: Sequence[Path], runs: int = 60, warmup: int = 5, threads: int = LATENCY_THREADS
 ) -> list[float]:
     """p50 milliseconds per model at batch 1 on ``threads``; the models take turns run by run."""
     classifiers = [OnnxClassifier(path, threads=threads) for path in paths]
-    inputs = [random_input(classifier) for classifier in classifiers]
-    for classifier, batch in zip(classifiers, inputs, strict=True):
-        for _ in range(warmup):
-            classifier.run(batch)
+    inputs = warmed_inputs(classifiers, warmup)
     timings: list[list[float]] = [[] for _ in paths]
     for _ in range(runs):
         for index, classifier in enumerate(classifiers):
-            started = time.perf_counter()
-            classifier.run(inputs[index])
-            timings[index].append((time.perf_counter() - started) * 1000.0)
+            timings[index].append(run_ms(classifier, inputs[index]))
     return [float(np.median(values)) for values in timings]
 
 
@@ -175,18 +185,10 @@ def timed_round(
     spinning pool thread of one model steals the cores while the other is timed.
     """
     pair = [OnnxClassifier.for_serving(path, threads=threads) for path in (baseline, candidate)]
-    inputs = [random_input(classifier) for classifier in pair]
-    for classifier, batch in zip(pair, inputs, strict=True):
-        for _ in range(warmup):
-            classifier.run(batch)
+    inputs = warmed_inputs(pair, warmup)
     medians = [0.0, 0.0]
     for index in (0, 1) if baseline_first else (1, 0):
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            pair[index].run(inputs[index])
-            times.append((time.perf_counter() - started) * 1000.0)
-        medians[index] = float(np.median(times))
+        medians[index] = float(np.median([run_ms(pair[index], inputs[index]) for _ in range(runs)]))
     return medians[0], medians[1]
 
 
