@@ -58,7 +58,7 @@ from smallnets.serve.forms import (
     read_raw_image,
     uploaded_images,
 )
-from smallnets.serve.memory import release_after_decode
+from smallnets.serve.memory import map_large_blocks, release_after_decode
 from smallnets.serve.oip import oip_app
 from smallnets.serve.settings import DEFAULT_TOP_K, MAX_TOP_K, ServeSettings
 from smallnets.serve.store import MODEL_FILENAME, model_name, read_card
@@ -195,6 +195,7 @@ class ImageClassifier:
                 "SMALLNETS_MODEL to an .onnx path, or start the server with `smallnets serve MODEL.onnx`"
             )
         self._ready = False
+        map_large_blocks()  # before the first large picture: its blocks then never settle in an arena
         self.model_path = MODEL_FILE
         self.classifier = OnnxClassifier.for_serving(
             self.model_path, threads=SETTINGS.threads, providers=list(SETTINGS.providers) or None
