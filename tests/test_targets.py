@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from smallnets.benchmarks.arm64.env import SETUP_COMMAND, cache_dir
 from smallnets.core.hardware import CpuInfo, detect_cpu
 from smallnets.core.targets import (
     EXECUTION_PROVIDERS,
@@ -98,6 +106,28 @@ def test_auto_picks_the_target_of_this_cpu() -> None:
     if cpu.is_x86 and any(cpu.has(flag) for flag in ("avx512_vnni", "avx_vnni", "amx_int8")):
         assert target.name == "x86-vnni"  # this machine: AVX-512 VNNI
     assert target.name in reason and "auto" in reason
+
+
+def x86_emulator() -> Path:
+    """qemu-x86_64: the copy benchmarks/arm64/setup.sh keeps, else Debian's qemu-user-static if installed."""
+    kept = cache_dir() / "qemu" / "qemu-x86_64-static"
+    found = kept if kept.is_file() else shutil.which("qemu-x86_64-static")
+    if found is None:
+        pytest.skip(f"no qemu-x86_64-static: run `{SETUP_COMMAND}` (or apt-get install qemu-user-static)")
+    return Path(found)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86-64 CPU with this x86-64 venv")
+def test_an_avx2_only_cpu_is_told_by_cpuid_not_by_the_host_cpuinfo() -> None:
+    """Under qemu -cpu Haswell /proc/cpuinfo is the host's (maybe AVX-512 VNNI); the target must still be AVX2's."""
+    probe = (
+        "import json; from smallnets.core.hardware import detect_cpu; from smallnets.core.targets import "
+        "resolve_target; print(json.dumps([detect_cpu().features, resolve_target('auto')[0].name]))"
+    )
+    command = [str(x86_emulator()), "-cpu", "Haswell", sys.executable, "-c", probe]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    features, target = json.loads(completed.stdout)
+    assert features == ["avx2", "fma"] and target == "x86-avx2", completed.stdout
 
 
 @pytest.mark.parametrize(

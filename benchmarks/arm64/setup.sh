@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the emulated aarch64 environment the arm64 checks run in: no Docker, no root, no binfmt registration.
 #
-#   qemu-aarch64-static (Debian's qemu-user-static for this host, extracted, not installed)
+#   qemu-aarch64-static (Debian's qemu-user-static for this host, extracted, not installed); its
+#   qemu-x86_64-static is kept too: it runs the venv's python as an AVX2-only Haswell (tests/test_targets.py)
 #   + a Debian bookworm arm64 user space with python3.11 (Debian's .debs, unpacked with dpkg-deb -x)
 #   + the aarch64 manylinux wheels of onnxruntime, numpy, pillow (versions from constraints.txt), from PyPI.
 #
@@ -108,7 +109,7 @@ for deb in "$apt_dir"/archives/*_arm64.deb "$apt_dir"/archives/*_all.deb; do
     dpkg-deb -x "$deb" "$cache/root.new"
 done
 dpkg-deb -x "$apt_dir"/archives/qemu-user-static_*_"$host_arch".deb "$cache/qemu.new/deb"
-mv "$cache/qemu.new/deb/usr/bin/qemu-aarch64-static" "$cache/qemu.new/"
+mv "$cache/qemu.new/deb/usr/bin/qemu-aarch64-static" "$cache/qemu.new/deb/usr/bin/qemu-x86_64-static" "$cache/qemu.new/"
 rm -rf "$cache/qemu.new/deb" "$apt_dir/lists"  # the other targets' emulators and the package lists: 500 MB
 # qemu -L looks a path up in the root first and falls back to the host: empty site dirs shadow the host's x86
 # packages; /proc/cpuinfo is written by env.py (qemu 7.2 passes the host's x86 one through, which crashes

@@ -19,6 +19,19 @@ AT_HWCAP, AT_HWCAP2 = 16, 26
 ARM_HWCAP_BITS = {"asimd": 1, "fphp": 9, "asimdhp": 10, "asimddp": 20, "sve": 22}
 ARM_HWCAP2_BITS = {"sve2": 1, "i8mm": 13, "bf16": 14}
 
+# The x86 features numpy's runtime dispatch reads from CPUID (and the OS's XCR0): under qemu-user -cpu Haswell
+# /proc/cpuinfo is the host's file, but CPUID answers for the CPU the process really runs on.
+NUMPY_X86_NAMES = {
+    "avx2": "AVX2",
+    "fma": "FMA3",
+    "avx512f": "AVX512F",
+    "avx512bw": "AVX512BW",
+    "avx512_vnni": "AVX512VNNI",
+}
+# Features numpy does not report, kept only beside the one every CPU with them has: AMX comes with AVX-512
+# (Sapphire Rapids on), AVX-VNNI with AVX2 (Alder Lake on).
+X86_PREREQUISITES = {"amx_int8": "avx512f", "amx_bf16": "avx512f", "amx_tile": "avx512f", "avx_vnni": "avx2"}
+
 # MIDR part numbers of ARM Ltd. (implementer 0x41) cores found in servers and boards; aarch64 kernels print no
 # "model name", so this is how the machine block gets a readable core name.
 ARM_CORE_NAMES = {
@@ -95,6 +108,18 @@ def arm_hwcap_features() -> tuple[str, ...]:
     return tuple(feature for feature in ARM_FEATURES if feature in present)
 
 
+def x86_cpuid_features(listed: tuple[str, ...]) -> tuple[str, ...]:
+    """The features of ``listed`` (from /proc/cpuinfo) that this process's CPU executes, by CPUID."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as cpuid  # what numpy.show_runtime() reads
+    except ImportError:
+        return listed
+    # A feature numpy does not know stays as listed; one it knows stays only if CPUID has it.
+    kept = {feature for feature in listed if feature not in NUMPY_X86_NAMES or cpuid.get(NUMPY_X86_NAMES[feature])}
+    kept = {feature for feature in kept if X86_PREREQUISITES.get(feature, feature) in kept}
+    return tuple(feature for feature in X86_FEATURES if feature in kept)
+
+
 def detect_cpu(cpuinfo_path: str | Path = "/proc/cpuinfo") -> CpuInfo:
     """Read the running CPU (Linux /proc/cpuinfo; elsewhere only the architecture is known)."""
     arch = platform.machine().lower()
@@ -109,6 +134,8 @@ def detect_cpu(cpuinfo_path: str | Path = "/proc/cpuinfo") -> CpuInfo:
         from_hwcap = set(arm_hwcap_features())
         features = tuple(feature for feature in ARM_FEATURES if feature in from_hwcap or feature in features)
         model = model or "aarch64 (model not reported)"
+    elif arch in ("x86_64", "amd64"):
+        features = x86_cpuid_features(features)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return CpuInfo(arch, model or platform.processor() or arch, features, os.cpu_count() or 1, usable)
 
