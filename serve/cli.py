@@ -124,6 +124,8 @@ def run_classify(args: argparse.Namespace) -> int:
     classifier = load(args.model, providers=_providers(args.providers), threads=args.threads)
     for note in classifier.provider_notes:
         print(f"note: {note}", file=sys.stderr)
+    if classifier.cpu_note:
+        print(f"warning: {classifier.cpu_note}", file=sys.stderr)
     results = [classify_one(classifier, path, args.top_k) for path in image_files(args.images)]
     model = {
         "name": classifier.card.display_name,

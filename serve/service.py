@@ -202,6 +202,8 @@ class ImageClassifier:
         )
         for note in self.classifier.provider_notes:
             LOGGER.warning("execution providers: %s", note)
+        if self.classifier.cpu_note:
+            LOGGER.warning("%s", self.classifier.cpu_note)
         self.model_name = model_name(self.classifier.card)
         self.batcher = Batcher(self._run_model, SETTINGS.max_batch_size, observe=self._observe_batch)
         self._decoders = anyio.CapacityLimiter(SETTINGS.decode_threads)
@@ -233,6 +235,7 @@ class ImageClassifier:
             "model_file": str(self.model_path),
             "target": (self.classifier.card.quantization or {}).get("name"),  # the CPU target int8 was built for
             "provider_notes": self.classifier.provider_notes,
+            "cpu_note": self.classifier.cpu_note,  # int8 built for another CPU kind than this one
             "preprocessing": asdict(self.classifier.card.preprocessing),  # shown by the /ui model card
             "workers": SETTINGS.workers,
             "threads_per_worker": self.classifier.threads,

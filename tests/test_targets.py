@@ -7,8 +7,10 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import onnx
 import pytest
 
 from smallnets.benchmarks.arm64.env import SETUP_COMMAND, cache_dir
@@ -20,9 +22,11 @@ from smallnets.core.targets import (
     QuantOptions,
     Target,
     UnknownTargetError,
+    int8_fit_note,
     resolve_target,
     runs_here,
 )
+from smallnets.optimize.modelio import read_card, write_card
 
 
 def fabricated(arch: str, features: tuple[str, ...] = (), cores: int = 4) -> CpuInfo:
@@ -128,6 +132,52 @@ def test_an_avx2_only_cpu_is_told_by_cpuid_not_by_the_host_cpuinfo() -> None:
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     features, target = json.loads(completed.stdout)
     assert features == ["avx2", "fma"] and target == "x86-avx2", completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("built_for", "arch", "features", "warned"),
+    [
+        ("x86-vnni", "x86_64", ("avx2", "fma"), "--target x86-avx2"),  # full-range U8S8 saturates without VNNI
+        ("x86-vnni", "x86_64", ("avx2", "avx_vnni"), None),
+        ("x86-vnni", "x86_64", ("avx2", "avx512f", "avx512_vnni"), None),
+        ("x86-avx2", "x86_64", ("avx2", "fma"), None),
+        ("x86-avx2", "x86_64", ("avx2", "avx512f", "avx512_vnni"), None),  # reduce_range is safe everywhere
+        ("arm64", "x86_64", ("avx2", "avx512f", "avx512_vnni"), "aarch64"),
+        ("x86-vnni", "aarch64", ("asimd", "asimddp"), "x86_64"),
+        ("arm64", "aarch64", ("asimd",), None),
+    ],
+)
+def test_int8_built_for_another_cpu_kind_is_named(
+    built_for: str, arch: str, features: tuple, warned: str | None
+) -> None:
+    note = int8_fit_note(PRESETS[built_for].to_dict(), fabricated(arch, features))
+    assert (note is None) if warned is None else (warned in note and built_for in note), note
+    assert int8_fit_note(None, fabricated(arch, features)) is None  # fp32
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86-64 CPU with this x86-64 venv")
+def test_classify_warns_when_vnni_int8_runs_on_an_avx2_only_cpu(
+    exported: Callable[..., Path], photos: dict, tmp_path: Path
+) -> None:
+    """The card of a model says x86-vnni int8; the same command warns under qemu -cpu Haswell and not natively."""
+    model = onnx.load(str(exported("mobilenet_v3_small")))
+    card = read_card(model).with_updates(precision="int8", quantization=PRESETS["x86-vnni"].to_dict())
+    onnx.save(write_card(model, card), str(tmp_path / "model.onnx"))
+    photos["chelsea"].save(tmp_path / "chelsea.jpg")
+    command = [
+        sys.executable,
+        "-m",
+        "smallnets",
+        "classify",
+        str(tmp_path / "model.onnx"),
+        str(tmp_path / "chelsea.jpg"),
+    ]
+    native = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    emulated = subprocess.run(
+        [str(x86_emulator()), "-cpu", "Haswell", *command], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert "VNNI" not in native.stderr and "warning: int8 built for target x86-vnni" in emulated.stderr
+    assert emulated.stdout.splitlines()[0] == native.stdout.splitlines()[0]  # it still answers
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from PIL import Image
 from smallnets.core.hardware import detect_cpu
 from smallnets.core.metadata import ModelCard
 from smallnets.core.preprocess import preprocess
+from smallnets.core.targets import int8_fit_note
 
 # Preference order when the caller does not choose: accelerated CPU providers first, the default CPU last.
 PROVIDER_PREFERENCE = ("XnnpackExecutionProvider", "ACLExecutionProvider", "CPUExecutionProvider")
@@ -95,7 +96,8 @@ class OnnxClassifier:
     ) -> None:
         self.path = Path(path)
         self.providers, self.provider_notes = resolve_providers(providers)
-        self.threads = threads or detect_cpu().usable_cores
+        cpu = detect_cpu()
+        self.threads = threads or cpu.usable_cores
         options = ort.SessionOptions()
         # Set explicitly: ORT ignores OMP_NUM_THREADS, and N workers x all cores oversubscribes.
         options.intra_op_num_threads = self.threads
@@ -113,6 +115,8 @@ class OnnxClassifier:
         self.load_ms = (time.perf_counter() - started) * 1000.0
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.card = card or ModelCard.from_metadata_props(metadata, source=str(self.path))
+        # Not None when this CPU computes the int8 differently from the one it was validated on (core/targets.py).
+        self.cpu_note = int8_fit_note(self.card.quantization, cpu)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 

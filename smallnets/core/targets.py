@@ -330,3 +330,27 @@ def _auto(cpu: CpuInfo) -> tuple[Target, str]:
     raise UnknownTargetError(
         f"auto: no preset for CPU architecture {cpu.arch!r}; pass --target one of: {', '.join(PRESETS)}"
     )
+
+
+def int8_fit_note(quantization: Mapping[str, Any] | None, cpu: CpuInfo) -> str | None:
+    """Why this CPU does not compute the int8 model the way it was validated, or None (fp32, or a CPU of its kind).
+
+    Full-range U8S8 (x86-vnni) on an x86 CPU without VNNI goes through VPMADDUBSW, whose int16 sums saturate: the
+    accuracy the model card states was measured on other arithmetic. Another architecture has other kernels.
+    """
+    if not quantization:
+        return None
+    name, arch = quantization.get("name", "?"), quantization.get("arch")
+    if arch and arch != cpu.arch:
+        return (
+            f"int8 built for target {name} ({arch}) runs on {cpu.arch}: its kernels and rounding differ from the "
+            f"ones it was validated with; rebuild it here with `smallnets optimize ... --target auto`"
+        )
+    full_range_u8s8 = quantization.get("signature") == "U8S8" and not quantization.get("reduce_range")
+    if cpu.is_x86 and full_range_u8s8 and not any(cpu.has(flag) for flag in VNNI_FLAGS):
+        return (
+            f"int8 built for target {name} (full-range U8S8) on an x86 CPU without VNNI: VPMADDUBSW saturates its "
+            "u8*s8 sums, so the stated accuracy does not hold here; rebuild with `smallnets optimize ... --target "
+            "x86-avx2` (or auto on this machine)"
+        )
+    return None
