@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,7 @@ def _optimize(model: Path, outdir: Path, config: Any, as_json: bool) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from smallnets.core.artifacts import resolve_model_file
     from smallnets.core.evaluation import EVAL_DIR_ENV, eval_dir_setting, evaluate
+    from smallnets.core.runtime import OnnxClassifier
 
     folder = eval_dir_setting(args.eval_dir)
     if folder is None:
@@ -299,6 +301,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     model = resolve_model_file(args.model)
-    result = evaluate(model, folder, limit=args.limit)
+    classifier = OnnxClassifier(model)
+    if classifier.cpu_note:  # the figures below are this CPU's, not those of the CPU kind the card speaks for
+        print(f"warning: {classifier.cpu_note}", file=sys.stderr)
+    result = evaluate(classifier, folder, limit=args.limit)
     print(json.dumps(result.to_dict(), indent=2) if args.json else f"{model}: {result.summary()}")
     return 0
