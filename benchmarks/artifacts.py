@@ -205,7 +205,7 @@ class ArtifactCache:
     def __init__(
         self,
         root: str | Path,
-        weights: str = "random",
+        weights: str | None = "random",
         rebuild: bool = False,
         effort: str = DEFAULT_EFFORT,
         eval_dir: Path | None = None,
@@ -239,9 +239,12 @@ class ArtifactCache:
 
     def _export(self, choice: ModelChoice) -> tuple[str, Path]:
         """Export (or reuse) the model; missing ImageNet weights fail as in `smallnets export` (no silent random)."""
-        folder = self.folder(choice, self.weights)
+        from smallnets.export.cli import default_weights  # standard library only; None: imagenet where it ships
+
+        weights = default_weights(choice.name, choice.overrides, self.weights)
+        folder = self.folder(choice, weights)
         if (folder / "model.onnx").is_file() and not self.rebuild:
-            return self.weights, folder
+            return weights, folder
         try:
             from smallnets.export.onnx_export import ExportConfig, export_model
         except ImportError as error:
@@ -250,14 +253,14 @@ class ArtifactCache:
                 f"({error}); build the cache where torch is installed and copy it here, or pass --cache-dir"
             ) from error
         folder.mkdir(parents=True, exist_ok=True)
-        config = ExportConfig(model=choice.name, variant=dict(choice.overrides), weights=self.weights)
+        config = ExportConfig(model=choice.name, variant=dict(choice.overrides), weights=weights)
         try:
             export_model(config, folder / "model.onnx")
         except Exception:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # nothing was written; leave no empty cache entry
             raise
-        return self.weights, folder
+        return weights, folder
 
     def _write_input(self, folder: Path) -> ModelCard:
         """The sample photos preprocessed by the model's own card: the one input every variant is timed on."""

@@ -63,10 +63,11 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="auto", help="optimize preset for onnx-opt/onnx-int8 (default: auto)")
     parser.add_argument(
         "--weights",
-        default="random",
+        default=None,
         metavar="imagenet|random|PATH",
         help="imagenet (registered checkpoint; fails like `smallnets export` where none is available), a "
-        "state-dict PATH, or random (seeded; unvalidated, warned about) (default: random)",
+        "state-dict PATH, or random (seeded; unvalidated, warned about) (default: per model, imagenet where it "
+        "ships with smallnets, else random)",
     )
 
 
@@ -172,12 +173,13 @@ def run_bench(args: argparse.Namespace) -> int:
         return redraw(args.from_results, args.output or args.from_results[0].parent)
     from smallnets.benchmarks.suite import run_suite
     from smallnets.core.files import check_output_dir, write_manifest
-    from smallnets.export.cli import warn_if_random
+    from smallnets.export.cli import default_weights, warn_if_random
 
     output = args.output or Path("results")
     check_output_dir(output, args.force)  # before the build and the measurements: never overwrite silently
     config = bench_config(args)  # unknown models fail here, before any warning about their weights
-    warn_if_random(args.weights)
+    randoms = [c.label for c in config.models if default_weights(c.name, c.overrides, args.weights) == "random"]
+    warn_if_random("random" if randoms else "", randoms)
     result = run_suite(config, output)
     write_manifest(output, "bench")
     print_summary(result.rows, config, output)

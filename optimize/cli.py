@@ -13,7 +13,7 @@ from typing import Any
 
 from smallnets.core.artifacts import EXPORT_NAME
 from smallnets.core.targets import TARGETS
-from smallnets.export.cli import add_model_arguments, variant_from_args, warn_if_random
+from smallnets.export.cli import add_model_arguments, default_weights, variant_from_args, warn_if_random
 
 TARGET_CHOICES = TARGETS  # core.targets is the one list of targets
 CALIBRATION_CHOICES = ("minmax", "entropy", "percentile")
@@ -207,6 +207,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from smallnets.export.registry import get_spec
 
     variant = variant_from_args(args)
+    args.weights = default_weights(args.name, variant, args.weights)  # imagenet where it ships, else random
     outdir = args.output or Path("artifacts") / args.name
     config = optimize_config(args)
     key = pipeline_inputs_key(args.name, variant, args.weights, config)

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="classify image files locally with an ONNX model (no server)",
         description="Run MODEL on each image in this process with ONNX Runtime (no server). Each image is read on "
         "its own: one that cannot be read or decoded is reported on stderr and the others are still classified "
-        "(exit code 8).",
+        "(exit code 8; 3 when none was found, 2 when none could be read).",
     )
     classify.add_argument("model", type=Path, metavar="MODEL", help=MODEL_HELP)
     classify.add_argument(
@@ -113,19 +113,19 @@ def _providers(value: str | None) -> list[str] | None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from smallnets.api import load
-    from smallnets.cli import EXIT_PARTIAL
+    from smallnets.core.errors import EXIT_NOT_FOUND, EXIT_PARTIAL, EXIT_USAGE
+    from smallnets.core.loading import load_classifier
     from smallnets.serve.settings import MAX_TOP_K
 
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise ValueError(f"--top-k must be from 1 to {MAX_TOP_K}, got {args.top_k}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
-    classifier = load(args.model, providers=_providers(args.providers), threads=args.threads)
+    classifier = load_classifier(args.model, providers=_providers(args.providers), threads=args.threads)
     for note in classifier.provider_notes:
         print(f"note: {note}", file=sys.stderr)
-    if classifier.cpu_note:
-        print(f"warning: {classifier.cpu_note}", file=sys.stderr)
+    for note in filter(None, (classifier.cpu_note, classifier.weights_note)):  # int8 for another CPU; random weights
+        print(f"warning: {note}", file=sys.stderr)
     results = [classify_one(classifier, path, args.top_k) for path in image_files(args.images)]
     model = {
         "name": classifier.card.display_name,
@@ -141,6 +141,8 @@ def run_classify(args: argparse.Namespace) -> int:
     errors = [result for result in results if "error" in result]
     for result in errors:
         print(f"smallnets classify: error: {result['error']}", file=sys.stderr)
+    if errors and len(errors) == len(results):  # nothing classified: not a partial result
+        return EXIT_NOT_FOUND if not any(Path(result["image"]).is_file() for result in errors) else EXIT_USAGE
     return EXIT_PARTIAL if errors else 0
 
 
@@ -214,7 +216,7 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
     if (args.workers is not None and args.workers < 1) or (args.threads is not None and args.threads < 1):
         raise ValueError("--workers and --threads must be positive integers")
     model_file = resolve_model_file(args.model)
-    read_card(model_file)  # a missing or foreign model fails first, in one line
+    card = read_card(model_file)  # a missing or foreign model fails first, in one line
     check_listen_address(args.host, args.port)  # before BentoML starts: its own failure is a long traceback
     resolve_providers(_providers(args.providers))  # fail here, not in every worker
     cores = serving_cores(quota=cpu_quota())  # a container's CPU quota, not the host's cores
@@ -226,6 +228,8 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
             file=sys.stderr,
         )
     tag = import_model(args.model)
+    if card.weights_note:  # the page, /metadata, the Warning header and the metric say it too
+        print(f"warning: {card.weights_note}", file=sys.stderr, flush=True)
     print(f"serving {model_file} as {tag} on http://{args.host}:{args.port}", flush=True)
     command = [sys.executable, "-m", "smallnets.serve.launch", "serve", SERVICE, "--arg", f"model_tag={tag}"]
     command += ["--host", args.host, "--port", str(args.port)]

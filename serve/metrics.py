@@ -76,7 +76,7 @@ QUEUE_LIMIT = bentoml.metrics.Gauge(
 MODEL_INFO = bentoml.metrics.Gauge(
     name="smallnets_model_info",
     documentation="The served model and how it runs (value 1; the labels carry the information)",
-    labelnames=["model", "architecture", "precision", "providers", "threads"],
+    labelnames=["model", "architecture", "precision", "providers", "threads", "weights"],  # weights="random": no use
     multiprocess_mode="max",
 )
 
@@ -94,7 +94,15 @@ def observe_batch(model: str, batch_size: int, seconds: float) -> None:
     BATCH_SIZE.labels(model=model).observe(batch_size)
 
 
-def publish_model_info(model: str, architecture: str, precision: str, providers: str, threads: int) -> None:
+def publish_model_info(
+    model: str, architecture: str, precision: str, providers: str, threads: int, weights: str = "imagenet"
+) -> None:
+    """``weights``: random, imagenet or file (ModelCard.weights_kind); random answers mean nothing."""
     MODEL_INFO.labels(
-        model=model, architecture=architecture, precision=precision, providers=providers, threads=str(threads)
+        model=model,
+        architecture=architecture,
+        precision=precision,
+        providers=providers,
+        threads=str(threads),
+        weights=weights,
     ).set(1)

@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from smallnets.core.images import ImageDecodeError, finish_decode, open_image
+from smallnets.core.metadata import RANDOM_WEIGHTS
 from smallnets.core.preprocess import decode_min_side
 from smallnets.core.runtime import OnnxClassifier, softmax, top_k
 from smallnets.serve import metrics
@@ -202,8 +203,8 @@ class ImageClassifier:
         )
         for note in self.classifier.provider_notes:
             LOGGER.warning("execution providers: %s", note)
-        if self.classifier.cpu_note:
-            LOGGER.warning("%s", self.classifier.cpu_note)
+        for note in filter(None, (self.classifier.cpu_note, self.classifier.weights_note)):
+            LOGGER.warning("%s", note)
         self.model_name = model_name(self.classifier.card)
         self.batcher = Batcher(self._run_model, SETTINGS.max_batch_size, observe=self._observe_batch)
         self._decoders = anyio.CapacityLimiter(SETTINGS.decode_threads)
@@ -219,7 +220,12 @@ class ImageClassifier:
         self.classifier.warm_up()
         card = self.classifier.card
         metrics.publish_model_info(
-            self.model_name, card.name, card.precision, ",".join(self.classifier.providers), self.classifier.threads
+            self.model_name,
+            card.name,
+            card.precision,
+            ",".join(self.classifier.providers),
+            self.classifier.threads,
+            card.weights_kind,
         )
         metrics.QUEUE_LIMIT.set(SETTINGS.max_queue)
         self._ready = True
@@ -384,6 +390,8 @@ class ImageClassifier:
         ctx.response.status_code = status
         ctx.response.headers.update(headers)
         ctx.response.headers["Server-Timing"] = clock.server_timing()
+        if self.classifier.weights_note:  # RFC 7234 warn-code 299 (persistent): the answer's predictions mean nothing
+            ctx.response.headers["Warning"] = f'299 smallnets "{RANDOM_WEIGHTS}"'
         metrics.observe_request(route, status, clock.elapsed(), clock.phases)
         if isinstance(body, Response):  # an endpoint that encodes its own answer (the v2 protocol's binary tensors)
             return body

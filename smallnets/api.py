@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from smallnets.core.evaluation import Evaluation
+    from smallnets.core.metadata import ModelCard
     from smallnets.core.runtime import OnnxClassifier
     from smallnets.export.onnx_export import ExportResult
     from smallnets.optimize.report import OptimizeReport
@@ -20,15 +21,23 @@ if TYPE_CHECKING:
 def export_model(
     name: str,
     output: str | Path,
-    weights: str = "random",
+    weights: str | None = None,
     variant: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> ExportResult:
-    """Build registry model ``name`` with ``weights`` ("random", "imagenet" or a state-dict path) and export it."""
+    """Build registry model ``name`` with ``weights`` ("imagenet", "random" or a state-dict path) and export it.
+
+    ``weights`` defaults to "imagenet" where the checkpoint ships with smallnets (EfficientNet-Lite0/1/2), else
+    "random", which warns (RandomWeightsWarning): the model's predictions then mean nothing.
+    """
+    from smallnets.export.cli import default_weights
     from smallnets.export.onnx_export import ExportConfig
     from smallnets.export.onnx_export import export_model as export
 
-    return export(ExportConfig(model=name, variant=dict(variant or {}), weights=weights, seed=seed), output)
+    weights = default_weights(name, variant, weights)
+    result = export(ExportConfig(model=name, variant=dict(variant or {}), weights=weights, seed=seed), output)
+    _warn_if_random(result.card)
+    return result
 
 
 def optimize_model(model: str | Path, output: str | Path, **config: Any) -> OptimizeReport:
@@ -49,22 +58,24 @@ def optimize_model(model: str | Path, output: str | Path, **config: Any) -> Opti
 def load(model: str | Path, providers: list[str] | None = None, threads: int | None = None) -> OnnxClassifier:
     """An ONNX classifier from an .onnx file or an optimize output folder (its int8 model when there is one).
 
-    ``load(path).classify([PIL images], k=5)`` gives the top-k predictions per image.
+    ``load(path).classify(images, k=5)`` gives the top-k predictions per image (PIL images or file paths, one or
+    a list). A model with random weights warns (RandomWeightsWarning): its predictions mean nothing.
     """
-    from smallnets.core.artifacts import resolve_model_file
-    from smallnets.core.runtime import OnnxClassifier
+    from smallnets.core.loading import load_classifier
 
-    path = resolve_model_file(model)
-    try:
-        return OnnxClassifier(path, providers=providers, threads=threads)
-    except (ValueError, OSError):
-        raise
-    except Exception as error:  # onnxruntime's own exception types, e.g. for a JPEG renamed .onnx
-        detail = " ".join(str(error).split())
-        raise ValueError(
-            f"{path} is not a loadable ONNX model ({detail}); pass an .onnx file written by `smallnets export` "
-            "or `smallnets optimize`"
-        ) from error
+    classifier = load_classifier(model, providers=providers, threads=threads)
+    _warn_if_random(classifier.card)
+    return classifier
+
+
+def _warn_if_random(card: ModelCard) -> None:
+    """A Python warning at the caller's line: the CLI prints its own, scripts and notebooks get this one."""
+    if card.weights_note:
+        import warnings
+
+        from smallnets.core.metadata import RandomWeightsWarning
+
+        warnings.warn(card.weights_note, RandomWeightsWarning, stacklevel=3)
 
 
 def evaluate(

@@ -12,9 +12,11 @@ import errno
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from smallnets import __version__
+from smallnets.core.metadata import RandomWeightsWarning
 
 STAGE_CLIS = ("smallnets.export.cli", "smallnets.optimize.cli", "smallnets.serve.cli", "smallnets.benchmarks.cli")
 DEBUG_ENV = "SMALLNETS_DEBUG"
@@ -96,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or bool(os.environ.get(DEBUG_ENV))
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # the commands print their own one-line warning
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

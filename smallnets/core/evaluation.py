@@ -498,6 +498,9 @@ class Evaluation:
     def random_weights(self) -> bool:
         return self.weights.startswith("random")
 
+    def __repr__(self) -> str:  # percentages with their intervals, not the counts behind them
+        return f"Evaluation({self.model}: {self.summary()})"
+
     def to_dict(self) -> dict[str, Any]:
         status = "unvalidated (random weights)" if self.random_weights else "measured on labelled photos"
         return {

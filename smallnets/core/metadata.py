@@ -45,6 +45,10 @@ class Preprocessing:
 RANDOM_WEIGHTS = "unvalidated (random weights)"
 
 
+class RandomWeightsWarning(UserWarning):
+    """Predictions of a model with random weights were asked for: they mean nothing (``ModelCard.weights_note``)."""
+
+
 @dataclass(frozen=True)
 class AccuracyStatus:
     """What is known about a model's accuracy, and where any figure comes from (never a figure for random weights).
@@ -86,8 +90,8 @@ class ModelCard:
     variant: dict[str, Any]
     resolution: int
     preprocessing: Preprocessing
-    labels: tuple[str, ...]
-    synsets: tuple[str, ...] = ()
+    labels: tuple[str, ...] = field(repr=False)  # 1000 class names would bury the rest of a printed card
+    synsets: tuple[str, ...] = field(default=(), repr=False)
     params: int = 0
     macs: int = 0
     input_name: str = "input"
@@ -108,6 +112,21 @@ class ModelCard:
         """Registry name plus the variant parameters that differ from nothing, e.g. ``mobilenet_v1(width=0.5)``."""
         params = ",".join(f"{k}={v}" for k, v in sorted(self.variant.items()) if k != "resolution")
         return f"{self.name}({params})@{self.resolution}" if params else f"{self.name}@{self.resolution}"
+
+    @property
+    def weights_kind(self) -> str:
+        """``random``, ``imagenet`` or ``file``: the first word of ``weights`` (a metric label, a filter)."""
+        return self.weights.split()[0].rstrip(":") if self.weights else "random"
+
+    @property
+    def weights_note(self) -> str | None:
+        """The warning every path that shows this model's predictions gives, or None for trained weights."""
+        if self.weights_kind != "random":
+            return None
+        return (
+            f"{self.display_name} has random weights: its predictions mean nothing, {RANDOM_WEIGHTS}; export it "
+            "with --weights imagenet (where the registry has them) or --weights PATH"
+        )
 
     def with_updates(self, **changes: Any) -> ModelCard:
         return replace(self, **changes)

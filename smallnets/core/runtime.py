@@ -6,6 +6,7 @@ Every stage reuses this: export validation, optimize calibration/validation, the
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +16,8 @@ import onnxruntime as ort
 from PIL import Image
 
 from smallnets.core.hardware import detect_cpu
-from smallnets.core.metadata import ModelCard
+from smallnets.core.images import load_image, to_rgb
+from smallnets.core.metadata import ModelCard, RandomWeightsWarning
 from smallnets.core.preprocess import preprocess
 from smallnets.core.targets import int8_fit_note
 
@@ -26,6 +28,11 @@ PROVIDER_ALIASES = {
     "xnnpack": "XnnpackExecutionProvider",
     "acl": "ACLExecutionProvider",
 }
+
+
+# What classify takes: one picture or file path, or a sequence of them.
+ImageInput = Image.Image | str | Path
+Images = ImageInput | Sequence[ImageInput]
 
 
 class ProviderError(ValueError):
@@ -66,6 +73,15 @@ def resolve_providers(requested: Sequence[str] | None = None) -> tuple[list[str]
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen, notes
+
+
+def _as_image(item: ImageInput) -> Image.Image:
+    """A PIL image as given, or the file at a path read the way the CLI reads it (EXIF rotation, RGB)."""
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if isinstance(item, str | Path):
+        return load_image(Path(item))
+    raise TypeError(f"classify takes PIL images or image file paths, got {type(item).__name__}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -137,15 +153,34 @@ class OnnxClassifier:
         """Logits for an already preprocessed (N, 3, H, W) float32 batch."""
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
+    def __repr__(self) -> str:
+        card = self.card
+        return (
+            f"OnnxClassifier({card.display_name}, {card.precision}, file={str(self.path)!r}, "
+            f"weights={card.weights_kind}, accuracy={card.accuracy.status!r}, threads={self.threads})"
+        )
+
+    @property
+    def weights_note(self) -> str | None:
+        """Not None when the model has random weights: every path showing its predictions says so."""
+        return self.card.weights_note
+
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         return preprocess(images, self.card.preprocessing)
 
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.run(self.preprocess(images))
 
-    def classify(self, images: Sequence[Image.Image], k: int = 5) -> list[list[Prediction]]:
-        """Top-k predictions (softmax probabilities) per image, in input order."""
-        probabilities = softmax(self.logits(images))
+    def classify(self, images: Images, k: int = 5) -> list[list[Prediction]]:
+        """Top-k predictions (softmax probabilities) per image, in input order.
+
+        ``images``: PIL images or image file paths, one or a list; one list of predictions per image either way.
+        """
+        if self.weights_note:
+            warnings.warn(self.weights_note, RandomWeightsWarning, stacklevel=2)
+        single = isinstance(images, Image.Image | str | Path)
+        pictures = [_as_image(item) for item in ([images] if single else images)]
+        probabilities = softmax(self.logits(pictures))
         return [top_k(row, k, self.card.labels) for row in probabilities]
 
     def warm_up(self) -> None:
