@@ -31,6 +31,7 @@ run: pipeline
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) tools/lint_imports.py  # the floors: pyproject's [tool.importlinter] contracts
 
 test: $(STAMP) lint
 	$(PY) -m pytest

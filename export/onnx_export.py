@@ -28,9 +28,9 @@ import onnxruntime
 import torch
 from PIL import Image
 
-import smallnets
 from smallnets.core.metadata import AccuracyStatus, ModelCard
 from smallnets.core.runtime import OnnxClassifier, Prediction, softmax, top_k
+from smallnets.core.version import __version__
 from smallnets.export.labels import imagenet_classes
 from smallnets.export.profile import count_macs, count_params
 from smallnets.export.registry import ModelSpec, get_spec
@@ -179,7 +179,7 @@ def _model_card(
         provenance={
             **random_init,
             "exporter": EXPORTER,
-            "smallnets": smallnets.__version__,
+            "smallnets": __version__,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
@@ -239,7 +239,7 @@ def _opset_of(proto: onnx.ModelProto) -> int:
 
 def _attach_card(proto: onnx.ModelProto, card: ModelCard) -> None:
     proto.producer_name = "smallnets"
-    proto.producer_version = smallnets.__version__
+    proto.producer_version = __version__
     proto.doc_string = f"{card.display_name} ({card.family}), ImageNet-1k classifier, weights {card.weights}"
     del proto.metadata_props[:]
     for key, value in card.to_metadata_props().items():

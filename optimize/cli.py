@@ -1,6 +1,7 @@
-"""`smallnets optimize` (ONNX -> fused fp32 + validated int8 + report) and `smallnets pipeline` (export + optimize).
+"""`smallnets optimize` (ONNX -> fused fp32 + validated int8 + report) and `smallnets evaluate`.
 
-Only the standard library at module level: onnx/onnxruntime (and torch for pipeline) load inside handlers.
+Only the standard library at module level: onnx/onnxruntime load inside handlers. `smallnets pipeline` (export +
+optimize) is a workflow above the stages: smallnets.workflow.cli, which reuses this stage's arguments.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ from typing import Any
 
 from smallnets.core.artifacts import EXPORT_NAME
 from smallnets.core.targets import TARGETS
-from smallnets.export.cli import add_model_arguments, default_weights, variant_from_args, warn_if_random
 
 TARGET_CHOICES = TARGETS  # core.targets is the one list of targets
 CALIBRATION_CHOICES = ("minmax", "entropy", "percentile")
 EFFORT_CHOICES = ("quick", "bounded", "full")
-# Libraries whose version changes what a pipeline folder holds.
-KEY_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxsim")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,22 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_optimize_arguments(optimize)
     add_preprocessing_arguments(optimize)
     optimize.set_defaults(handler=run_optimize)
-
-    pipeline = subparsers.add_parser(
-        "pipeline",
-        help="export a registry model and optimize it in one go",
-        description="smallnets export NAME -> OUTDIR/model.export.onnx, then smallnets optimize into OUTDIR.",
-    )
-    add_model_arguments(pipeline)
-    pipeline.add_argument("-o", "--output", type=Path, help="output folder (default: artifacts/NAME)")
-    pipeline.add_argument(
-        "--rebuild",
-        action="store_true",
-        help="rebuild even when OUTDIR was made from the same model, weights, settings, CPU target and code "
-        "(default: such a folder is reused as it is)",
-    )
-    add_optimize_arguments(pipeline)
-    pipeline.set_defaults(handler=run_pipeline)
 
     evaluate = subparsers.add_parser(
         "evaluate",
@@ -182,112 +164,14 @@ def run_optimize(args: argparse.Namespace) -> int:
     flags = PreprocessingFlags(args.resolution, args.resize, args.mean, args.std, args.interpolation)
     config = optimize_config(args, preprocessing=flags)
     if args.model.is_dir():
-        return reoptimize_folder(args.model, outdir, config, args.json)
-    return _optimize(args.model, outdir, config, args.json)
+        from smallnets.optimize.folder import reoptimize_folder
 
+        report = reoptimize_folder(args.model, outdir, config)
+    else:
+        from smallnets.optimize.pipeline import optimize_model
 
-def reoptimize_folder(folder: Path, outdir: Path, config: Any, as_json: bool) -> int:
-    """Optimize a pipeline folder's model.export.onnx again; the export files move into OUTDIR with the result."""
-    import shutil
-
-    staging = _export_staging(outdir)
-    try:
-        for path in folder.glob(f"{Path(EXPORT_NAME).stem}.*"):  # the export and the JSON written beside it
-            shutil.copy2(path, staging / path.name)
-        return _optimize_export(staging, outdir, config, as_json)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def run_pipeline(args: argparse.Namespace) -> int:
-    import shutil
-
-    from smallnets.core.files import check_output_dir, is_up_to_date
-    from smallnets.export.onnx_export import ExportConfig, export_model
-    from smallnets.export.registry import get_spec
-
-    variant = variant_from_args(args)
-    args.weights = default_weights(args.name, variant, args.weights)  # imagenet where it ships, else random
-    outdir = args.output or Path("artifacts") / args.name
-    config = optimize_config(args)
-    key = pipeline_inputs_key(args.name, variant, args.weights, config)
-    if not args.rebuild and is_up_to_date(outdir, key):
-        print(f"{outdir} is up to date (same model, weights, settings, CPU target and code): nothing to do")
-        return 0
-    check_output_dir(outdir, args.force)  # refuse before spending time on the export
-    get_spec(args.name)  # an unknown name fails before the warning about its weights
-    warn_if_random(args.weights)
-    staging = _export_staging(outdir)
-    try:
-        exported = export_model(
-            ExportConfig(model=args.name, variant=variant, weights=args.weights), staging / EXPORT_NAME
-        )
-        print(f"exported {exported.card.display_name} ({exported.card.weights})")
-        return _optimize_export(staging, outdir, config, args.json, key)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def pipeline_inputs_key(name: str, variant: dict[str, Any], weights: str, config: Any) -> str:
-    """Fingerprint of everything a pipeline folder is made from: rerunning with the same key changes nothing."""
-    import hashlib
-    from importlib import metadata
-
-    from smallnets.core.files import sha256_file
-    from smallnets.core.targets import resolve_target
-
-    inputs = {
-        "name": name,
-        "variant": variant,
-        "weights": sha256_file(weights) if Path(weights).is_file() else weights,
-        "config": {key: value for key, value in config.to_dict().items() if key != "force"},
-        "target": resolve_target(config.target)[0].name,
-        "code": _code_digest(),
-        "versions": {package: metadata.version(package) for package in KEY_PACKAGES},
-    }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _code_digest() -> str:
-    """SHA-256 over the source of the stages a pipeline folder comes from (export, optimize, core)."""
-    import hashlib
-    import importlib.util
-
-    digest = hashlib.sha256()
-    for package in ("smallnets.core", "smallnets.export", "smallnets.optimize"):
-        spec = importlib.util.find_spec(package)
-        for folder in spec.submodule_search_locations or () if spec else ():
-            for path in sorted(Path(folder).rglob("*.py")):
-                digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def _export_staging(outdir: Path) -> Path:
-    """A fresh hidden folder beside OUTDIR for the export (removed afterwards: never one that existed before)."""
-    import tempfile
-
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{outdir.name}.export-", dir=outdir.parent))
-
-
-def _optimize_export(staging: Path, outdir: Path, config: Any, as_json: bool, key: str | None = None) -> int:
-    """Optimize STAGING/model.export.onnx into OUTDIR, then move the export files beside the result."""
-    from smallnets.core.files import add_to_manifest
-
-    status = _optimize(staging / EXPORT_NAME, outdir, config, as_json)
-    names = []
-    for path in staging.iterdir():
-        path.replace(outdir / path.name)
-        names.append(path.name)
-    add_to_manifest(outdir, names, key)
-    return status
-
-
-def _optimize(model: Path, outdir: Path, config: Any, as_json: bool) -> int:
-    from smallnets.optimize.pipeline import optimize_model
-
-    report = optimize_model(model, outdir, config)
-    print(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
+        report = optimize_model(args.model, outdir, config)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import yaml
 
-import smallnets
 import smallnets.core
 import smallnets.serve
 from smallnets.serve.settings import ENV_MODEL_PATH
@@ -52,7 +51,7 @@ def stage_sources(context: Path) -> None:
     """Lay the serving packages out under ``context/smallnets`` as the Bento will import them."""
     package = context / "smallnets"
     package.mkdir(parents=True)
-    for module in Path(smallnets.__file__).parent.glob("*.py"):  # __init__ and the lazy public API
+    for module in Path(smallnets.core.__file__).parent.parent.glob("*.py"):  # __init__ and the lazy public API
         shutil.copyfile(module, package / module.name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for subpackage in (smallnets.core, smallnets.serve):

@@ -6,6 +6,6 @@ contract in ``smallnets.core``; importing this package loads none of them.
 """
 
 from smallnets.api import evaluate, export_model, load, optimize_model
+from smallnets.core.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "evaluate", "export_model", "load", "optimize_model"]

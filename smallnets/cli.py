@@ -8,42 +8,31 @@ and the fix, with an exit code per kind of failure (EXIT_CODES); the traceback o
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import os
 import sys
 import warnings
 from collections.abc import Sequence
 
-from smallnets import __version__
+from smallnets.core.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, exit_code, one_line
+from smallnets.core.errors import EXIT_FAILED as EXIT_FAILED  # the documented codes, re-exported
+from smallnets.core.errors import EXIT_NOT_FOUND as EXIT_NOT_FOUND
+from smallnets.core.errors import EXIT_OUTPUT_REFUSED as EXIT_OUTPUT_REFUSED
+from smallnets.core.errors import EXIT_PARTIAL as EXIT_PARTIAL
+from smallnets.core.errors import EXIT_PORT_IN_USE as EXIT_PORT_IN_USE
+from smallnets.core.errors import EXIT_SYSTEM as EXIT_SYSTEM
+from smallnets.core.errors import EXIT_USAGE as EXIT_USAGE
 from smallnets.core.metadata import RandomWeightsWarning
+from smallnets.core.version import __version__
 
-STAGE_CLIS = ("smallnets.export.cli", "smallnets.optimize.cli", "smallnets.serve.cli", "smallnets.benchmarks.cli")
-DEBUG_ENV = "SMALLNETS_DEBUG"
-
-EXIT_USAGE = 2  # argparse uses 2 for a bad command line; a bad value is the same kind of mistake
-EXIT_NOT_FOUND = 3
-EXIT_OUTPUT_REFUSED = 4
-EXIT_PORT_IN_USE = 5
-EXIT_SYSTEM = 6
-EXIT_FAILED = 7
-EXIT_PARTIAL = 8
-EXIT_INTERNAL = 1
-EXIT_INTERRUPTED = 130
-# A bare KeyError/IndexError is a bug; the project's LookupErrors (unknown model, target, stored model) are not.
-BUILTIN_LOOKUPS = (KeyError, IndexError)
-EXIT_CODES = (
-    (0, "success"),
-    (EXIT_INTERNAL, "internal error (a bug: rerun with --debug and report the traceback)"),
-    (EXIT_USAGE, "bad command line or value (e.g. a file that is not an image or an ONNX model)"),
-    (EXIT_NOT_FOUND, "not found: an input file or folder, a stored model, a registry name"),
-    (EXIT_OUTPUT_REFUSED, "the output folder may not be written (not empty, or holds files smallnets did not write)"),
-    (EXIT_PORT_IN_USE, "the port is already in use"),
-    (EXIT_SYSTEM, "the system refused (permissions, disk full, network)"),
-    (EXIT_FAILED, "a stage failed its own check (weights unavailable, export mismatch, ...)"),
-    (EXIT_PARTIAL, "classify: some images could not be classified (the others were)"),
-    (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+STAGE_CLIS = (
+    "smallnets.export.cli",
+    "smallnets.optimize.cli",
+    "smallnets.workflow.cli",
+    "smallnets.serve.cli",
+    "smallnets.benchmarks.cli",
 )
+DEBUG_ENV = "SMALLNETS_DEBUG"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,32 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in subparsers.choices.values():  # `smallnets classify ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
-
-
-def exit_code(error: BaseException) -> int:
-    """The documented exit code of an expected failure (EXIT_CODES)."""
-    if isinstance(error, FileExistsError):
-        return EXIT_OUTPUT_REFUSED
-    if isinstance(error, FileNotFoundError) or (isinstance(error, LookupError) and type(error) not in BUILTIN_LOOKUPS):
-        return EXIT_NOT_FOUND
-    if isinstance(error, OSError):
-        return EXIT_PORT_IN_USE if error.errno == errno.EADDRINUSE else EXIT_SYSTEM
-    if isinstance(error, ValueError):
-        return EXIT_USAGE
-    if isinstance(error, RuntimeError):
-        return EXIT_FAILED
-    return EXIT_INTERNAL
-
-
-def one_line(error: BaseException) -> str:
-    """The error's message on one line (library messages can span many)."""
-    if isinstance(error, OSError) and error.strerror:  # OSError(errno, text[, filename]): drop the "[Errno N]"
-        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    elif isinstance(error, KeyError) and error.args:  # str(KeyError) quotes its message
-        text = str(error.args[0])
-    else:
-        text = str(error) or type(error).__name__
-    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import smallnets.optimize.cli
+import smallnets.workflow.pipeline
 from smallnets.cli import EXIT_NOT_FOUND, EXIT_OUTPUT_REFUSED, main
 from smallnets.core.artifacts import EXPORT_NAME, FP32_NAME
 from smallnets.core.files import MANIFEST_NAME, read_manifest, write_manifest
@@ -25,8 +25,8 @@ def test_pipeline_warns_lists_its_files_and_skips_an_unchanged_rerun(
 ) -> None:
     # The code digest is taken once: an edit to the working tree during the test (a shared checkout) is not what
     # this test is about; test_the_code_digest_follows_the_source checks the digest itself.
-    digest = smallnets.optimize.cli._code_digest()
-    monkeypatch.setattr(smallnets.optimize.cli, "_code_digest", lambda: digest)
+    digest = smallnets.workflow.pipeline.code_digest()
+    monkeypatch.setattr(smallnets.workflow.pipeline, "code_digest", lambda: digest)
     outdir = tmp_path / "squeezenet1_1"
     assert main(["pipeline", "squeezenet1_1", "-o", str(outdir), *QUICK]) == 0
     first = capfd.readouterr()
@@ -59,8 +59,8 @@ def test_pipeline_warns_lists_its_files_and_skips_an_unchanged_rerun(
 def test_the_code_digest_follows_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    digest = smallnets.optimize.cli._code_digest()
-    assert smallnets.optimize.cli._code_digest() == digest, "deterministic"
+    digest = smallnets.workflow.pipeline.code_digest()
+    assert smallnets.workflow.pipeline.code_digest() == digest, "deterministic"
     real_find_spec = importlib.util.find_spec
     copy = tmp_path / "core"
     source = Path(real_find_spec("smallnets.core").submodule_search_locations[0])
@@ -77,9 +77,9 @@ def test_the_code_digest_follows_the_source(tmp_path: Path, monkeypatch: pytest.
         return spec
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    assert smallnets.optimize.cli._code_digest() == digest, "same source, same digest"
+    assert smallnets.workflow.pipeline.code_digest() == digest, "same source, same digest"
     (copy / "files.py").write_text((copy / "files.py").read_text() + "\n# changed\n")
-    assert smallnets.optimize.cli._code_digest() != digest, "a changed stage source is a changed input"
+    assert smallnets.workflow.pipeline.code_digest() != digest, "a changed stage source is a changed input"
 
 
 def test_optimize_on_a_folder_without_export_says_what_to_pass(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:

@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-import smallnets
+from smallnets.core.version import __version__
 from smallnets.serve.oip import OPENAPI_PATHS as OIP_PATHS
 
 STATIC = Path(__file__).parent / "static"
@@ -44,7 +44,7 @@ async def openapi_document(_: Request) -> JSONResponse:
 def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
     """BentoML's document for the service's APIs, plus the mounted routes, versioned like the package."""
     info = spec.setdefault("info", {})
-    info["version"] = smallnets.__version__
+    info["version"] = __version__
     info["title"] = "smallnets image classifier"
     info["description"] = DESCRIPTION  # BentoML's default README shows badge images from other hosts
     info["contact"] = {"name": "smallnets"}
