@@ -1,40 +1,75 @@
-"""The package layout the design asks for: one `smallnets` namespace, a core that imports no stage, a light root."""
+"""The package layout the design asks for: one `smallnets` namespace, the floors of pyproject's import contracts
+(each shown to break on a bad import), a light root."""
 
 from __future__ import annotations
 
-import ast
+import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
-import smallnets.core as core
+import pytest
 
 STAGES = ("export", "optimize", "serve", "benchmarks")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (lazy imports inside functions count too)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
+# One deliberate bad import per contract of pyproject's [tool.importlinter]: (file, line appended to it).
+BAD_IMPORTS = {
+    "core": ("smallnets/core/files.py", "import smallnets.optimize.modelio"),
+    "side-by-side": ("optimize/latency.py", "import smallnets.export.registry"),
+    "floors": ("export/profile.py", "import smallnets.benchmarks.machine"),
+    "serve-leaf": ("benchmarks/machine.py", "import smallnets.serve.settings"),
+    "no-circle": ("optimize/modelio.py", "import smallnets.optimize.fuse"),
+}
 
 
-def test_core_imports_no_stage() -> None:
-    files = sorted(Path(core.__file__).parent.glob("*.py"))
-    assert len(files) >= 7, files
-    stages = {f"smallnets.{stage}" for stage in STAGES}
-    offenders = {
-        path.name: found
-        for path in files
-        if (found := sorted(name for name in imported_modules(path) if ".".join(name.split(".")[:2]) in stages))
-    }
-    assert not offenders
+def lint_imports(root: Path, *contracts: str) -> subprocess.CompletedProcess[str]:
+    options = [option for contract in contracts for option in ("--contract", contract)]
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / "lint_imports.py"), "--root", str(root), *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package sources and pyproject.toml, copied: a bad import is written into the copy, never the tree."""
+    root = tmp_path_factory.mktemp("checkout")
+    shutil.copy2(REPO / "pyproject.toml", root)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "data", "static", "results")
+    for folder in ("smallnets", *STAGES):
+        shutil.copytree(REPO / folder, root / folder, ignore=ignore)
+    return root
+
+
+def test_the_tree_keeps_every_contract(checkout: Path) -> None:
+    result = lint_imports(checkout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_every_contract_has_a_bad_import() -> None:
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    assert {contract["id"] for contract in contracts} == set(BAD_IMPORTS)
+
+
+@pytest.mark.parametrize("contract", sorted(BAD_IMPORTS))
+def test_a_bad_import_breaks_the_contract(contract: str, checkout: Path) -> None:
+    name, line = BAD_IMPORTS[contract]
+    path = checkout / name
+    source = path.read_text()
+    path.write_text(f"{source}\n{line}\n")
+    try:
+        result = lint_imports(checkout, contract)
+    finally:
+        path.write_text(source)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 broken" in result.stdout and line.rpartition(".")[2] in result.stdout, result.stdout
 
 
 def test_the_wheel_holds_only_the_smallnets_namespace(tmp_path: Path) -> None:

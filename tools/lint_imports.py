@@ -39,7 +39,7 @@ def lint_imports(root: Path, options: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="smallnets-house-") as scratch:
         lay_out(root, Path(scratch))
         env = {**os.environ, "PYTHONPATH": scratch}
-        command = [sys.executable, "-c", LINT_IMPORTS, "--config", str(root / "pyproject.toml"), "--no-cache"]
+        command = [sys.executable, "-c", LINT_IMPORTS, str(root / "pyproject.toml"), "--no-cache", "--no-logo"]
         return subprocess.run([*command, *options], cwd=scratch, env=env, check=False).returncode
 
 
