@@ -38,6 +38,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """What is measured: models, variants, settings (batch, threads), target, weights and labelled photos."""
+    from smallnets.export.cli import shipped_weights  # standard library only, like this module
+
     parser.add_argument(
         "--models",
         default="all-default",
@@ -67,7 +69,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="imagenet|random|PATH",
         help="imagenet (registered checkpoint; fails like `smallnets export` where none is available), a "
         "state-dict PATH, or random (seeded; unvalidated, warned about) (default: per model, imagenet where it "
-        "ships with smallnets, else random)",
+        f"ships with smallnets ({', '.join(shipped_weights())}), else random)",
     )
 
 

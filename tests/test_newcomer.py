@@ -1,0 +1,113 @@
+"""A newcomer's first hour, as they meet it: the README's clone is named `smallnets` and their script sits next to
+it, so the CLI and the API run in a subprocess from the folder above such a clone. Random weights say so wherever
+predictions are shown; real weights are the default where they ship."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from smallnets.cli import EXIT_NOT_FOUND
+from smallnets.export.cli import default_weights, shipped_weights
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def beside_clone(tmp_path: Path) -> Path:
+    """A folder holding a clone of this checkout named `smallnets` (a link: the same files)."""
+    (tmp_path / "smallnets").symlink_to(CHECKOUT, target_is_directory=True)
+    return tmp_path
+
+
+def run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The venv's python started in ``folder``, as a newcomer would (no PYTHONPATH of ours)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_a_script_beside_the_clone_imports_the_real_package(beside_clone: Path) -> None:
+    (beside_clone / "script.py").write_text(
+        "import smallnets, smallnets.serve.settings\n"
+        "print(smallnets.__version__, callable(smallnets.load), smallnets.serve.settings.__name__)\n"
+    )
+    result = run(beside_clone, "script.py")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[1:] == ["True", "smallnets.serve.settings"]
+    module = run(beside_clone, "-m", "smallnets", "--version")
+    assert module.returncode == 0 and module.stdout.startswith("smallnets "), module.stderr
+
+
+def test_cli_classify_warns_about_random_weights_and_missing_inputs_are_not_found(
+    beside_clone: Path, exported: Callable[..., Path], photos: dict[str, Image.Image]
+) -> None:
+    model = exported("squeezenet1_1")
+    photos["chelsea"].save(beside_clone / "cat.jpg")
+    shown = run(beside_clone, "-m", "smallnets", "classify", str(model), "cat.jpg", "--top-k", "1")
+    assert shown.returncode == 0, shown.stderr
+    (warning,) = [line for line in shown.stderr.splitlines() if line.startswith("warning:")]
+    assert "random weights" in warning and "--weights imagenet" in warning
+    assert "RandomWeightsWarning" not in shown.stderr  # the CLI's own line, not Python's too
+    missing = run(beside_clone, "-m", "smallnets", "classify", str(model), "nope.jpg", "gone.png")
+    assert missing.returncode == EXIT_NOT_FOUND, missing.stderr
+    assert "nope.jpg: no such file" in missing.stderr
+
+
+def test_the_api_takes_pictures_and_paths_warns_and_prints_short(
+    beside_clone: Path, exported: Callable[..., Path], photos: dict[str, Image.Image]
+) -> None:
+    model = exported("squeezenet1_1")
+    photos["chelsea"].save(beside_clone / "cat.jpg")
+    script = textwrap.dedent(
+        f"""
+        import warnings
+        from PIL import Image
+        import smallnets
+        from smallnets.core.evaluation import Accuracy, Evaluation
+        from smallnets.export.onnx_export import ExportResult
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            classifier = smallnets.load({str(model)!r})
+            one = classifier.classify(Image.open("cat.jpg"), k=1)
+            paths = classifier.classify(["cat.jpg", "cat.jpg"], k=1)
+        print([type(w.message).__name__ for w in caught])
+        print(len(one), len(paths), one[0][0] == paths[1][0])
+        print(repr(classifier))
+        print(len(repr(ExportResult(classifier.path, classifier.card, 0.0, 0.0, "chelsea", (), 1.0))))
+        print(repr(Evaluation("m", "imagenet", "dev photos", Accuracy(500, 441, 480), None, ())))
+        """
+    )
+    (beside_clone / "api.py").write_text(script)
+    result = run(beside_clone, "api.py")
+    assert result.returncode == 0, result.stderr
+    caught, counts, shown, export_repr, evaluation = result.stdout.splitlines()
+    assert caught == str(["RandomWeightsWarning"] * 3)  # load, and each classify
+    assert counts == "1 2 True"
+    assert str(model) in shown and "fp32" in shown and "weights=random" in shown
+    assert int(export_repr) < 1500  # the card without its 1000 labels
+    assert "top-1 88.2%" in evaluation and "441" not in evaluation
+
+
+def test_real_weights_are_the_default_where_they_ship() -> None:
+    assert shipped_weights() == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert default_weights("efficientnet_lite0") == "imagenet"
+    assert default_weights("efficientnet_lite0", {"resolution": 224}) == "imagenet"
+    assert default_weights("efficientnet_lite0", {"resolution": 192}) == "random"  # no checkpoint at that size
+    assert default_weights("mobilenet_v2") == "random"  # its checkpoint is a download, not shipped
+    assert default_weights("efficientnet_lite0", weights="random") == "random"
+
+
+def test_the_help_says_which_models_default_to_real_weights() -> None:
+    for command in ("export", "pipeline", "bench"):
+        result = run(CHECKOUT, "-m", "smallnets", command, "--help")
+        assert "efficientnet_lite0" in " ".join(result.stdout.split()), command
