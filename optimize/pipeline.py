@@ -51,10 +51,11 @@ from smallnets.optimize.recipe import (
     Trial,
     choose_format,
     search_recipe,
+    selection_summary,
 )
 from smallnets.optimize.report import OptimizeReport, Reason, Status, Verdict
 from smallnets.optimize.simplify import simplify
-from smallnets.optimize.validate import MIN_LABELLED_IMAGES, Check, GateRules, Reference, final_verdict
+from smallnets.optimize.validate import Check, GateRules, Reference, final_verdict
 
 # Bounds of the recipe search by name (`--effort`, the same words as `smallnets bench`): "full" is the default
 # decision procedure; "bounded" cuts calibration images, timing runs and repair steps but keeps the whole evaluation
@@ -279,15 +280,20 @@ def decide(
     fp32: Path,
     preset: Target,
 ) -> tuple[Verdict, SpeedGate | None]:
-    """The verdict: the search's refusal, else the accuracy gate on the report part, then the speed gate.
+    """The verdict: the gate's rule on the report part for the candidate the search took, then the speed gate.
 
-    The speed gate re-times the chosen file in fresh sessions at the target's thread counts, so a candidate that
-    won the search on one noisy timing is not shipped unless it is faster by more than the noise.
+    The search refuses only for speed (no candidate faster than fp32); accuracy, rejections included, is read on
+    the report part (see smallnets.optimize.validate). The speed gate re-times the chosen file in fresh sessions
+    at the target's thread counts, so a candidate that won the search on one noisy timing is not shipped unless
+    it is faster by more than the noise.
     """
     if result.refusal is not None:
         return Verdict(Status.REJECTED, result.refusal.reason, result.refusal.detail), None
     assert result.chosen is not None and final_check is not None
     verdict = final_verdict(final_check, rules)
+    if not result.chosen.passed:  # say what the selection part saw; the report part alone decides
+        note = f"; on the selection part {selection_summary(result.chosen, rules)}, no candidate passed"
+        verdict = Verdict(verdict.status, verdict.reason, verdict.detail + note)
     if not verdict.writes_int8 or not settings.gate_on_speed:
         return verdict, None
     speed = speed_gate(fp32, result.chosen.path, preset.threads)
@@ -323,8 +329,6 @@ def accuracy_status(rules: GateRules, check: Check | None, data: EvaluationData)
     paired = check.paired if check else None
     if paired is None:
         return "not validated on labelled photos: demo photos only (set SMALLNETS_EVAL_DIR or --eval-dir)"
-    if paired.images < MIN_LABELLED_IMAGES:
-        return f"not validated: only {paired.images} labelled report images (at least {MIN_LABELLED_IMAGES} needed)"
     low, high = paired.drop_interval_points.to_list()
     return (
         f"measured on {paired.images} labelled report images of {data.split.get('evaluation_source')}: "

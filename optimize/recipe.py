@@ -3,16 +3,18 @@
 Bounded and greedy, not a sweep, in named steps, all judged on the SELECTION part of the images (never on
 the report part, whose figures would otherwise be the best of many tries: the winner's curse):
 0. :func:`choose_format` -- the target's quantization options (e.g. QDQ and QOperator) each quantize everything;
-   the fastest within budget carries on (the most faithful where speed is not gated); ties keep the default.
+   the fastest passing one carries on (the most faithful where speed is not gated); ties keep the default.
 1. :func:`speed_candidates` -- from most to least quantized: everything; smooth activations float; + squeeze-
    excite float; + grouped convs float; + depthwise float (the usual reasons int8 loses time on x86: Q/DQ pairs
    around unfusable ops, kernels without a fast int8 path). Groups absent from the model are skipped.
-2. :func:`evaluate_candidate` / :func:`repair` -- build and check a candidate against the accuracy budget
-   (point estimates on the selection part); if it misses, keep the most sensitive groups (measured on probe
-   images) float one at a time until it holds or the step limit is reached. Every candidate is timed.
-3. :func:`choose` -- the fastest candidate within budget (the most quantized one when speed is not gated,
-   e.g. an arm64 target built on x86).
-4. :func:`refusal` -- otherwise why not: none within budget, or none faster than fp32.
+2. :func:`evaluate_candidate` / :func:`repair` -- build and check a candidate with the gate's rule on the
+   selection part (:func:`passes_selection`: not significantly over the budget); if it is significantly over,
+   keep the most sensitive groups (measured on probe images) float one at a time until it passes or the step
+   limit is reached. Every candidate is timed.
+3. :func:`choose` -- the fastest passing candidate that beats fp32 (the most quantized passing one when speed is
+   not gated, e.g. an arm64 target built on x86). When none passes, the most faithful one goes on: the search
+   refuses nothing on accuracy, the verdict (rejections included) is read on the report part only.
+4. :func:`refusal` -- otherwise why not: no candidate faster than fp32.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from smallnets.optimize.groups import NodeGroup
 from smallnets.optimize.latency import MIN_MARGIN, measure_latency
 from smallnets.optimize.report import Reason
-from smallnets.optimize.validate import Check, GateRules, Reference, within_budget
+from smallnets.optimize.validate import Check, GateRules, Reference, drop_finding, labels_count, passes_selection
 
 # Cumulative: each step keeps one more group float that costs int8 time on x86 (Q/DQ around unfusable
 # activations, tiny 1x1 SE convs, grouped convs without a fast MLAS int8 path, depthwise convs).
@@ -49,7 +51,7 @@ class SearchSettings:
     max_repair_steps: int = 3
     latency_runs: int = 60
     # False when the target CPU is not this machine's (e.g. arm64 built on x86): host timings of the target's
-    # kernels say nothing about the device, so the most-quantized variant within budget is chosen instead.
+    # kernels say nothing about the device, so the most-quantized passing variant is chosen instead.
     gate_on_speed: bool = True
 
 
@@ -59,7 +61,7 @@ class Trial:
 
     float_groups: tuple[str, ...]
     check: Check
-    within_budget: bool
+    passed: bool  # not significantly over the budget on the selection part (the gate's rule, see validate.py)
     path: Path
     fp32_ms: float | None = None
     int8_ms: float | None = None
@@ -79,7 +81,7 @@ class Trial:
         return {
             "name": self.name,
             "float_groups": list(self.float_groups),
-            "within_budget": self.within_budget,
+            "passed_selection": self.passed,
             "check": self.check.to_dict(),
             "fp32_ms": self.fp32_ms,
             "int8_ms": self.int8_ms,
@@ -158,9 +160,9 @@ class CandidateBuilder:
 def evaluate_candidate(
     float_groups: tuple[str, ...], builder: CandidateBuilder, selection: Reference, rules: GateRules
 ) -> Trial:
-    """Build one candidate and check it on the selection part (point estimates against the budget)."""
+    """Build one candidate and check it on the selection part with the gate's rule."""
     path, check = builder.check(float_groups, selection)
-    return Trial(float_groups, check, within_budget(check, rules), path)
+    return Trial(float_groups, check, passes_selection(check, rules), path)
 
 
 def rank_sensitivity(builder: CandidateBuilder, base: Sequence[str], probe: Reference) -> dict[str, float]:
@@ -181,9 +183,9 @@ def repair(
     sensitivity: Callable[[], dict[str, float]],
     settings: SearchSettings,
 ) -> Trial:
-    """Keep the most sensitive groups float, one per step, until the trial is within budget or steps run out."""
+    """Keep the most sensitive groups float, one per step, until the trial passes or steps run out."""
     for _ in range(settings.max_repair_steps):
-        if trial.within_budget:
+        if trial.passed:
             break
         gains = sensitivity()
         remaining = [
@@ -199,12 +201,17 @@ def repair(
 
 
 def choose(trials: Sequence[Trial], gate_on_speed: bool) -> Trial | None:
-    """The fastest trial within budget that beats fp32; without a speed gate the most quantized within budget."""
-    passing = [trial for trial in trials if trial.within_budget]
+    """The trial the report part will judge: the fastest passing one that beats fp32, else the most faithful one
+    that beats fp32 (never a refusal on selection figures); None only when none beats fp32. Without a speed gate:
+    the most quantized passing trial, else the most faithful."""
+    passing = [trial for trial in trials if trial.passed]
     if not gate_on_speed:
-        return passing[0] if passing else None  # trials run from most to least quantized
-    faster = [trial for trial in passing if (trial.speedup or 0.0) > 1.0]
-    return max(faster, key=lambda trial: trial.speedup or 0.0) if faster else None
+        return passing[0] if passing else max(trials, key=fidelity, default=None)  # most to least quantized
+    faster = [trial for trial in trials if (trial.speedup or 0.0) > 1.0]
+    faster_passing = [trial for trial in faster if trial.passed]
+    if faster_passing:
+        return max(faster_passing, key=lambda trial: trial.speedup or 0.0)
+    return max(faster, key=fidelity, default=None)
 
 
 def fidelity(trial: Trial) -> tuple[float, float]:
@@ -213,11 +220,25 @@ def fidelity(trial: Trial) -> tuple[float, float]:
 
 
 def closest(trials: Sequence[Trial]) -> Trial:
-    """The trial nearest to acceptance: within budget and fastest, else the most faithful on the selection part."""
-    passing = [trial for trial in trials if trial.within_budget]
+    """The trial nearest to shipping when none beats fp32: the fastest passing one, else the most faithful."""
+    passing = [trial for trial in trials if trial.passed]
     if passing:
         return max(passing, key=lambda trial: trial.speedup or 0.0)
     return max(trials, key=fidelity)
+
+
+def selection_summary(trial: Trial, rules: GateRules) -> str:
+    """One line on the chosen trial's selection figures, with the rule's finding."""
+    paired = trial.check.paired
+    if paired is None or not labels_count(trial.check, rules):
+        measured = trial.check.agreement
+        return f"{trial.name}: agreement {measured.agreement_top1:.1%}, cosine {measured.cosine_mean:.4f}"
+    low, high = paired.drop_interval_points.to_list()
+    return (
+        f"{trial.name}: drop {paired.drop_points:+.2f} points (95% CI {low:+.2f} to {high:+.2f}, "
+        f"{drop_finding(paired, rules.max_drop).value}) on {paired.images} selection photos, agreement "
+        f"{paired.agreement:.1%}"
+    )
 
 
 def choose_format(
@@ -230,8 +251,8 @@ def choose_format(
     """Step 0: which quantization options (``builders`` by options name, the target's default first) to search.
 
     Each builds its all-int8 variant, checked on the selection part and timed. With the speed gate on, the
-    fastest within budget wins, but only by more than MIN_MARGIN over the default (a tie is noise, not a reason
-    to leave the default); without it, or with none within budget, the most faithful. One option: no trial.
+    fastest passing one wins, but only by more than MIN_MARGIN over the default (a tie is noise, not a reason
+    to leave the default); without it, or with none passing, the most faithful. One option: no trial.
     """
     names = list(builders)[: settings.max_formats]
     if len(names) == 1:
@@ -242,37 +263,23 @@ def choose_format(
         trial.quant = name
         trial.fp32_ms, trial.int8_ms = timer([fp32, trial.path], settings.latency_runs)
         trials.append(trial)
-    passing = [trial for trial in trials if trial.within_budget]
+    passing = [trial for trial in trials if trial.passed]
     if not settings.gate_on_speed or not passing:
         return max(passing or trials, key=fidelity).quant, trials
     default, bar = trials[0], (trials[0].speedup or 0.0) * (1.0 + MIN_MARGIN)
     faster = [trial for trial in passing if (trial.speedup or 0.0) > bar]
-    if default.within_budget and not faster:
+    if default.passed and not faster:
         return default.quant, trials
     return max(faster or passing, key=lambda trial: trial.speedup or 0.0).quant, trials
 
 
-def refusal(trials: Sequence[Trial], rules: GateRules) -> Refusal:
-    """Why :func:`choose` found nothing: no candidate within budget, or none faster than fp32."""
-    passing = [trial for trial in trials if trial.within_budget]
-    if not passing:
-        best = closest(trials)
-        labelled = best.check.paired
-        measured = (
-            f"top-1 drop {labelled.drop_points:+.2f} points, agreement {labelled.agreement:.1%}"
-            if labelled is not None and not rules.random_weights
-            else f"agreement {best.check.agreement.agreement_top1:.1%}, cosine {best.check.agreement.cosine_mean:.4f}"
-        )
-        return Refusal(
-            Reason.NONE_WITHIN_BUDGET,
-            f"no int8 variant met the accuracy budget on the selection part (max drop {rules.max_drop}); "
-            f"closest was {best.name} ({measured})",
-        )
-    fastest = max(passing, key=lambda trial: trial.speedup or 0.0)
+def refusal(trials: Sequence[Trial]) -> Refusal:
+    """Why :func:`choose` found nothing: no candidate faster than fp32 (accuracy alone never refuses here)."""
+    best = closest(trials)
     return Refusal(
         Reason.NONE_FASTER,
-        f"every int8 variant within the accuracy budget is slower than fp32 here (best {fastest.name}: "
-        f"{fastest.speedup or 0.0:.2f}x at batch 1, 1 thread)",
+        f"every int8 variant tried is slower than fp32 here (best {best.name}: {best.speedup or 0.0:.2f}x at "
+        "batch 1, 1 thread)",
     )
 
 
@@ -306,7 +313,7 @@ def search_recipe(
         trials.append(trial)
     chosen = choose(trials, settings.gate_on_speed)
     if chosen is None:
-        return SearchResult(None, closest(trials), refusal(trials, settings.rules), trials, ranked, list(formats))
+        return SearchResult(None, closest(trials), refusal(trials), trials, ranked, list(formats))
     final = builder.workdir / "chosen.onnx"
     shutil.copyfile(chosen.path, final)
     chosen.path = final

@@ -31,7 +31,6 @@ class Reason(StrEnum):
     INTERVAL_TOO_WIDE = "interval_too_wide"
     AGREEMENT_BELOW_FLOOR = "agreement_below_floor"
     COSINE_BELOW_FLOOR = "cosine_below_floor"
-    NONE_WITHIN_BUDGET = "none_within_budget"
     NONE_FASTER = "none_faster"
 
 
@@ -154,17 +153,22 @@ class OptimizeReport:
                 "",
             ]
         lines += [
-            "| candidate | float groups | top-1 drop (points) | agreement | cosine | within budget | speedup |",
-            "|---|---|---:|---:|---:|---|---:|",
+            "A candidate passes unless it is significantly over the budget (its interval's lower end above "
+            "--max-drop) or below the agreement floor; the fastest passing one goes to the report part.",
+            "",
+            "| candidate | float groups | top-1 drop (points) | 95% CI | agreement | cosine | passed | speedup |",
+            "|---|---|---:|---:|---:|---:|---|---:|",
         ]
         for trial in [*self.search.get("formats", []), *self.search.get("trials", [])]:
             check = trial["check"]
-            drop = check["labelled"]["drop_points"] if check.get("labelled") else None
+            labelled = check.get("labelled") or {}
+            drop = labelled.get("drop_points")
+            interval = "{:+.2f} to {:+.2f}".format(*labelled["drop_interval_points"]) if labelled else "-"
             quant = f" ({trial['quant']})" if trial.get("quant") else ""
             lines.append(
                 f"| {trial['name']}{quant} | {', '.join(trial['float_groups']) or '-'} | {number(drop, '+.2f')} | "
-                f"{check['agreement_top1']:.2%} | {check['cosine_mean']:.4f} | {trial['within_budget']} | "
-                f"{number(trial['speedup'], '.2f')} |"
+                f"{interval} | {check['agreement_top1']:.2%} | {check['cosine_mean']:.4f} | "
+                f"{'yes' if trial['passed_selection'] else 'no'} | {number(trial['speedup'], '.2f')} |"
             )
         lines += ["", "## Node counts (export -> fused fp32)", "", "| op | before | after |", "|---|---:|---:|"]
         for op, counts in self.node_counts.get("fusion", {}).items():

@@ -1,18 +1,29 @@
-"""fp32 vs int8 on the same pictures, and the int8 gate: labelled photos decide, agreement and cosine guard.
+"""fp32 vs int8 on the same pictures, and the one three-way rule that judges int8 (search and final gate alike).
 
-The gate (see :func:`final_verdict`), on images neither calibration nor the recipe choice has seen:
-- labelled photos, >= ``MIN_LABELLED_IMAGES``: int8 is accepted only if the upper end of the 95% interval of its
-  paired top-1 drop (Tango's score interval, smallnets.core.evaluation) is <= ``--max-drop`` points AND its raw
-  top-1 agreement with fp32 is >= ``LABELLED_AGREEMENT_FLOOR``;
-- fewer labelled photos, none, or random weights: int8 may still be written, as "unvalidated", when it keeps
-  top-1 agreement over ALL images and the target's logit-cosine floor; it is never called validated.
-Every rule can fail: a broken graph (a zeroed weight) has near-zero agreement and a low cosine.
+The rule, on labelled photos (trained weights), from the 95% Tango interval of the paired top-1 drop:
+- ACCEPTED when the interval's upper end is <= ``--max-drop`` (on >= ``MIN_LABELLED_IMAGES`` photos);
+- REJECTED only on evidence: its lower end > ``--max-drop`` (significantly worse), or top-1 agreement with fp32
+  below ``LABELLED_AGREEMENT_FLOOR``; otherwise UNVALIDATED (int8 written, labelled so, with what would validate it).
+Labelled photos always count: a significant drop is rejected whatever their number.
+
+The recipe search applies the same rule to each candidate on the selection part (:func:`passes_selection`: not
+significantly over budget) and takes the fastest that passes; the verdict, rejections included, is read once, on
+the report part, for that one candidate (:func:`final_verdict`). The report part never informs the choice, so the
+many candidates looked at do not multiply its error: a candidate whose true drop is within the budget is rejected
+with probability <= 2.5% (the interval's lower tail), one whose true drop is over it is accepted with probability
+<= 2.5% (the upper tail), whatever the search did. tests/test_gate_simulation.py checks both by simulation.
+
+Without labels, or with random weights, int8 may still be written, as "unvalidated", when it keeps top-1
+agreement over ALL images and the target's logit-cosine floor; it is never called validated. Every rule can
+fail: a broken graph (a zeroed weight) has near-zero agreement and a low cosine.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +35,18 @@ from smallnets.core.evaluation import (
     PreparedImages,
     compare_paired,
     evaluate,
+    paired_difference_interval,
     predict,
     prepare_pictures,
 )
 from smallnets.core.runtime import OnnxClassifier
 from smallnets.optimize.report import Reason, Status, Verdict
 
-# Below 200 paired photos even zero flips leave a 95% upper bound near 2 points (z^2 / (n + z^2)): too wide for
-# any budget a user would set, so the verdict is "unvalidated" rather than a number that cannot be trusted.
+# Acceptance needs this many labelled report photos: below 200 even zero flips leave a 95% upper end near 2 points
+# (z^2 / (n + z^2)), and the agreement floor needs enough photos to mean something. Rejection needs no minimum.
 MIN_LABELLED_IMAGES = 200
+# The largest count of labelled photos :func:`photos_needed` will name (beyond it: "no feasible number").
+MAX_PHOTOS_NAMED = 10_000_000
 # The drop cannot see an int8 model that breaks as many photos as it fixes, nor one that changes wrong answers
 # into other wrong answers; agreement can. A faithful int8 changes few top-1 predictions: Lite0 all-int8 keeps
 # 97.9% (x86-vnni) and 96.1% (x86-avx2, 7-bit weights) on 436 imagenet-dev photos, while onnxruntime's naive
@@ -117,26 +131,90 @@ class GateRules:
     def to_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
+            "rule": "accepted: upper end of the 95% Tango interval of the top-1 drop <= max_drop (on >= "
+            f"{MIN_LABELLED_IMAGES} labelled report photos); rejected: lower end > max_drop, or agreement below "
+            "the floor; else unvalidated. The search keeps candidates not significantly over max_drop on the "
+            "selection part; the verdict is read on the report part only",
             "min_labelled_images": MIN_LABELLED_IMAGES,
             "labelled_agreement_floor": LABELLED_AGREEMENT_FLOOR,
             "unlabelled_agreement_floor": UNLABELLED_AGREEMENT_FLOOR,
         }
 
 
-def labels_decide(check: Check, rules: GateRules) -> bool:
-    """Whether labelled figures can judge this check: trained weights and enough labelled photos."""
-    return check.paired is not None and not rules.random_weights and check.paired.images >= MIN_LABELLED_IMAGES
+class Finding(StrEnum):
+    """Where the 95% interval of a paired top-1 drop lies against the budget."""
+
+    WITHIN = "within"  # upper end <= max_drop: the drop is shown to be within the budget
+    OVER = "over"  # lower end > max_drop: significantly over the budget (evidence against int8)
+    UNDECIDED = "undecided"  # the interval straddles the budget: these photos cannot tell
 
 
-def within_budget(check: Check, rules: GateRules) -> bool:
-    """The recipe search's test on the selection part: point estimates (the interval is the final gate's job).
+def judge_drop(broken: float, fixed: float, images: float, max_drop: float) -> Finding:
+    """The three-way rule on counts of broken/fixed photos among ``images`` (fractional counts allowed)."""
+    low, high = paired_difference_interval(broken, fixed, images).scaled(100.0).to_list()
+    if low > max_drop + 1e-9:
+        return Finding.OVER
+    return Finding.WITHIN if high <= max_drop + 1e-9 else Finding.UNDECIDED
 
-    With labels (trained weights): top-1 drop <= max_drop and agreement >= the labelled floor, whatever the
-    count (the selection part is smaller than the report part). Otherwise the unlabelled rules.
+
+def drop_finding(paired: PairedComparison, max_drop: float) -> Finding:
+    return judge_drop(paired.broken, paired.fixed, paired.images, max_drop)
+
+
+def labels_count(check: Check, rules: GateRules) -> bool:
+    """Whether labelled figures judge this check: trained weights and any labelled photos (whatever their number)."""
+    return check.paired is not None and not rules.random_weights
+
+
+def passes_selection(check: Check, rules: GateRules) -> bool:
+    """The search's test of one candidate on the selection part: the rule's "not rejected" side.
+
+    With labels (trained weights): not significantly over the budget and agreement >= the labelled floor; a wide
+    interval passes (the report part decides). Otherwise the unlabelled rules.
     """
-    if check.paired is not None and not rules.random_weights:
-        return check.paired.drop_points <= rules.max_drop + 1e-9 and check.paired.agreement >= LABELLED_AGREEMENT_FLOOR
+    if labels_count(check, rules):
+        paired = check.paired
+        assert paired is not None
+        return drop_finding(paired, rules.max_drop) is not Finding.OVER and paired.agreement >= LABELLED_AGREEMENT_FLOOR
     return unlabelled_failure(check, rules) is None
+
+
+def photos_needed(broken: int, fixed: int, images: int, max_drop: float) -> int | None:
+    """Labelled photos that would put the interval's upper end within ``max_drop`` at the observed rates of broken
+    and fixed photos; None when no number can (the observed drop is at or over the budget)."""
+    if images <= 0 or 100.0 * (broken - fixed) / images >= max_drop:
+        return None
+
+    def fits(count: int) -> bool:
+        scale = count / images
+        return judge_drop(broken * scale, fixed * scale, count, max_drop) is Finding.WITHIN
+
+    low, high = images, MAX_PHOTOS_NAMED
+    if not fits(high):
+        return None
+    while high - low > 1:  # the upper end falls as photos are added at fixed rates: bisection on the count
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return max(high, MIN_LABELLED_IMAGES)
+
+
+def what_would_validate(paired: PairedComparison, max_drop: float) -> str:
+    """For an undecided verdict: the budget these photos can show, and the photos the asked budget needs."""
+    _, high = paired.drop_interval_points.to_list()
+    provable = math.ceil(high * 10 - 1e-9) / 10
+    shown = (
+        f"these {paired.images} photos can validate --max-drop {provable:.1f}"
+        if paired.images >= MIN_LABELLED_IMAGES
+        else f"acceptance needs at least {MIN_LABELLED_IMAGES} labelled report photos"
+    )
+    needed = photos_needed(paired.broken, paired.fixed, paired.images, max_drop)
+    if needed is None:
+        return f"{shown}; at the observed drop no number of photos validates --max-drop {max_drop}"
+    return (
+        f"{shown}; --max-drop {max_drop} needs about {needed} labelled report photos at the observed "
+        f"{paired.broken} broken / {paired.fixed} fixed per {paired.images} (the report part is about half of a "
+        "single --eval-dir)"
+    )
 
 
 def unlabelled_failure(check: Check, rules: GateRules) -> Verdict | None:
@@ -163,7 +241,7 @@ def unlabelled_failure(check: Check, rules: GateRules) -> Verdict | None:
 
 def final_verdict(check: Check, rules: GateRules) -> Verdict:
     """The gate on the report part (see the module docstring)."""
-    if labels_decide(check, rules):
+    if labels_count(check, rules):
         return labelled_verdict(check, rules)
     failure = unlabelled_failure(check, rules)
     if failure is not None:
@@ -173,13 +251,6 @@ def final_verdict(check: Check, rules: GateRules) -> Verdict:
     figures += f"{measured.cosine_mean:.4f}"
     if rules.random_weights:
         return Verdict(Status.UNVALIDATED, Reason.RANDOM_WEIGHTS, f"unvalidated (random weights): {figures}")
-    if check.paired is not None:
-        return Verdict(
-            Status.UNVALIDATED,
-            Reason.TOO_FEW_LABELS,
-            f"only {check.paired.images} labelled report images (< {MIN_LABELLED_IMAGES}): accuracy not validated; "
-            f"{figures}",
-        )
     return Verdict(
         Status.UNVALIDATED,
         Reason.NO_LABELS,
@@ -188,6 +259,7 @@ def final_verdict(check: Check, rules: GateRules) -> Verdict:
 
 
 def labelled_verdict(check: Check, rules: GateRules) -> Verdict:
+    """The three-way rule on the report part's labelled figures."""
     paired = check.paired
     assert paired is not None
     low, high = paired.drop_interval_points.to_list()
@@ -202,22 +274,27 @@ def labelled_verdict(check: Check, rules: GateRules) -> Verdict:
             Reason.AGREEMENT_BELOW_FLOOR,
             f"agreement below the floor {LABELLED_AGREEMENT_FLOOR:.0%}: {figures}",
         )
-    if paired.drop_points > rules.max_drop + 1e-9:
+    finding = drop_finding(paired, rules.max_drop)
+    if finding is Finding.OVER:
         return Verdict(
             Status.REJECTED,
             Reason.DROP_OVER_BUDGET,
-            f"the measured drop ({paired.drop_points:+.2f}) exceeds --max-drop {rules.max_drop}: {figures}",
+            f"significantly worse: the drop's 95% interval lies above --max-drop {rules.max_drop}: {figures}",
         )
-    if high > rules.max_drop + 1e-9:
-        # Inconclusive, not evidence against int8: the photos cannot bound the drop that tightly (248 photos with
-        # no flip at all still leave an upper end near 1.5 points). Say so; do not call it validated.
-        return Verdict(
-            Status.UNVALIDATED,
-            Reason.INTERVAL_TOO_WIDE,
-            f"not validated: the upper end of the drop's 95% interval ({high:.2f}) exceeds --max-drop "
-            f"{rules.max_drop}; more labelled photos (e.g. an ImageNet val folder) narrow it: {figures}",
-        )
-    return Verdict(Status.ACCEPTED, Reason.VALIDATED_ON_LABELS, f"validated: {figures}")
+    if finding is Finding.WITHIN and paired.images >= MIN_LABELLED_IMAGES:
+        return Verdict(Status.ACCEPTED, Reason.VALIDATED_ON_LABELS, f"validated: {figures}")
+    # Inconclusive, not evidence against int8: say so, and what would settle it; never call it validated.
+    reason = Reason.TOO_FEW_LABELS if finding is Finding.WITHIN else Reason.INTERVAL_TOO_WIDE
+    why = (
+        f"only {paired.images} labelled report images"
+        if reason is Reason.TOO_FEW_LABELS
+        else f"the upper end of the drop's 95% interval ({high:.2f}) exceeds --max-drop {rules.max_drop}"
+    )
+    return Verdict(
+        Status.UNVALIDATED,
+        reason,
+        f"not validated ({why}; {what_would_validate(paired, rules.max_drop)}): {figures}",
+    )
 
 
 def compare(

@@ -96,6 +96,64 @@ def test_paired_interval_is_honest_with_no_flips() -> None:
     assert narrow.high - narrow.low < wide.high - wide.low
 
 
+def brute_force_tango(broken: int, fixed: int, images: int, grid: np.ndarray) -> tuple[float, float]:
+    """Tango's interval by brute force: for every difference d on ``grid`` the nuisance p(fixed) is found by
+    maximising the multinomial likelihood over a fine grid (no closed form), and d is kept when its score
+    statistic |b - c - n d| / sqrt(n (2 q + d (1 - d))) is at most z."""
+    kept = []
+    for difference in grid:
+        low = max(0.0, -difference) + 1e-9
+        fixed_rate = np.linspace(low, (1.0 - difference) / 2 - 1e-9, 20001)
+        broken_rate, same_rate = fixed_rate + difference, 1.0 - 2 * fixed_rate - difference
+        loglik = sum(
+            count * np.log(np.maximum(rate, 1e-300))
+            for count, rate in ((broken, broken_rate), (fixed, fixed_rate), (images - broken - fixed, same_rate))
+            if count
+        )
+        q = fixed_rate[int(np.argmax(loglik))]
+        score = (broken - fixed - images * difference) / np.sqrt(images * (2 * q + difference * (1 - difference)))
+        if abs(score) <= 1.959963984540054:
+            kept.append(difference)
+    return 100 * min(kept), 100 * max(kept)
+
+
+@pytest.mark.parametrize(
+    ("broken", "fixed", "images", "published"),
+    [(2, 2, 248, (-2.18, 2.18)), (5, 2, 500, (-0.56, 1.97)), (3, 0, 248, (-0.33, 3.50)), (0, 0, 250, None)],
+)
+def test_tango_interval_matches_a_brute_force_inversion(
+    broken: int, fixed: int, images: int, published: tuple[float, float] | None
+) -> None:
+    """Issue 20's values (Lite0/Lite2 report parts, 5 broken / 2 fixed of 500) and an independent inversion of the
+    score statistic. The asymmetric cases fail a mutant that swaps broken and fixed, and a Wald interval
+    (+-1.58 for 2/2 of 248)."""
+    low, high = (100 * end for end in paired_difference_interval(broken, fixed, images).to_list())
+    if published is not None:
+        assert (low, high) == pytest.approx(published, abs=0.006)
+    grid = np.arange(-0.06, 0.06, 0.00005)
+    assert (low, high) == pytest.approx(brute_force_tango(broken, fixed, images, grid), abs=0.01)
+
+
+@pytest.mark.parametrize(("broken", "fixed"), [(0, 0), (0, 40), (40, 0), (0, 7), (7, 0)])
+def test_tango_interval_edge_cases(broken: int, fixed: int) -> None:
+    """No flips, every photo fixed, every photo broken (a math domain error once), and few flips of one kind."""
+    images = 40
+    interval = paired_difference_interval(broken, fixed, images)
+    estimate = (broken - fixed) / images
+    assert -1.0 <= interval.low <= estimate <= interval.high <= 1.0
+    mirrored = paired_difference_interval(fixed, broken, images)
+    assert (interval.low, interval.high) == pytest.approx((-mirrored.high, -mirrored.low), abs=1e-9)
+    if broken == images:
+        assert interval.high == pytest.approx(1.0) and interval.low > 0.5
+    if broken == fixed == 0:
+        z2 = 1.959963984540054**2
+        assert interval.high == pytest.approx(z2 / (images + z2), rel=1e-6)
+    if 0 < max(broken, fixed) < images:
+        grid = np.arange(-0.6, 0.6, 0.0005)
+        low, high = brute_force_tango(broken, fixed, images, grid)
+        assert (100 * interval.low, 100 * interval.high) == pytest.approx((low, high), abs=0.1)
+
+
 def test_paired_interval_covers_the_truth_95_percent_of_the_time() -> None:
     """Simulated fp32/int8 pairs with a known drop (2% broken, 1% fixed, n=250): coverage near 95%."""
     rng = np.random.default_rng(0)

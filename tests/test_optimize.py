@@ -60,9 +60,9 @@ QUICK = {
 }
 # The labelled test's bounded search: all-int8 plus at most one repair step, 32 calibration photos.
 LABELLED_SEARCH = {"calib_images": 32, "max_candidates": 1, "max_repair_steps": 1, "latency_runs": 10}
-# About 250 report photos: even zero flips leave an upper bound near 1.5 points, so the test's budget is 3 points
-# (the CLI default of 1.0 needs a bigger labelled set, e.g. an ImageNet validation folder).
-LABELLED_TEST_MAX_DROP = 3.0
+# The shipping budget (the CLI default). About 250 report photos cannot show a drop within 1 point (zero flips
+# leave an upper end near 1.5), and a faithful int8 is not significantly over it: one outcome, "unvalidated".
+LABELLED_TEST_MAX_DROP = OptimizeConfig().max_drop
 
 
 def cheapest(exported: Callable[..., Path], family: str) -> Path:
@@ -255,18 +255,17 @@ def lite0_labelled(exported: Callable[..., Path], tmp_path_factory: pytest.TempP
     return outdir, optimize_model(model, outdir, config)
 
 
-def test_lite0_imagenet_int8_passes_the_labelled_gate(lite0_labelled: tuple[Path, Any]) -> None:
-    """On every CPU kind, for the right reason: int8 is not detectably worse than fp32 on unseen labelled photos,
-    and the verdict is the one the figures call for.
+def test_lite0_imagenet_int8_at_the_shipping_budget(lite0_labelled: tuple[Path, Any]) -> None:
+    """On every CPU kind, one outcome: int8 written and labelled unvalidated, saying what would validate it.
 
     Calibration, selection and the reported figures come from disjoint photos, and the report part is big enough
     for a verdict. The quality bars hold on both x86 kinds with margin (report part, 248 imagenet-dev photos,
     all-int8, measured): x86-vnni drop -0.4 to +0.0 points (95% CI upper end 1.5 to 2.2), agreement 97.6%;
     x86-avx2 (7-bit weights) on the AVX2-only path (qemu -cpu Haswell, same top-1 as VNNI kernels running that
     model) drop +1.2 (CI -1.1 to +3.9; 5 broken, 2 fixed), agreement 96.8%. The naive AVX2 int8 of
-    issue 11 (-10.4 points) fails them. With a 3-point budget the interval decides: accepted on x86-vnni,
-    not validated on x86-avx2 (the interval reaches past 3; int8 written, labelled unvalidated); a measured drop
-    over the budget would reject it.
+    issue 11 (-10.4 points) fails them. At the 1-point budget neither kind is significantly over (lower end
+    below 1) and neither can be shown within it (upper end above 1.5), so the verdict is "unvalidated", never a
+    refusal; the speed gate passes Lite0 int8 by about 2x at 1 thread on both.
     """
     outdir, report = lite0_labelled
     split = report.split
@@ -279,24 +278,18 @@ def test_lite0_imagenet_int8_passes_the_labelled_gate(lite0_labelled: tuple[Path
     assert low <= labelled["drop_points"] <= high and high - low > 0.5, "an interval, not a point"
     assert low <= 0.0, f"int8 is significantly worse than fp32: {labelled}"
     assert labelled["drop_points"] <= 2.0 and labelled["agreement_top1"] >= LABELLED_AGREEMENT_FLOOR, labelled
-    if high <= LABELLED_TEST_MAX_DROP:
-        assert report.reason in (Reason.VALIDATED_ON_LABELS, Reason.NONE_FASTER), report.detail
-        assert (report.status is Status.ACCEPTED) == (report.reason is Reason.VALIDATED_ON_LABELS)
-    elif labelled["drop_points"] > LABELLED_TEST_MAX_DROP:
-        assert (report.status, report.reason) == (Status.REJECTED, Reason.DROP_OVER_BUDGET), report.detail
-    else:
-        assert (report.status, report.reason) == (Status.UNVALIDATED, Reason.INTERVAL_TOO_WIDE), report.detail
-    assert (outdir / INT8_NAME).is_file() == (report.status is not Status.REJECTED)
+    assert low < LABELLED_TEST_MAX_DROP < high
+    assert (report.status, report.reason) == (Status.UNVALIDATED, Reason.INTERVAL_TOO_WIDE), report.detail
+    assert (outdir / INT8_NAME).is_file() and "labelled report photos" in report.detail, "what would validate it"
     assert "labelled report images" in report.accuracy_status
     # Step 0 tried every quantization option of the target (QDQ and QOperator) and the rest used the winner's.
     tried = [trial["quant"] for trial in report.search["formats"]]
     assert tried == [options.name for options in PRESETS[report.target].candidates_for("efficientnet_lite")]
     assert len(tried) > 1 and report.search["quant"] in tried and report.preset["quant_name"] == report.search["quant"]
-    if report.status is not Status.REJECTED:
-        card = OnnxClassifier(outdir / INT8_NAME).card
-        assert card.quantization["quant_name"] == report.search["quant"]
-        accuracy = card.accuracy
-        assert accuracy.status == "measured" and accuracy.top1 == pytest.approx(100 * labelled["candidate"]["top1"])
+    card = OnnxClassifier(outdir / INT8_NAME).card
+    assert card.quantization["quant_name"] == report.search["quant"]
+    accuracy = card.accuracy
+    assert accuracy.status == "measured" and accuracy.top1 == pytest.approx(100 * labelled["candidate"]["top1"])
 
 
 def test_bench_reads_the_labelled_drop_from_report_json(lite0_labelled: tuple[Path, Any]) -> None:

@@ -12,6 +12,7 @@ never moves another photo to a different part).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -152,7 +153,8 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> Interval:
     return Interval(low, high)
 
 
-def paired_difference_interval(broken: int, fixed: int, total: int, z: float = Z_95) -> Interval:
+@functools.lru_cache(maxsize=65536)
+def paired_difference_interval(broken: float, fixed: float, total: float, z: float = Z_95) -> Interval:
     """95% interval of the paired difference p(reference right) - p(candidate right), as a fraction.
 
     Tango's (1998) score interval for matched pairs: only the discordant pairs (``broken``: reference right,
@@ -160,7 +162,8 @@ def paired_difference_interval(broken: int, fixed: int, total: int, z: float = Z
     ``(b - c - n d) / sqrt(n (2 q(d) + d (1 - d)))`` with ``q(d)`` the constrained maximum-likelihood estimate
     of p(fixed) is inverted numerically. Unlike the Wald interval on discordant pairs it stays honest when there
     are few or no flips: with none among n images the upper end is z^2 / (n + z^2) (about 1.5 points for 250
-    images), not zero.
+    images), not zero. Counts may be fractional (what-if questions at observed rates); results are cached, as a
+    recipe search and the gate's simulation ask for the same counts many times.
     """
     if total <= 0:
         return Interval(-1.0, 1.0)
@@ -168,9 +171,9 @@ def paired_difference_interval(broken: int, fixed: int, total: int, z: float = Z
 
     def score(difference: float) -> float:
         b_coef = (broken + fixed) - (2 * total - broken + fixed) * difference
-        constrained = (b_coef + math.sqrt(b_coef * b_coef + 8 * total * fixed * difference * (1 - difference))) / (
-            4 * total
-        )
+        # The discriminant is >= 0 in exact arithmetic; at d -> -1 with every pair fixed it rounds below zero.
+        discriminant = max(0.0, b_coef * b_coef + 8 * total * fixed * difference * (1 - difference))
+        constrained = (b_coef + math.sqrt(discriminant)) / (4 * total)
         numerator = broken - fixed - total * difference
         variance = total * (2 * constrained + difference * (1 - difference))
         return (
@@ -190,7 +193,8 @@ def paired_difference_interval(broken: int, fixed: int, total: int, z: float = Z
         return (low + high) / 2
 
     edge = 1.0 - 1e-12
-    return Interval(solve(-edge, estimate, z), solve(estimate, edge, -z))
+    # min/max: at an estimate of exactly +-1 (every pair broken, or fixed) the bisection stops 1e-12 short of it.
+    return Interval(min(solve(-edge, estimate, z), estimate), max(solve(estimate, edge, -z), estimate))
 
 
 # --- accuracy ------------------------------------------------------------------------------------------------
