@@ -60,7 +60,9 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch", default="1,8", help="batch sizes (default: 1,8)")
     parser.add_argument(
-        "--threads", default="1,all", help="intra-op thread counts; `all` = usable cores (default: 1,all)"
+        "--threads",
+        default="1,all",
+        help="intra-op thread counts; `all` = usable cores, `serving` = one server worker's threads (default: 1,all)",
     )
     parser.add_argument("--target", default="auto", help="optimize preset for onnx-opt/onnx-int8 (default: auto)")
     parser.add_argument(
@@ -194,7 +196,7 @@ def bench_config(args: argparse.Namespace) -> Any:
     from smallnets.benchmarks.labelled import eval_dir_from_env
     from smallnets.benchmarks.selection import parse_models, parse_positive_ints, parse_variants
     from smallnets.benchmarks.suite import BenchConfig
-    from smallnets.core.hardware import detect_cpu
+    from smallnets.core.hardware import cpu_quota, detect_cpu, serving_cores, serving_threads
 
     models = tuple(parse_models(args.models))
     for choice in models:
@@ -204,11 +206,14 @@ def bench_config(args: argparse.Namespace) -> Any:
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     cores = detect_cpu().usable_cores
+    serving = serving_threads(serving_cores(quota=cpu_quota()))  # what a server worker and optimize's gate run
     return BenchConfig(
         models=models,
         variants=tuple(parse_variants(args.variants)),
         batches=tuple(parse_positive_ints(args.batch, "--batch")),
-        threads=tuple(parse_positive_ints(args.threads.replace("all", str(cores)), "--threads")),
+        threads=tuple(
+            parse_positive_ints(args.threads.replace("all", str(cores)).replace("serving", str(serving)), "--threads")
+        ),
         target=args.target,
         weights=args.weights,
         duration_s=args.duration,

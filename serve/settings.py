@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from smallnets.core.hardware import cpu_quota, serving_cores
+from smallnets.core.hardware import cpu_quota, serving_cores, serving_threads, serving_workers
 
 ENV_MODEL_PATH = "SMALLNETS_MODEL"
 ENV_PROVIDERS = "SMALLNETS_PROVIDERS"
@@ -40,9 +40,6 @@ DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 # Two full batches keep the model busy while the next one forms; more only adds waiting.
 DEFAULT_MAX_QUEUE_BATCHES = 2
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
-# Intra-op threads past ~4 give a small CNN little at these batch sizes, while each extra worker costs ~200 MB:
-# one worker per 4 cores of the CPU quota, the cores shared out as threads.
-CORES_PER_WORKER = 4
 MAX_TOP_K = 20
 DEFAULT_TOP_K = 5
 
@@ -75,9 +72,9 @@ class ServeSettings:
         env = os.environ if environ is None else environ
         quota = cpu_quota()
         cores = serving_cores(quota=quota)
-        workers = _positive_int(env, ENV_WORKERS, -(-cores // CORES_PER_WORKER))
+        workers = _positive_int(env, ENV_WORKERS, serving_workers(cores))
         # Each worker owns a share of the cores: N workers x all cores would oversubscribe the machine.
-        default_threads = max(1, cores // workers)
+        default_threads = serving_threads(cores, workers)
         max_batch_size = _positive_int(env, ENV_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_SIZE)
         providers = tuple(name.strip() for name in env.get(ENV_PROVIDERS, "").split(",") if name.strip())
         return cls(

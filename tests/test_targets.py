@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 import pytest
 
 from smallnets.benchmarks.arm64.env import SETUP_COMMAND, cache_dir
@@ -19,6 +20,7 @@ from smallnets.core.targets import (
     EXECUTION_PROVIDERS,
     PRESETS,
     TARGETS,
+    ExecutionProvider,
     QuantOptions,
     Target,
     UnknownTargetError,
@@ -27,6 +29,7 @@ from smallnets.core.targets import (
     runs_here,
 )
 from smallnets.optimize.modelio import read_card, write_card
+from smallnets.serve.settings import ServeSettings
 
 
 def fabricated(arch: str, features: tuple[str, ...] = (), cores: int = 4) -> CpuInfo:
@@ -85,11 +88,20 @@ def test_quant_options_refuse_unknown_values(field: str, value: str) -> None:
         QuantOptions("bad", **{field: value})
 
 
-def test_thread_counts_are_one_and_the_serving_count() -> None:
-    target, _ = resolve_target("x86-vnni", fabricated("x86_64", ("avx512_vnni",), cores=8))
-    assert target.threads == (1, 8) and target.serving_threads == 8
+def test_thread_counts_are_one_and_the_serving_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's formula: one worker per 4 cores of the CPU quota, each with its share of the cores."""
+    monkeypatch.setattr("smallnets.core.targets.cpu_quota", lambda: None)
+    target, _ = resolve_target("x86-vnni", fabricated("x86_64", ("avx512_vnni",), cores=16))
+    monkeypatch.setattr("smallnets.serve.settings.cpu_quota", lambda: None)
+    monkeypatch.setattr("smallnets.serve.settings.serving_cores", lambda quota: 16)
+    assert target.threads == (1, 4) and target.serving_threads == 4 == ServeSettings.from_env({}).threads
+    two, _ = resolve_target("x86-vnni", fabricated("x86_64", ("avx512_vnni",), cores=2))
+    assert two.threads == (1, 2)
     single, _ = resolve_target("x86-vnni", fabricated("x86_64", ("avx512_vnni",), cores=1))
     assert single.threads == (1,)
+    monkeypatch.setattr("smallnets.core.targets.cpu_quota", lambda: 1.5)  # a container's quota, not the host's cores
+    quota, _ = resolve_target("x86-vnni", fabricated("x86_64", ("avx512_vnni",), cores=64))
+    assert quota.threads == (1, 2)
 
 
 def test_to_dict_carries_the_flat_keys_reports_read() -> None:
@@ -210,3 +222,20 @@ def test_unknown_target_and_architecture_are_refused() -> None:
     with pytest.raises(UnknownTargetError, match="--target"):
         resolve_target("auto", fabricated("riscv64"))
     assert TARGETS[0] == "auto" and set(TARGETS[1:]) == set(PRESETS)
+
+
+def test_the_runtime_takes_its_providers_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An alias added to EXECUTION_PROVIDERS is understood by sessions and `--providers`; its options go along."""
+    from smallnets.core.runtime import provider_options, resolve_providers
+
+    monkeypatch.setitem(EXECUTION_PROVIDERS, "mine", ExecutionProvider("mine", "MineExecutionProvider", {"k": "v"}))
+    providers, notes = resolve_providers(["Mine", "openvino"])
+    assert providers == ["CPUExecutionProvider"]  # neither is built into this onnxruntime: CPU, with a note each
+    assert "MineExecutionProvider" in notes[0] and "OpenVINOExecutionProvider" in notes[1]
+    assert provider_options(["MineExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]) == [
+        {"k": "v"},
+        {"device_type": "CPU"},
+        {},
+    ]
+    defaults = [provider.name for provider in EXECUTION_PROVIDERS.values() if provider.by_default]
+    assert resolve_providers()[0] == [name for name in defaults if name in ort.get_available_providers()]

@@ -114,8 +114,11 @@ def x86_cpuid_features(listed: tuple[str, ...]) -> tuple[str, ...]:
         from numpy._core._multiarray_umath import __cpu_features__ as cpuid  # what numpy.show_runtime() reads
     except ImportError:
         return listed
-    # A feature numpy does not know stays as listed; one it knows stays only if CPUID has it.
-    kept = {feature for feature in listed if feature not in NUMPY_X86_NAMES or cpuid.get(NUMPY_X86_NAMES[feature])}
+    # A feature numpy knows stays only if CPUID has it; one it does not know stays as listed, unless CPUID denies
+    # one the file lists: then the file is another CPU's (qemu-user passes the host's through) and says nothing.
+    denied = any(feature in NUMPY_X86_NAMES and not cpuid.get(NUMPY_X86_NAMES[feature]) for feature in listed)
+    checked = {feature for feature in listed if feature in NUMPY_X86_NAMES and cpuid.get(NUMPY_X86_NAMES[feature])}
+    kept = checked if denied else checked | {feature for feature in listed if feature not in NUMPY_X86_NAMES}
     kept = {feature for feature in kept if X86_PREREQUISITES.get(feature, feature) in kept}
     return tuple(feature for feature in X86_FEATURES if feature in kept)
 
@@ -146,6 +149,11 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_V1_CPU_DIRS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
 
 
+# Intra-op threads past ~4 give a small CNN little at these batch sizes, while each extra worker costs ~200 MB:
+# one serving worker per 4 cores of the CPU quota, the cores shared out as threads.
+CORES_PER_WORKER = 4
+
+
 def cpu_quota(cgroup_root: str | Path = CGROUP_ROOT) -> float | None:
     """CPUs per second the cgroup CPU bandwidth limit allows this process (e.g. 1.5), None when unlimited.
 
@@ -172,3 +180,14 @@ def serving_cores(cpu: CpuInfo | None = None, quota: float | None = None) -> int
     """Cores a server should plan for: the affinity mask, capped by the cgroup quota rounded up (at least 1)."""
     usable = (cpu or detect_cpu()).usable_cores
     return max(1, min(usable, math.ceil(quota))) if quota else usable
+
+
+def serving_workers(cores: int) -> int:
+    """Default server workers for ``cores`` (serving_cores): one per CORES_PER_WORKER, at least one."""
+    return max(1, -(-cores // CORES_PER_WORKER))
+
+
+def serving_threads(cores: int, workers: int | None = None) -> int:
+    """Intra-op threads of one serving worker: its share of ``cores``. The one formula the server, optimize's speed
+    gate and the bench's `--threads serving` use, so the gate times the thread count each worker will run."""
+    return max(1, cores // (workers or serving_workers(cores)))

@@ -15,11 +15,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from smallnets.core.hardware import CpuInfo, detect_cpu
+from smallnets.core.hardware import CpuInfo, cpu_quota, detect_cpu, serving_cores, serving_threads
 
 INT8_TYPES = ("uint8", "int8")
 QUANT_FORMATS = ("qdq", "qoperator")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# Graph rewrites that keep ops onnxruntime leaves float inside int8 (optimize/int8_blocks.py; exact, measured faster).
+INT8_BLOCK_REWRITES = ("spatial-mean-as-global-pool", "hard-sigmoid-as-qlinear-add")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 ARM_DOT_FLAGS = ("asimddp", "i8mm")
 
@@ -36,6 +38,8 @@ class QuantOptions:
     """One way to quantize a model: a candidate the recipe search can try, named so reports can cite it.
 
     ``families`` limits a candidate to the model families it is worth trying on (empty: every family).
+    ``rewrites`` name the graph rewrites that keep whole blocks int8 (every one by default: each is exact and made
+    mobilenet_v3_large and efficientnet_b0 faster on AVX-512 VNNI; see optimize/int8_blocks.py).
     """
 
     name: str
@@ -47,6 +51,7 @@ class QuantOptions:
     calibration: str = "minmax"
     percentile: float = 99.999
     families: tuple[str, ...] = ()
+    rewrites: tuple[str, ...] = INT8_BLOCK_REWRITES
 
     def __post_init__(self) -> None:
         if self.activation_type not in INT8_TYPES or self.weight_type not in INT8_TYPES:
@@ -56,6 +61,8 @@ class QuantOptions:
             )
         if self.quant_format not in QUANT_FORMATS:
             raise ValueError(f"{self.name}: quant_format must be one of {QUANT_FORMATS}, got {self.quant_format!r}")
+        if unknown := set(self.rewrites) - set(INT8_BLOCK_REWRITES):
+            raise ValueError(f"{self.name}: unknown rewrites {sorted(unknown)}; known: {INT8_BLOCK_REWRITES}")
         if self.calibration not in CALIBRATION_METHODS:
             raise ValueError(
                 f"unknown calibration method {self.calibration!r}; choose one of: {', '.join(CALIBRATION_METHODS)}"
@@ -76,27 +83,40 @@ class QuantOptions:
 
 @dataclass(frozen=True)
 class ExecutionProvider:
-    """An onnxruntime execution provider by its short name, full name and the session options it needs."""
+    """An onnxruntime execution provider by its short name, full name and the session options it needs.
+
+    ``by_default``: a session takes it unasked when this onnxruntime build has it; else only when named.
+    """
 
     alias: str
     name: str
     options: Mapping[str, str] = field(default_factory=dict)
+    by_default: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"alias": self.alias, "name": self.name, "options": dict(self.options)}
 
 
-# Every provider the project knows; the one place to add another. CPU is always the last resort.
+# Every provider the project knows, in preference order: the one place to add another. The runtime's sessions,
+# `--providers` and the README read it. CPU is always the last resort.
 EXECUTION_PROVIDERS: dict[str, ExecutionProvider] = {
     provider.alias: provider
     for provider in (
-        ExecutionProvider("cpu", "CPUExecutionProvider"),
-        ExecutionProvider("xnnpack", "XnnpackExecutionProvider"),
-        ExecutionProvider("acl", "ACLExecutionProvider"),
+        ExecutionProvider("xnnpack", "XnnpackExecutionProvider"),  # named by the arm64 target, or --providers
+        ExecutionProvider("acl", "ACLExecutionProvider", by_default=True),
         # Needs the onnxruntime-openvino wheel, which replaces plain onnxruntime (they cannot share a venv).
         ExecutionProvider("openvino", "OpenVINOExecutionProvider", {"device_type": "CPU"}),
+        ExecutionProvider("cpu", "CPUExecutionProvider", by_default=True),
     )
 }
+CPU_PROVIDER = EXECUTION_PROVIDERS["cpu"]
+
+
+def execution_provider(name: str) -> ExecutionProvider | None:
+    """The registry entry for an alias (any case) or a full onnxruntime name; None for a provider not listed."""
+    return EXECUTION_PROVIDERS.get(name.lower()) or next(
+        (provider for provider in EXECUTION_PROVIDERS.values() if provider.name == name), None
+    )
 
 
 @dataclass(frozen=True)
@@ -116,7 +136,7 @@ class Target:
     rationale: str
     quant: QuantOptions
     candidates: tuple[QuantOptions, ...]
-    providers: tuple[ExecutionProvider, ...] = (EXECUTION_PROVIDERS["cpu"],)
+    providers: tuple[ExecutionProvider, ...] = (CPU_PROVIDER,)
     threads: tuple[int, ...] = (1,)
     int8_min_cosine: float = 0.95
     # Random weights with input-dependent logits (export/calibrate_bn.py) carry little signal per logit, so int8
@@ -158,10 +178,6 @@ class Target:
     @property
     def serving_threads(self) -> int:
         return max(self.threads)
-
-    @property
-    def provider_names(self) -> list[str]:
-        return [provider.name for provider in self.providers]
 
     def candidates_for(self, family: str) -> list[QuantOptions]:
         """The quantization options worth trying on a model family, the target's default first."""
@@ -278,18 +294,13 @@ PRESETS: dict[str, Target] = {
             quant=ARM_CANDIDATES[0],
             candidates=ARM_CANDIDATES,
             # XNNPACK first where the wheel has it (runtime falls back to CPU with a note otherwise).
-            providers=(EXECUTION_PROVIDERS["xnnpack"], EXECUTION_PROVIDERS["cpu"]),
+            providers=(EXECUTION_PROVIDERS["xnnpack"], CPU_PROVIDER),
             # S8S8 has no saturation step; not measured under qemu in this change, so the x86 floor is kept.
             int8_min_cosine=0.95,
         ),
     )
 }
 TARGETS = ("auto", *PRESETS)
-
-
-def serving_threads(cpu: CpuInfo) -> int:
-    """Threads one serving worker gets by default (serve's settings: usable cores per worker, one worker)."""
-    return max(1, cpu.usable_cores)
 
 
 def runs_here(target: Target, cpu: CpuInfo | None = None) -> bool:
@@ -299,17 +310,20 @@ def runs_here(target: Target, cpu: CpuInfo | None = None) -> bool:
 
 
 def resolve_target(name: str, cpu: CpuInfo | None = None) -> tuple[Target, str]:
-    """The target for ``name`` (with this CPU's serving thread count) and a human reason.
+    """The target for ``name`` (with the serving thread count of one server worker here) and a human reason.
 
-    ``auto`` decides from the CPU's ISA flags.
+    ``auto`` decides from the CPU's ISA flags. The threads follow the server's formula (core.hardware
+    serving_threads: the CPU quota's cores shared among the default workers), so the speed gate times what a
+    worker runs.
     """
     if name != "auto" and name not in PRESETS:
         raise UnknownTargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
     cpu = cpu or detect_cpu()
+    threads = serving_threads(serving_cores(cpu, cpu_quota()))
     if name != "auto":
-        return PRESETS[name].with_threads(serving_threads(cpu)), f"target {name} requested explicitly"
+        return PRESETS[name].with_threads(threads), f"target {name} requested explicitly"
     chosen, reason = _auto(cpu)
-    return chosen.with_threads(serving_threads(cpu)), reason
+    return chosen.with_threads(threads), reason
 
 
 def _auto(cpu: CpuInfo) -> tuple[Target, str]:
