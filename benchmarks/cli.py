@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from smallnets.benchmarks.http_wire import BODIES  # standard library only, like this module
+from smallnets.core.targets import PROVIDERS_HELP  # standard library only too
 
 EFFORT_CHOICES = ("bounded", "full")  # the words of `smallnets optimize --effort`; quick is too coarse to measure
 
@@ -88,7 +89,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
         "--warmup", type=int, default=2, help="untimed iterations after the first run, within ~0.25 s (default: 2)"
     )
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per configuration (default: 2)")
-    parser.add_argument("--providers", help="onnxruntime execution providers, e.g. cpu or xnnpack,cpu (default: best)")
+    parser.add_argument("--providers", help=PROVIDERS_HELP)
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from smallnets.core.targets import PROVIDERS_HELP
+
 PLATFORMS = ("linux/amd64", "linux/arm64")
 SERVICE = "smallnets.serve.service:ImageClassifier"
 MODEL_HELP = "an .onnx file, or a `smallnets optimize` output folder (its int8 model if there is one, else fp32)"
@@ -104,7 +106,7 @@ def _add_providers_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--providers",
         default=None,
-        help="comma-separated execution providers, e.g. cpu or xnnpack,cpu (default: the best available)",
+        help=PROVIDERS_HELP,
     )
 
 

@@ -239,3 +239,17 @@ def test_the_runtime_takes_its_providers_from_the_registry(monkeypatch: pytest.M
     ]
     defaults = [provider.name for provider in EXECUTION_PROVIDERS.values() if provider.by_default]
     assert resolve_providers()[0] == [name for name in defaults if name in ort.get_available_providers()]
+
+
+def test_the_readme_and_the_help_name_every_provider_of_the_registry() -> None:
+    import argparse
+
+    from smallnets.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().lower()
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in ("classify", "serve", "bench"):
+        option = next(a for a in commands[command]._actions if "--providers" in a.option_strings)
+        assert all(alias in option.help for alias in EXECUTION_PROVIDERS), (command, option.help)
+    missing = [alias for alias in EXECUTION_PROVIDERS if alias not in readme]
+    assert not missing, f"README.md does not mention the execution providers {missing}"

@@ -110,6 +110,11 @@ EXECUTION_PROVIDERS: dict[str, ExecutionProvider] = {
     )
 }
 CPU_PROVIDER = EXECUTION_PROVIDERS["cpu"]
+PROVIDERS_HELP = (
+    f"comma-separated onnxruntime execution providers, {'|'.join(EXECUTION_PROVIDERS)} or a full name, e.g. "
+    f"xnnpack,cpu (default: {', '.join(p.alias for p in EXECUTION_PROVIDERS.values() if p.by_default)}, "
+    "those this onnxruntime has)"
+)
 
 
 def execution_provider(name: str) -> ExecutionProvider | None:
