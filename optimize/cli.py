@@ -55,7 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--eval-dir", type=Path, help="labelled photos, DIR/SYNSET/photo.JPEG (default: $SMALLNETS_EVAL_DIR)"
     )
-    evaluate.add_argument("--limit", type=int, help="evaluate the first N photos in content-hash order (default: all)")
+    evaluate.add_argument(
+        "--limit",
+        type=int,
+        help="evaluate N photos evenly spaced in content-hash order, from the model's report part when DIR is the "
+        "folder it was optimized on (default: all)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of one line (default: off)")
     evaluate.set_defaults(handler=run_evaluate)
 

@@ -20,11 +20,16 @@ from smallnets.core.evaluation import (
     EVAL_DIR_ENV,
     EvaluationDataError,
     Part,
+    SplitFractions,
+    choose_photos,
     compare_paired,
     eval_dir_setting,
     evaluate,
     paired_difference_interval,
+    part_of,
+    provenance,
     read_labelled_folder,
+    sample_evenly,
     split_folders,
     wilson_interval,
 )
@@ -217,6 +222,53 @@ def test_part_fractions_hold_on_many_digests() -> None:
     assert abs(parts.count(Part.SELECTION) / 5000 - 0.35) < 0.02
 
 
+@pytest.fixture
+def many(tmp_path: Path) -> Path:
+    """80 distinct small photos in 8 synset folders (a labelled folder big enough for a three-way split)."""
+    root = tmp_path / "many"
+    rng = np.random.default_rng(0)
+    for index in range(80):
+        folder = root / SYNSETS[index % 8]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"p{index}.png")
+    return root
+
+
+def test_limit_draws_evenly_from_every_part(many: Path) -> None:
+    """--limit once kept the first N photos in hash order: all of them calibration photos."""
+    folder = read_labelled_folder(many, SYNSETS)
+    parts = [part_of(image.digest, SplitFractions()) for image in sample_evenly(folder.images, 20)]
+    everywhere = [part_of(image.digest, SplitFractions()) for image in folder.images]
+    for part in Part:
+        assert abs(parts.count(part) / 20 - everywhere.count(part) / 80) <= 0.1, (part, parts)
+    assert len({image.label for image in read_labelled_folder(many, SYNSETS, limit=20).images}) == 8
+
+
+def test_on_the_models_own_folder_limit_draws_from_its_report_part(many: Path, tmp_path: Path) -> None:
+    folder = read_labelled_folder(many, SYNSETS)
+    split = split_folders(folder, None, calibration_limit=100)
+    report = {image.digest for image in split.report}
+    choice = choose_photos(folder, 10, split.to_dict())
+    assert len(choice.images) == 10 and {image.digest for image in choice.images} <= report
+    assert f"of the {len(report)} report-part photos" in choice.description and choice.subset
+    assert any("calibrated this model and chose its recipe" in note for note in choice.notes)
+    whole = choose_photos(folder, None, split.to_dict())
+    assert len(whole.images) == 80 and "report-part photos only" in whole.notes[0]
+    other = tmp_path / "other"
+    shutil.copytree(many, other)
+    elsewhere = choose_photos(read_labelled_folder(other, SYNSETS), 10, split.to_dict())
+    assert "of the 80 photos" in elsewhere.description and not elsewhere.notes
+    # A model calibrated on a separate folder and judged on another: only the calibration folder is named.
+    separate = split_folders(read_labelled_folder(other, SYNSETS), many, calibration_limit=100).to_dict()
+    calibrated = choose_photos(folder, None, separate)
+    assert calibrated.notes and "calibrated this model" in calibrated.notes[0] and "recipe" not in calibrated.notes[0]
+
+
+def test_provenance_names_the_folder_and_its_caveat() -> None:
+    assert provenance("/data/my-photos", 12) == "my-photos, 12 photos"
+    assert "training split" in provenance("../shared/imagenet-dev", 248) and "248 photos" in provenance("x", 248)
+
+
 def test_evaluate_a_real_model_and_say_random_weights(labelled: Path, exported: Callable[..., Path]) -> None:
     """A random-weight export on a folder of its own synsets: figures computed, status says unvalidated."""
     from smallnets.core.runtime import OnnxClassifier
@@ -275,5 +327,7 @@ def test_cli_on_labelled_imagenet_photos(
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert result["images"] == 48 and result["top1"] > 0.7 and result["top5"] >= result["top1"]
+    assert len(result["files"]) == 48 and "evenly spaced" in result["photos"], "says which photos"
+    assert result["provenance"].startswith(f"{folder.name}, 48 photos")
     assert result["top1_interval"][0] < result["top1"] < result["top1_interval"][1]
     assert "evaluate" not in captured.err, "progress bars stay off when stderr is not a terminal"

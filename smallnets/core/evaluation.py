@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import os
 import re
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from smallnets.core.artifacts import REPORT_JSON
 from smallnets.core.images import IMAGE_SUFFIXES, load_image
 from smallnets.core.metadata import Preprocessing
 from smallnets.core.preprocess import preprocess
@@ -33,6 +35,11 @@ from smallnets.core.progress import Progress
 from smallnets.core.runtime import OnnxClassifier
 
 EVAL_DIR_ENV = "SMALLNETS_EVAL_DIR"
+# Labelled folders whose absolute figures mislead, by folder name: said beside every accuracy figure taken on them.
+KNOWN_FOLDERS = {
+    "imagenet-dev": "ImageNet photos, likely from its training split: absolute top-1 is inflated, drops are what "
+    "matter",
+}
 SYNSET_PATTERN = re.compile(r"^n\d{8}$")
 EXPECTED_LAYOUT = "expected the ImageFolder layout DIR/SYNSET/photo.JPEG, e.g. DIR/n01440764/tench.JPEG"
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -70,6 +77,13 @@ def eval_dir_setting(flag: str | Path | None = None) -> Path | None:
     return Path(value) if value is not None else None
 
 
+def provenance(folder: str | Path, images: int) -> str:
+    """What to print beside an accuracy figure: the folder's name, the photo count, and any caveat it is known by."""
+    name = Path(folder).name
+    note = KNOWN_FOLDERS.get(name)
+    return f"{name}, {images} photos" + (f"; {note}" if note else "")
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -83,8 +97,7 @@ def image_files(folder: Path) -> Iterator[Path]:
 def read_labelled_folder(folder: str | Path, synsets: Sequence[str], limit: int | None = None) -> LabelledFolder:
     """Every photo under ``folder``'s synset sub-folders, labelled by the synset's index in ``synsets``.
 
-    ``limit`` keeps the first N photos in content-hash order: a deterministic sample spread over the classes
-    (path order would keep the first classes only).
+    ``limit`` keeps N photos evenly spaced in content-hash order (:func:`sample_evenly`).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -104,8 +117,17 @@ def read_labelled_folder(folder: str | Path, synsets: Sequence[str], limit: int 
         images.setdefault(file_digest(path), LabelledImage(path, label, ""))
     labelled = tuple(LabelledImage(image.path, image.label, digest) for digest, image in images.items())
     if limit is not None:
-        labelled = tuple(sorted(labelled, key=lambda image: image.digest)[:limit])
+        labelled = sample_evenly(labelled, limit)
     return LabelledFolder(root, tuple(sorted(labelled, key=lambda image: image.path)), len(paths) - len(images))
+
+
+def sample_evenly(images: Sequence[LabelledImage], limit: int) -> tuple[LabelledImage, ...]:
+    """``limit`` photos evenly spaced in content-hash order: deterministic, mixed over the classes, and drawn from
+    every part of a hash split in proportion (the first N in hash order would all be calibration photos)."""
+    ordered = sorted(images, key=lambda image: image.digest)
+    if limit >= len(ordered):
+        return tuple(ordered)
+    return tuple(ordered[int((index + 0.5) * len(ordered) / limit)] for index in range(limit))
 
 
 def label_of(root: Path, path: Path, index: dict[str, int]) -> int:
@@ -349,6 +371,7 @@ class DataSplit:
     report: tuple[LabelledImage, ...]
     calibration_source: str
     evaluation_source: str
+    calibration_dir: Path | None = None  # None: the calibration part of the evaluation folder
     shared_between_folders: int = 0
     duplicates_removed: int = 0
     calibration_unused: int = 0
@@ -361,6 +384,7 @@ class DataSplit:
             "fractions": {"calibration": self.fractions.calibration, "selection": self.fractions.selection},
             "calibration_source": self.calibration_source,
             "evaluation_source": self.evaluation_source,
+            "calibration_dir": str(self.calibration_dir) if self.calibration_dir else None,
             "counts": {
                 "calibration": len(self.calibration),
                 "selection": len(self.selection),
@@ -429,11 +453,84 @@ def split_folders(
         report=tuple(parts[Part.REPORT]),
         calibration_source=source,
         evaluation_source=str(evaluation.root),
+        calibration_dir=calibration_dir,
         shared_between_folders=len(shared) if calibration_dir is not None else 0,
         duplicates_removed=evaluation.duplicates,
         calibration_unused=len(in_calibration) - len(chosen),
         fractions=fractions,
         overlap={f"{a}&{b}": len(digests[a] & digests[b]) for a, b in pairs},
+    )
+
+
+# --- which photos an evaluation uses ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhotoChoice:
+    """The photos an evaluation runs on, and in words which ones and why (printed beside its figures)."""
+
+    images: tuple[LabelledImage, ...]
+    description: str
+    notes: tuple[str, ...] = ()
+    subset: bool = False
+
+
+def model_split(model: Path) -> dict[str, Any] | None:
+    """The split optimize recorded beside ``model`` (its folder's report.json), or None when there is none."""
+    try:
+        split = json.loads((model.parent / REPORT_JSON).read_text()).get("split") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return split if split.get("evaluation_source") else None
+
+
+def split_calibration_dir(split: dict[str, Any]) -> Path | None:
+    """The recorded split's separate calibration folder; None when calibration photos came from the eval folder."""
+    if "calibration_dir" in split:
+        return Path(split["calibration_dir"]) if split["calibration_dir"] else None
+    source = str(split.get("calibration_source", ""))  # reports written before calibration_dir was recorded
+    return None if source.endswith(", calibration part") else Path(source)
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def choose_photos(folder: LabelledFolder, limit: int | None, split: dict[str, Any] | None) -> PhotoChoice:
+    """All photos, or ``limit`` of them evenly spaced in content-hash order: from the report part of the model's
+    own split when ``folder`` is the folder it was optimized on (photos neither calibration nor the recipe search
+    saw), else from the whole folder. Evaluating on a folder the model was calibrated on says so."""
+    total = len(folder)
+    own = split is not None and same_folder(Path(split["evaluation_source"]), folder.root)
+    calibration_dir = split_calibration_dir(split) if split is not None else None
+    calibrated_here = split is not None and (
+        (own and calibration_dir is None) or (calibration_dir is not None and same_folder(calibration_dir, folder.root))
+    )
+    notes = []
+    if own and calibration_dir is not None and not calibration_dir.is_dir():
+        own = False
+        notes.append(f"the model's calibration folder {calibration_dir} is gone: its report part cannot be rebuilt")
+    pool: Sequence[LabelledImage] = folder.images
+    if own:
+        assert split is not None
+        fractions = SplitFractions(**split.get("fractions", {}))
+        pool = split_folders(folder, calibration_dir, calibration_limit=total, fractions=fractions).report
+    if calibrated_here or own:
+        uses = [*(["calibrated this model"] if calibrated_here else []), *(["chose its recipe"] if own else [])]
+        unseen = f"; --limit N draws from its {len(pool)} report-part photos only" if limit is None and own else ""
+        notes.append(
+            f"photos of {folder.root.name} {' and '.join(uses)}: figures on the photos it saw are optimistic for "
+            f"int8{unseen}"
+        )
+    if limit is None:
+        return PhotoChoice(folder.images, f"all {total} photos", tuple(notes))
+    chosen = sample_evenly(pool, limit)
+    where = f"the {len(pool)} report-part photos of this model's split" if own else f"the {total} photos"
+    return PhotoChoice(
+        tuple(sorted(chosen, key=lambda image: image.path)),
+        f"{len(chosen)} of {where}, evenly spaced in content-hash order",
+        tuple(notes),
+        subset=True,
     )
 
 
@@ -497,6 +594,7 @@ class Evaluation:
     accuracy: Accuracy
     logits: np.ndarray = field(repr=False)
     labels: tuple[int, ...] = field(repr=False)
+    photos: PhotoChoice | None = field(default=None, repr=False)  # which photos, when read from a folder
 
     @property
     def random_weights(self) -> bool:
@@ -507,17 +605,27 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         status = "unvalidated (random weights)" if self.random_weights else "measured on labelled photos"
+        photos = self.photos
         return {
             "model": self.model,
             "weights": self.weights,
             "source": self.source,
+            "provenance": provenance(self.source, self.accuracy.images),
             "status": status,
             **self.accuracy.to_dict(),
+            **({"photos": photos.description, "notes": list(photos.notes)} if photos else {}),
+            **(
+                {"files": [str(image.path.relative_to(self.source)) for image in photos.images]}
+                if photos and photos.subset
+                else {}
+            ),
         }
 
     def summary(self) -> str:
         note = " -- unvalidated (random weights): no accuracy to speak of" if self.random_weights else ""
-        return f"{self.accuracy.summary()} in {self.source}{note}"
+        photos = f" ({self.photos.description})" if self.photos else ""
+        notes = "".join(f"\nnote: {line}" for line in self.photos.notes) if self.photos else ""
+        return f"{self.accuracy.summary()} in {provenance(self.source, self.accuracy.images)}{photos}{note}{notes}"
 
     def compare(self, candidate: Evaluation) -> PairedComparison:
         """This (the reference) against ``candidate`` on the same photos."""
@@ -539,9 +647,11 @@ def evaluate(
     """
     classifier = model if isinstance(model, OnnxClassifier) else OnnxClassifier(model)
     if isinstance(data, str | Path):
-        data = read_labelled_folder(data, classifier.card.synsets, limit)
+        data = read_labelled_folder(data, classifier.card.synsets)
+    choice = None
     if isinstance(data, LabelledFolder):
-        source, data = str(data.root), data.images
+        choice = choose_photos(data, limit, model_split(Path(classifier.path)))
+        source, data = str(data.root), choice.images
     else:
         source = getattr(data, "source", "") or "labelled images"
     if not isinstance(data, PreparedImages):
@@ -552,4 +662,6 @@ def evaluate(
         raise EvaluationDataError(f"{data.source}: the images have no labels")
     logits = predict(classifier, data, desc)
     card = classifier.card
-    return Evaluation(str(classifier.path), card.weights, source, accuracy(logits, data.labels), logits, data.labels)
+    return Evaluation(
+        str(classifier.path), card.weights, source, accuracy(logits, data.labels), logits, data.labels, choice
+    )
