@@ -31,15 +31,11 @@ from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, PEER_VARIANTS, Mo
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME, REPORT_JSON
 from smallnets.core.files import atomic_write
 from smallnets.core.metadata import ModelCard
+from smallnets.optimize.efforts import MEASURABLE_EFFORTS, SEARCH_EFFORTS
 
-# Recipe-search bounds handed to optimize. "full" is optimize's own default (what `smallnets pipeline` ships);
-# "bounded" halves calibration images and cuts timing runs and repair steps so `--models all-default` fits its time
-# budget. Unlike optimize's smoke-test "quick" search it keeps the whole evaluation set: with fewer images one
-# flipped prediction already exceeds the 1% agreement budget, and int8 would be rejected for noise.
-OPTIMIZE_EFFORTS: dict[str, dict[str, int]] = {
-    "full": {},
-    "bounded": {"calib_images": 32, "latency_runs": 20, "max_repair_steps": 2},
-}
+# Recipe-search bounds handed to optimize (optimize/efforts.py): "bounded" by default, so `--models all-default`
+# fits its time budget.
+OPTIMIZE_EFFORTS = {name: SEARCH_EFFORTS[name] for name in MEASURABLE_EFFORTS}
 DEFAULT_EFFORT = "bounded"
 OPTIMIZED_FILES = dict(zip(OPTIMIZED_VARIANTS, (FP32_NAME, INT8_NAME), strict=True))
 

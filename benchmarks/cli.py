@@ -11,8 +11,9 @@ from typing import Any
 
 from smallnets.benchmarks.http_wire import BODIES  # standard library only, like this module
 from smallnets.core.targets import PROVIDERS_HELP  # standard library only too
+from smallnets.optimize.efforts import MEASURABLE_EFFORTS
 
-EFFORT_CHOICES = ("bounded", "full")  # the words of `smallnets optimize --effort`; quick is too coarse to measure
+EFFORT_CHOICES = MEASURABLE_EFFORTS  # the words of `smallnets optimize --effort` worth measuring
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

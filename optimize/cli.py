@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from smallnets.core.artifacts import EXPORT_NAME
-from smallnets.core.targets import TARGETS
+from smallnets.core.targets import CALIBRATION_METHODS, TARGETS
+from smallnets.optimize.efforts import SEARCH_EFFORTS
 
 TARGET_CHOICES = TARGETS  # core.targets is the one list of targets
-CALIBRATION_CHOICES = ("minmax", "entropy", "percentile")
-EFFORT_CHOICES = ("quick", "bounded", "full")
+CALIBRATION_CHOICES = tuple(CALIBRATION_METHODS)
+EFFORT_CHOICES = tuple(SEARCH_EFFORTS)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,7 +83,9 @@ def add_optimize_arguments(parser: argparse.ArgumentParser) -> None:
         "parts (default: $SMALLNETS_EVAL_DIR, else unlabelled sample photos and int8 is not validated)",
     )
     parser.add_argument(
-        "--calibration", default="minmax", choices=CALIBRATION_CHOICES, help="range calibration (default: minmax)"
+        "--calibration",
+        choices=CALIBRATION_CHOICES,
+        help="int8 range calibration of every candidate (default: each candidate's own method)",
     )
     parser.add_argument(
         "--max-drop",
@@ -138,7 +141,7 @@ def _triple(text: str) -> tuple[float, float, float]:
 
 def optimize_config(args: argparse.Namespace, **extra: Any) -> Any:
     from smallnets.core.evaluation import eval_dir_setting
-    from smallnets.optimize.pipeline import SEARCH_EFFORTS, OptimizeConfig
+    from smallnets.optimize.pipeline import OptimizeConfig
 
     settings: dict[str, Any] = {**SEARCH_EFFORTS[args.effort], **extra}
     if args.calib_images is not None:

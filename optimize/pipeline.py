@@ -57,21 +57,6 @@ from smallnets.optimize.report import OptimizeReport, Reason, Status, Verdict
 from smallnets.optimize.simplify import simplify
 from smallnets.optimize.validate import Check, GateRules, Reference, final_verdict
 
-# Bounds of the recipe search by name (`--effort`, the same words as `smallnets bench`): "full" is the default
-# decision procedure; "bounded" cuts calibration images, timing runs and repair steps but keeps the whole evaluation
-# set; "quick" is for smoke runs.
-SEARCH_EFFORTS: dict[str, dict[str, int]] = {
-    "full": {},
-    "bounded": {"calib_images": 32, "latency_runs": 20, "max_repair_steps": 2},
-    "quick": {
-        "calib_images": 16,
-        "eval_per_photo": 4,
-        "max_candidates": 2,
-        "max_formats": 1,
-        "max_repair_steps": 1,
-        "latency_runs": 20,
-    },
-}
 # Calibration pictures used to rank group sensitivity in the repair step (never selection or report images).
 PROBE_IMAGES = 16
 
@@ -89,7 +74,7 @@ class OptimizeConfig:
     """
 
     target: str = "auto"
-    calibration: str = "minmax"
+    calibration: str | None = None  # None: each candidate's own (QuantOptions.calibration)
     max_drop: float = 1.0
     calib_dir: Path | None = None
     eval_dir: Path | None = None
@@ -127,7 +112,8 @@ def optimize_model(model: str | Path, outdir: str | Path, config: OptimizeConfig
     """Simplify, fuse, quantize with a measured recipe, validate, and write OUTDIR (see module docstring)."""
     source, outdir = Path(model), Path(outdir)
     preset, target_reason = resolve_target(config.target)  # fail on a bad target before any heavy work
-    calibration_method(config.calibration)
+    if config.calibration is not None:
+        calibration_method(config.calibration)
     if config.max_drop < 0:
         raise ValueError(f"--max-drop must be >= 0, got {config.max_drop}")
     check_output_dir(outdir, config.force)
@@ -243,7 +229,7 @@ def build(
         quantized = onnx.load(str(result.chosen.path))
         quantization = {
             **preset.to_dict(),
-            "calibration": config.calibration,
+            "calibration": config.calibration or preset.quant.calibration,
             "calibration_images": len(data.calibration),
             "recipe": result.chosen.name,
             "float_groups": list(result.chosen.float_groups),
@@ -409,7 +395,7 @@ def make_report(
         kept_float=kept_float(written, groups),
         calibration_images=len(data.calibration),
         calibration_source=data.calibration.source,
-        calibration_method=config.calibration,
+        calibration_method=config.calibration or preset.quant.calibration,
         eval_images=len(data.report),
         eval_source=data.report.source,
         node_counts={

@@ -24,15 +24,10 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from smallnets.core.targets import QuantOptions
+from smallnets.core.targets import CALIBRATION_METHODS, QuantOptions
 from smallnets.optimize.groups import name_nodes
 from smallnets.optimize.modelio import check_model, copy_metadata, save_model
 
-CALIBRATION_METHODS = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-}
 _TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 _FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 
@@ -40,7 +35,7 @@ _FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 def calibration_method(name: str) -> CalibrationMethod:
     if name not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {name!r}; choose one of: {', '.join(CALIBRATION_METHODS)}")
-    return CALIBRATION_METHODS[name]
+    return CalibrationMethod[CALIBRATION_METHODS[name]]
 
 
 def prepare_for_quantization(model: onnx.ModelProto, output: Path) -> onnx.ModelProto:

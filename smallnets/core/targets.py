@@ -19,7 +19,9 @@ from smallnets.core.hardware import CpuInfo, cpu_quota, detect_cpu, serving_core
 
 INT8_TYPES = ("uint8", "int8")
 QUANT_FORMATS = ("qdq", "qoperator")
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# Range calibration of int8 activations by name, with onnxruntime's CalibrationMethod member: the one list that
+# QuantOptions, optimize's --calibration and the quantizer read.
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # Graph rewrites that keep ops onnxruntime leaves float inside int8 (optimize/int8_blocks.py; exact, measured faster).
 INT8_BLOCK_REWRITES = ("spatial-mean-as-global-pool", "hard-sigmoid-as-qlinear-add")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
