@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -179,6 +180,12 @@ def test_classifier_page_in_a_browser(
     browser.get(f"{url}/")
     assert urlsplit(browser.current_url).path == "/ui"
     wait.until(lambda d: d.find_element(By.ID, "card-architecture").text not in ("", "…"))
+    shots = screenshots(tmp_path)
+    assert browser.save_screenshot(str(shots / "ui-before-upload.png"))
+    assert nothing_of_a_photo_shown(browser), "before any upload: no latency labels, no picture, no classes"
+    assert not browser.find_element(By.ID, "weights-warning").is_displayed()  # real weights
+    weights = browser.find_element(By.ID, "card-weights").text
+    assert weights.startswith("imagenet") and not re.search(r"[0-9a-f]{20}", weights), "no full checksum"
     card = {key: browser.find_element(By.ID, f"card-{key}").text for key in ("architecture", "precision", "accuracy")}
     assert "efficientnet_lite0" in card["architecture"] and card["precision"] == "fp32"
     # The card's own status for a published checkpoint: the quoted figure's source, never a figure measured here.
@@ -187,8 +194,15 @@ def test_classifier_page_in_a_browser(
 
     # A random-weights model has no accuracy, whatever else its card says.
     metadata = httpx.get(f"{url}/metadata", timeout=30).json()
-    browser.execute_script("renderCard(arguments[0])", {**metadata, "weights": "random"})
+    browser.execute_script("renderCard(arguments[0])", {**metadata, "weights": "random seed 0"})
     assert browser.find_element(By.ID, "card-accuracy").text.startswith("unvalidated (random weights)")
+    assert "random weights" in browser.find_element(By.ID, "weights-warning").text
+    # An unvalidated card's source is advice to whoever runs the server: a visitor sees the status only.
+    advice = "optimize: not validated (none given: set SMALLNETS_EVAL_DIR or --eval-dir); cosine 0.9947"
+    unvalidated = {**metadata, "accuracy": {"status": "unvalidated", "top1": None, "source": advice}}
+    browser.execute_script("renderCard(arguments[0])", unvalidated)
+    accuracy = browser.find_element(By.ID, "card-accuracy").text
+    assert accuracy.startswith("unvalidated") and "SMALLNETS_EVAL_DIR" not in accuracy and "cosine" not in accuracy
     browser.execute_script("renderCard(arguments[0])", metadata)
 
     browser.find_element(By.ID, "file-input").send_keys(str(photo))
@@ -217,11 +231,60 @@ def test_classifier_page_in_a_browser(
     dropped = browser.find_elements(By.CSS_SELECTOR, "#predictions li")
     assert [int(row.get_attribute("data-class-id")) for row in dropped] == [p.class_id for p in expected]
 
+    assert browser.find_element(By.ID, "latency").is_displayed()
     not_a_photo = tmp_path / "notes.jpg"
     not_a_photo.write_text("not a photo")
     browser.find_element(By.ID, "file-input").send_keys(str(not_a_photo))
     wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
     assert "notes.jpg" in browser.find_element(By.ID, "error").text
+    assert browser.save_screenshot(str(shots / "ui-after-failed-upload.png"))
+    print(f"screenshots: {shots}")
+    assert nothing_of_a_photo_shown(browser), "after a failed upload: no broken picture, no earlier latency"
+    assert browser.find_element(By.ID, "drop-hint").is_displayed()
+
+
+def screenshots(tmp_path: Path) -> Path:
+    """Where the page's screenshots go: $SMALLNETS_SCREENSHOTS (to look at them), else the test's folder."""
+    folder = Path(os.environ.get("SMALLNETS_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def nothing_of_a_photo_shown(driver) -> bool:
+    """No picture (nor a broken-image icon), no classes and no latency labels are on screen."""
+    from selenium.webdriver.common.by import By
+
+    latency_labels = [e for e in driver.find_elements(By.CSS_SELECTOR, "#latency dt, #latency dd") if e.is_displayed()]
+    return (
+        not driver.find_element(By.ID, "preview").is_displayed()
+        and not driver.find_elements(By.CSS_SELECTOR, "#predictions li")
+        and not latency_labels
+    )
+
+
+def test_a_random_weights_server_says_so_in_its_log_answers_metrics_and_page(
+    browser, exported, photos: dict[str, Image.Image], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = jpeg_file(photos["chelsea"], tmp_path / "chelsea.jpg")
+    with smallnets_server(exported("squeezenet1_1"), tmp_path) as random_url:
+        answer = httpx.post(f"{random_url}/classify", files={"image": photo.read_bytes()}, timeout=60)
+        assert answer.status_code == 200 and "random weights" in answer.headers["Warning"]
+        (info,) = [
+            line for line in httpx.get(f"{random_url}/metrics").text.splitlines() if "smallnets_model_info{" in line
+        ]
+        assert 'weights="random"' in info
+        browser.get(f"{random_url}/ui")
+        wait = WebDriverWait(browser, WAIT_S)
+        wait.until(lambda d: d.find_element(By.ID, "weights-warning").is_displayed())
+        browser.find_element(By.ID, "file-input").send_keys(str(photo))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#predictions li")) == 5)
+        assert "mean nothing" in browser.find_element(By.ID, "weights-warning").text
+        assert browser.save_screenshot(str(screenshots(tmp_path) / "ui-random-weights.png"))
+    log = (tmp_path / "serve.log").read_text()
+    assert log.index("random weights") < log.index("serving "), "said before the server starts"
 
 
 def test_docs_page_renders_offline_in_a_browser(browser, url: str) -> None:

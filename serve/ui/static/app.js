@@ -16,17 +16,39 @@ function fmtCount(value) {
   return `${value}`;
 }
 
-// Random weights have no accuracy; a figure is shown only with the source the card names for it.
+const RANDOM_WARNING = "This model has random weights: its classes mean nothing (unvalidated (random weights)).";
+
+function weightsKind(meta) {
+  return String(meta.weights || "unknown").split(/[:\s]/)[0];
+}
+
+// Random weights have no accuracy; a figure is shown only with the source the card names for it. An unvalidated
+// card's source is advice for whoever runs the server (which folder to set, agreement figures): not shown here.
 function accuracyText(meta) {
-  const weights = String(meta.weights || "unknown").split(":")[0];
+  const weights = weightsKind(meta);
   if (weights === "random") return "unvalidated (random weights) (source: model card, weights = random)";
   const accuracy = meta.accuracy;
   if (accuracy && typeof accuracy === "object") {
-    const status = accuracy.status || accuracy.summary || JSON.stringify(accuracy);
+    const status = accuracy.status || "unvalidated";
+    if (!accuracy.top1 && !status.startsWith("published")) return `${status}: not measured on labelled photos`;
     return accuracy.source ? `${status} (source: ${accuracy.source})` : status;
   }
-  return `not recorded in the model card (${weights} weights): ` +
-    "the measured figures are in the optimize report (report.md) beside the model file";
+  return `not recorded in the model card (${weights} weights)`;
+}
+
+// Where the weights came from, without the server's file paths or a 64-digit checksum.
+function weightsText(meta) {
+  const text = String(meta.weights || "unknown");
+  if (weightsKind(meta) === "file") {
+    const name = text.replace(/^file:\s*/, "").split(/\s/)[0].split("/").pop();
+    return `file ${name}`;
+  }
+  return text.replace(/sha256:([0-9a-f]{12})[0-9a-f]+/, "sha256:$1…");
+}
+
+function showWeightsWarning(text) {
+  $("weights-warning").textContent = text || "";
+  $("weights-warning").hidden = !text;
 }
 
 function targetText(meta) {
@@ -53,7 +75,8 @@ function renderCard(meta) {
   show("card-size", `${fmtCount(meta.params)} parameters, ${fmtCount(meta.macs)} MACs`);
   show("card-precision", meta.precision);
   show("card-target", targetText(meta));
-  show("card-weights", meta.weights);
+  show("card-weights", weightsText(meta));
+  showWeightsWarning(weightsKind(meta) === "random" ? RANDOM_WARNING : "");
   show("card-accuracy", accuracyText(meta));
   show("card-preprocessing", preprocessingText(meta));
   show("card-runtime", `${(meta.providers || []).join(", ")}; ${meta.threads} thread(s) × ${meta.workers} worker(s)`);
@@ -102,12 +125,27 @@ function renderPredictions(result, roundTripMs) {
   $("latency").hidden = false;
 }
 
-async function classify(file) {
+// Back to the empty drop zone: no picture (a broken-image icon for a file the browser cannot show), no hint hidden.
+function clearPreview() {
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.removeAttribute("src");
+  preview.hidden = true;
+  $("drop-hint").hidden = false;
+}
+
+// Nothing of the previous photo stays: its classes, its latency.
+function clearResult() {
   $("error").hidden = true;
   $("predictions").replaceChildren();
   $("latency").hidden = true;
+  for (const id of ["latency-total", "latency-inference", "latency-batch"]) show(id, "");
+}
+
+async function classify(file) {
+  clearResult();
+  clearPreview();
   const preview = $("preview");
-  if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("drop-hint").hidden = true;
@@ -122,8 +160,11 @@ async function classify(file) {
     const roundTripMs = performance.now() - started;
     if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
     renderPredictions(body, roundTripMs);
+    if (response.headers.get("Warning")) showWeightsWarning(RANDOM_WARNING);  // the server says so per answer
     show("status", `${file.name}: ${body.predictions[0].label}`);
   } catch (error) {
+    clearResult();
+    clearPreview();
     show("status", "");
     $("error").textContent = error.message;
     $("error").hidden = false;
@@ -132,6 +173,7 @@ async function classify(file) {
 
 function setUp() {
   const zone = $("drop-zone");
+  $("preview").addEventListener("error", () => { if ($("preview").src) clearPreview(); });  // e.g. a TIFF
   $("file-input").addEventListener("change", (event) => {
     const [file] = event.target.files;
     if (file) classify(file);
