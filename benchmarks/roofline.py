@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 FMA_UNITS = 2
 
 
@@ -71,27 +69,6 @@ def peak_compute(features: Sequence[str], model: str, cpuinfo_path: str | Path =
         ghz=ghz or 2.0,
         basis=f"{basis}, {FMA_UNITS} FMA units, int8 x{int8_per_lane} per lane, {clock}",
     )
-
-
-@dataclass(frozen=True)
-class CostFit:
-    """p50 ms = fixed_ms + ns_per_mmac x MMACs, least squares over the models of one variant."""
-
-    fixed_ms: float
-    ns_per_mmac: float
-    points: int
-
-    def predict_ms(self, macs: float) -> float:
-        return self.fixed_ms + self.ns_per_mmac * macs / 1e6 / 1e6
-
-
-def fit_cost(macs: Sequence[float], latency_ms: Sequence[float]) -> CostFit | None:
-    """The line through (MACs, latency); None with fewer than two distinct MAC counts."""
-    if len(set(macs)) < 2:
-        return None
-    mmacs = np.asarray(macs, dtype=float) / 1e6
-    slope, intercept = np.polyfit(mmacs, np.asarray(latency_ms, dtype=float), 1)
-    return CostFit(fixed_ms=float(intercept), ns_per_mmac=float(slope) * 1e6, points=len(macs))
 
 
 def achieved_fraction(macs: float, latency_ms: float, peak: PeakCompute, threads: int, precision: str) -> float:
