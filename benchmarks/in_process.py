@@ -8,7 +8,6 @@ only drives servers on this machine), so "HTTP costs X ms" is measured, not assu
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from smallnets.benchmarks.http_load import Payload
 from smallnets.core.images import finish_decode, open_image
 from smallnets.core.preprocess import decode_min_side
 from smallnets.core.runtime import OnnxClassifier
+from smallnets.core.timing import timed_calls
 
 
 @dataclass(frozen=True)
@@ -56,17 +56,10 @@ class Pipeline:
         return self.classifier.run(self.rows(payloads))
 
 
-def timed_loop(pipeline: Pipeline, payloads: Sequence[Payload], batch: int, duration_s: float) -> list[float]:
-    """Seconds per call of ``batch`` images (cycling through ``payloads``) for at least ``duration_s`` (>= 3 calls)."""
+def time_batches(pipeline: Pipeline, payloads: Sequence[Payload], batch: int, duration_s: float) -> list[float]:
+    """Milliseconds per call of ``batch`` images (cycling through ``payloads``) for ``duration_s`` (>= 3 calls)."""
     cycle = itertools.cycle(payloads)
-    times: list[float] = []
-    deadline = time.perf_counter() + duration_s
-    while len(times) < 3 or time.perf_counter() < deadline:
-        chunk = [next(cycle) for _ in range(batch)]
-        started = time.perf_counter()
-        pipeline.classify(chunk)
-        times.append(time.perf_counter() - started)
-    return times
+    return timed_calls(lambda: pipeline.classify([next(cycle) for _ in range(batch)]), None, duration_s, min_runs=3)
 
 
 def measure_floor(
@@ -75,8 +68,8 @@ def measure_floor(
     """The in-process floor: ``duration_s`` of single images, then ``duration_s`` of ``batch``-image batches."""
     pipeline = Pipeline(model_file, threads)
     pipeline.classify(payloads[:1])  # first run (allocations, kernel selection) is not the steady state
-    single = np.asarray(timed_loop(pipeline, payloads, 1, duration_s)) * 1000.0
-    batched = timed_loop(pipeline, payloads, batch, duration_s)
+    single = np.asarray(time_batches(pipeline, payloads, 1, duration_s))
+    batched = time_batches(pipeline, payloads, batch, duration_s)
     return InProcessFloor(
         model_file=str(model_file),
         threads=threads,
@@ -84,6 +77,6 @@ def measure_floor(
         single_p99_ms=float(np.percentile(single, 99)),
         single_runs=len(single),
         batch=batch,
-        batched_images_per_s=batch * len(batched) / sum(batched),
+        batched_images_per_s=batch * len(batched) / (sum(batched) / 1000.0),
         batched_runs=len(batched),
     )

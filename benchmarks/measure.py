@@ -9,18 +9,19 @@ Runs unchanged on aarch64 (native or emulated).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from smallnets.benchmarks.loaded import LoadedModel
+from smallnets.core.timing import timed_calls, warm_up
 
 KINDS = ("onnx", "torch", "openvino", "bare")
 
@@ -114,33 +115,6 @@ def input_batch(path: str, batch: int) -> np.ndarray:
     return np.ascontiguousarray(photos[np.arange(batch) % len(photos)])
 
 
-def timed_loop(run: Callable[[Any], Any], prepared: Any, spec: MeasureSpec, warmed_s: float = 0.0) -> list[float]:
-    """Per-iteration wall times in ms, the clock around the inference call only.
-
-    ``warmed_s`` (the first run) counts towards the warm-up time, so a model slower than ``warmup_s`` per call
-    goes straight to the timed loop.
-    """
-    warmup_started = time.perf_counter() - warmed_s
-    for _ in range(spec.warmup):
-        if time.perf_counter() - warmup_started >= spec.warmup_s:
-            break
-        run(prepared)
-    timings: list[float] = []
-    timed_ns = 0
-    budget_ns = int(spec.duration_s * 1e9)
-    while True:
-        started = time.perf_counter_ns()
-        run(prepared)
-        elapsed = time.perf_counter_ns() - started
-        timings.append(elapsed / 1e6)
-        timed_ns += elapsed
-        if spec.iterations is not None:
-            if len(timings) >= spec.iterations:
-                return timings
-        elif timed_ns >= budget_ns and len(timings) >= spec.min_iterations:
-            return timings
-
-
 def measure(spec: MeasureSpec) -> dict[str, Any]:
     """Load, time the first run, warm up, run the bounded loop; return raw numbers (summaries are the caller's)."""
     if spec.kind == "bare":
@@ -153,7 +127,10 @@ def measure(spec: MeasureSpec) -> dict[str, Any]:
     started = time.perf_counter()
     model.run(prepared)
     first_run_ms = (time.perf_counter() - started) * 1000.0
-    timings_ms = timed_loop(model.run, prepared, spec, warmed_s=first_run_ms / 1000.0)
+    run = functools.partial(model.run, prepared)
+    # The first run counts towards the warm-up time: a model slower than warmup_s per call goes straight to timing.
+    warm_up(run, spec.warmup, within_s=spec.warmup_s - first_run_ms / 1000.0)
+    timings_ms = timed_calls(run, spec.iterations, spec.duration_s, spec.min_iterations)
     return {
         "kind": spec.kind,
         "provider": model.provider,

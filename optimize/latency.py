@@ -7,15 +7,16 @@ them alike and the ratio of their times (the speedup) stays meaningful when the 
 from __future__ import annotations
 
 import enum
+import functools
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from smallnets.core.runtime import OnnxClassifier
+from smallnets.core.timing import timed_calls, warm_up
 
 LATENCY_THREADS = 1
 # Below this the gate does not call a candidate faster even on a quiet machine: a 2% win is not worth int8's
@@ -28,31 +29,23 @@ def random_input(classifier: OnnxClassifier) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
 
 
-def warmed_inputs(classifiers: Sequence[OnnxClassifier], warmup: int) -> list[np.ndarray]:
-    """One batch-1 input per session, each session run ``warmup`` times on it first (allocations, caches)."""
-    inputs = [random_input(classifier) for classifier in classifiers]
-    for classifier, batch in zip(classifiers, inputs, strict=True):
-        for _ in range(warmup):
-            classifier.run(batch)
-    return inputs
-
-
-def run_ms(classifier: OnnxClassifier, batch: np.ndarray) -> float:
-    started = time.perf_counter()
-    classifier.run(batch)
-    return (time.perf_counter() - started) * 1000.0
+def warmed_runs(classifiers: Sequence[OnnxClassifier], warmup: int) -> list[Callable[[], object]]:
+    """One batch-1 inference per session (on a fixed random input), each run ``warmup`` times first."""
+    runs = [functools.partial(classifier.run, random_input(classifier)) for classifier in classifiers]
+    for run in runs:
+        warm_up(run, warmup)
+    return runs
 
 
 def measure_latency(
     paths: Sequence[Path], runs: int = 60, warmup: int = 5, threads: int = LATENCY_THREADS
 ) -> list[float]:
     """p50 milliseconds per model at batch 1 on ``threads``; the models take turns run by run."""
-    classifiers = [OnnxClassifier(path, threads=threads) for path in paths]
-    inputs = warmed_inputs(classifiers, warmup)
+    sessions = warmed_runs([OnnxClassifier(path, threads=threads) for path in paths], warmup)
     timings: list[list[float]] = [[] for _ in paths]
     for _ in range(runs):
-        for index, classifier in enumerate(classifiers):
-            timings[index].append(run_ms(classifier, inputs[index]))
+        for index, run in enumerate(sessions):
+            timings[index] += timed_calls(run, runs=1)
     return [float(np.median(values)) for values in timings]
 
 
@@ -184,11 +177,10 @@ def timed_round(
     They are the server's sessions (`OnnxClassifier.for_serving`): what is timed is what will be served, and no
     spinning pool thread of one model steals the cores while the other is timed.
     """
-    pair = [OnnxClassifier.for_serving(path, threads=threads) for path in (baseline, candidate)]
-    inputs = warmed_inputs(pair, warmup)
+    pair = warmed_runs([OnnxClassifier.for_serving(path, threads=threads) for path in (baseline, candidate)], warmup)
     medians = [0.0, 0.0]
     for index in (0, 1) if baseline_first else (1, 0):
-        medians[index] = float(np.median([run_ms(pair[index], inputs[index]) for _ in range(runs)]))
+        medians[index] = float(np.median(timed_calls(pair[index], runs=runs)))
     return medians[0], medians[1]
 
 
