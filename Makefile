@@ -26,7 +26,7 @@ pipeline: $(STAMP)
 	$(VENV)/bin/smallnets pipeline $(MODEL) --weights imagenet -o $(ARTIFACTS)/$(MODEL) --force
 
 run: pipeline
-	$(VENV)/bin/smallnets serve $(ARTIFACTS)/$(MODEL) --host $(HOST) --port $(PORT)  # int8 if optimize kept it, else fp32
+	SMALLNETS_MAKE_RUN=1 $(VENV)/bin/smallnets serve $(ARTIFACTS)/$(MODEL) --host $(HOST) --port $(PORT)  # int8 if optimize kept it, else fp32
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -111,3 +111,24 @@ def test_the_help_says_which_models_default_to_real_weights() -> None:
     for command in ("export", "pipeline", "bench"):
         result = run(CHECKOUT, "-m", "smallnets", command, "--help")
         assert "efficientnet_lite0" in " ".join(result.stdout.split()), command
+
+
+def test_a_busy_port_names_the_fix_in_the_words_of_the_command_used(
+    exported: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    model = exported("squeezenet1_1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve = ["-m", "smallnets", "serve", str(model), "--port", str(port)]
+        direct = run(CHECKOUT, *serve)
+        monkeypatch.setenv("SMALLNETS_MAKE_RUN", "1")  # what the Makefile's `run` sets
+        from_make = run(CHECKOUT, *serve)
+    assert direct.returncode == from_make.returncode == 5
+    assert direct.stderr.strip().endswith(f"--port {port + 1}")
+    assert from_make.stderr.strip().endswith(f"make run PORT={port + 1}")
+    recipe = subprocess.run(["make", "-n", "run"], cwd=CHECKOUT, capture_output=True, text=True, check=False).stdout
+    assert "SMALLNETS_MAKE_RUN=1" in next(line for line in recipe.splitlines() if " serve " in line)
