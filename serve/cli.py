@@ -25,7 +25,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
 # Where a Bento's int8 kernels run: an int8 model tuned for one architecture is mistuned (or slow) on the other.
 PLATFORM_ARCH = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
-MAKE_RUN_ENV = "SMALLNETS_MAKE_RUN"  # set by the Makefile's `run`: its user changes PORT=, not --port
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,6 +81,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="ONNX Runtime intra-op threads per worker (default: usable cores / --workers)",
+    )
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        default=0,
+        help="also serve the Open Inference Protocol over gRPC (KServe v2 GRPCInferenceService) on this port, on "
+        "the same host and workers (default: 0, no gRPC)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per HTTP request, BentoML's access log (default: off)",
     )
     _add_providers_option(serve)
     serve.set_defaults(handler=run_serve)
@@ -207,6 +218,11 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env[settings.ENV_PROVIDERS] = args.providers
     if args.max_upload_mb is not None:
         env[settings.ENV_MAX_UPLOAD_MB] = str(args.max_upload_mb)
+    if args.grpc_port:
+        env[settings.ENV_GRPC_PORT] = str(args.grpc_port)
+        env[settings.ENV_GRPC_HOST] = args.host
+    if args.access_log:
+        env[settings.ENV_ACCESS_LOG] = "1"
     return env
 
 
@@ -221,6 +237,10 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
     model_file = resolve_model_file(args.model)
     card = read_card(model_file)  # a missing or foreign model fails first, in one line
     check_listen_address(args.host, args.port)  # before BentoML starts: its own failure is a long traceback
+    if args.grpc_port:
+        if args.grpc_port == args.port:
+            raise ValueError(f"--grpc-port must differ from --port ({args.port}): gRPC has a port of its own")
+        check_listen_address(args.host, args.grpc_port, option="--grpc-port")
     resolve_providers(_providers(args.providers))  # fail here, not in every worker
     cores = serving_cores(quota=cpu_quota())  # a container's CPU quota, not the host's cores
     workers = args.workers or 1
@@ -241,10 +261,10 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
     os.execve(sys.executable, command, serve_environment(args))
 
 
-def check_listen_address(host: str, port: int) -> None:
+def check_listen_address(host: str, port: int, option: str = "--port") -> None:
     """A port in range, a host of this machine, and nobody listening there yet; else one line naming the fix."""
     if not 1 <= port <= 65535:
-        raise ValueError(f"--port must be from 1 to 65535, got {port}")
+        raise ValueError(f"{option} must be from 1 to 65535, got {port}")
     try:
         family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror:
@@ -261,20 +281,15 @@ def check_listen_address(host: str, port: int) -> None:
                 raise OSError(
                     errno.EADDRINUSE,
                     f"port {port} on {host} is already in use (another server?): stop it or pick a free one with "
-                    f"{port_fix('--port', port + 1 if port < 65535 else 3000)}",
+                    f"{option} {port + 1 if port < 65535 else 3000}",
                 ) from None
             if error.errno == errno.EADDRNOTAVAIL:
                 raise ValueError(
                     f"--host {host} is not an address of this machine: use {DEFAULT_HOST} or 0.0.0.0"
                 ) from None
             raise OSError(
-                error.errno, f"cannot listen on {host}:{port} ({error.strerror}); try another --port"
+                error.errno, f"cannot listen on {host}:{port} ({error.strerror}); try another {option}"
             ) from None
-
-
-def port_fix(option: str, free: int) -> str:
-    """How to pick another port: the make variable when `make run` started us (it sets MAKE_RUN_ENV), else the flag."""
-    return f"make run PORT={free}" if option == "--port" and os.environ.get(MAKE_RUN_ENV) else f"{option} {free}"
 
 
 def warn_if_other_arch(card: Any, platform: str) -> None:

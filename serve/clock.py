@@ -62,6 +62,10 @@ class RequestClock:
         self.batch_size = max(answer.batch_size for answer in answers)
         return np.concatenate([answer.outputs for answer in answers]) if len(answers) > 1 else answers[0].outputs
 
+    def inference_ms(self) -> float:
+        """The inference time of the request's longest batch, ms (what the answers report)."""
+        return round(self.phases.get("inference", 0.0) * 1000.0, 3)
+
     def server_timing(self) -> str:
         """``Server-Timing`` header value: each phase and the total, in milliseconds."""
         parts = [f"{name};dur={seconds * 1000.0:.2f}" for name, seconds in self.phases.items()]

@@ -23,6 +23,7 @@ MAX_TEXT_FIELD_BYTES = 64 * 1024
 MAX_FILES = 1000
 # Raw-body uploads (``curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg'``), as inference servers take them.
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
+UPLOAD_HINT = "raise it with SMALLNETS_MAX_UPLOAD_MB when serving"
 
 
 class RequestRejected(Exception):
@@ -54,9 +55,23 @@ def is_raw_image(request: Request) -> bool:
 
 async def read_raw_image(request: Request, max_bytes: int) -> ImageUpload:
     """The whole body of a raw image upload (Content-Type image/jpeg|png|webp), capped at ``max_bytes`` (413)."""
-    _refuse_declared_oversize(request, max_bytes)
-    data = b"".join([chunk async for chunk in _capped_stream(request, max_bytes)])
-    return ImageUpload("body", data)
+    return ImageUpload("body", await read_body(request, max_bytes))
+
+
+async def read_body(request: Request, max_bytes: int, hint: str = UPLOAD_HINT) -> bytes:
+    """The whole request body, refused with 413 as soon as it passes ``max_bytes`` (compressed bodies: 415);
+    ``hint`` ends the 413 message."""
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding != "identity":
+        raise RequestRejected(415, f"Content-Encoding {encoding!r} is not accepted: send the request uncompressed")
+    _refuse_declared_oversize(request, max_bytes, hint)
+    return b"".join([chunk async for chunk in _capped_stream(request, max_bytes, hint)])
+
+
+def declared_length(request: Request) -> int | None:
+    """The body length the client announced (Content-Length), None when it did not (chunked) or lied in form."""
+    declared = request.headers.get("content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
 
 
 async def read_form(request: Request, max_bytes: int, raw_allowed: bool = False) -> FormData:
@@ -137,25 +152,22 @@ def parse_top_k(form: FormData | QueryParams) -> int:
     return value
 
 
-def _refuse_declared_oversize(request: Request, max_bytes: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(int(declared), max_bytes)
+def _refuse_declared_oversize(request: Request, max_bytes: int, hint: str = UPLOAD_HINT) -> None:
+    declared = declared_length(request)
+    if declared is not None and declared > max_bytes:
+        raise too_large(declared, max_bytes, hint)
 
 
-def _too_large(size: int, max_bytes: int) -> RequestRejected:
-    return RequestRejected(
-        413,
-        f"upload too large: {size} bytes exceeds the limit of {max_bytes} bytes "
-        "(raise it with SMALLNETS_MAX_UPLOAD_MB when serving)",
-    )
+def too_large(size: int, max_bytes: int, hint: str = UPLOAD_HINT) -> RequestRejected:
+    """The 413 of a body over the byte cap."""
+    return RequestRejected(413, f"upload too large: {size} bytes exceeds the limit of {max_bytes} bytes ({hint})")
 
 
-async def _capped_stream(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
+async def _capped_stream(request: Request, max_bytes: int, hint: str = UPLOAD_HINT) -> AsyncIterator[bytes]:
     """The request body chunk by chunk, stopping with 413 as soon as it passes ``max_bytes`` (chunked uploads)."""
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
         if received > max_bytes:
-            raise _too_large(received, max_bytes)
+            raise too_large(received, max_bytes, hint)
         yield chunk

@@ -16,8 +16,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-# Decodes below this many pixels reuse what the arenas hold anyway (a 12 MP photo at reduced JPEG scale: ~3 MP).
-TRIM_AFTER_PIXELS = 8_000_000
+# A decode this large (pixels actually decoded) is heavy: it is trimmed after, and takes a restricted decode thread
+# (serve/engine.py). Smaller ones reuse what the arenas hold anyway (a 12 MP photo at reduced JPEG scale: ~3 MP).
+LARGE_DECODE_PIXELS = 8_000_000
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 
@@ -42,5 +43,5 @@ def map_large_blocks() -> bool:
 
 def release_after_decode(decoded_pixels: int) -> None:
     """Return free heap pages to the OS if the decode just finished was large enough to leave many behind."""
-    if _GLIBC is not None and decoded_pixels >= TRIM_AFTER_PIXELS:
+    if _GLIBC is not None and decoded_pixels >= LARGE_DECODE_PIXELS:
         _GLIBC.malloc_trim(0)

@@ -35,7 +35,7 @@ PHASES = ("queue", "decode", "preprocess", "inference")
 
 REQUESTS = bentoml.metrics.Counter(
     name="smallnets_requests_total",
-    documentation="Requests answered, by route and HTTP status (503 = shed because the queue was full, "
+    documentation="Requests answered, by route and HTTP status (503 = shed: predicted wait over the latency target, "
     "504 = deadline passed, 499 = client went away first)",
     labelnames=["route", "status"],
 )
@@ -68,10 +68,11 @@ QUEUE_DEPTH = bentoml.metrics.Gauge(
     documentation="Requests held by the workers (reading, decoding, waiting for a batch or running)",
     multiprocess_mode="livesum",
 )
-QUEUE_LIMIT = bentoml.metrics.Gauge(
-    name="smallnets_queue_limit",
-    documentation="Requests the workers hold at most before answering 503 (SMALLNETS_MAX_QUEUE per worker)",
-    multiprocess_mode="livesum",
+PREDICTED_WAIT = bentoml.metrics.Gauge(
+    name="smallnets_predicted_wait_seconds",
+    documentation="Wait a new request would be predicted by admission (503 past SMALLNETS_LATENCY_TARGET_S), "
+    "largest over the workers",
+    multiprocess_mode="livemax",
 )
 MODEL_INFO = bentoml.metrics.Gauge(
     name="smallnets_model_info",
@@ -81,7 +82,7 @@ MODEL_INFO = bentoml.metrics.Gauge(
 )
 
 
-def observe_request(route: str, status: int, seconds: float, phases: Mapping[str, float]) -> None:
+def observe_request(route: str, status: int | str, seconds: float, phases: Mapping[str, float]) -> None:
     """Count one answered request and record its time, in total and per phase (seconds)."""
     REQUESTS.labels(route=route, status=str(status)).inc()
     REQUEST_SECONDS.labels(route=route).observe(seconds)

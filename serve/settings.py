@@ -22,9 +22,14 @@ ENV_MAX_BATCH_IMAGES = "SMALLNETS_MAX_BATCH_IMAGES"
 ENV_MAX_BATCH_SIZE = "SMALLNETS_MAX_BATCH_SIZE"
 ENV_MAX_PIXELS = "SMALLNETS_MAX_PIXELS"
 ENV_MAX_REQUEST_PIXELS = "SMALLNETS_MAX_REQUEST_PIXELS"
-ENV_MAX_QUEUE = "SMALLNETS_MAX_QUEUE"
+ENV_LATENCY_TARGET_S = "SMALLNETS_LATENCY_TARGET_S"
+ENV_MAX_QUEUED_MB = "SMALLNETS_MAX_QUEUED_MB"
+ENV_MAX_QUEUED_PIXELS = "SMALLNETS_MAX_QUEUED_PIXELS"
 ENV_REQUEST_TIMEOUT_S = "SMALLNETS_REQUEST_TIMEOUT_S"
 ENV_DECODE_THREADS = "SMALLNETS_DECODE_THREADS"
+ENV_GRPC_PORT = "SMALLNETS_GRPC_PORT"
+ENV_GRPC_HOST = "SMALLNETS_GRPC_HOST"
+ENV_ACCESS_LOG = "SMALLNETS_ACCESS_LOG"
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_BATCH_IMAGES = 32
@@ -36,10 +41,15 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # images) decodes in ~4 s, inside the 10 s deadline even on a busy machine; heavier requests are refused (413)
 # before any pixel is decoded.
 DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
-# Requests a worker holds at once (reading, decoding, queued, running); past it: 503 + Retry-After at once.
-# Two full batches keep the model busy while the next one forms; more only adds waiting.
-DEFAULT_MAX_QUEUE_BATCHES = 2
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
+# Admission (serve/admission.py) takes a request while its predicted wait stays within the latency target; by
+# default half the deadline, so an estimate off by 2x still answers in time.
+LATENCY_TARGET_SHARE = 0.5
+# Memory bounds beside the prediction: request bodies held per worker, and decoded pixels waiting for a decode
+# thread (two of the largest requests).
+DEFAULT_MAX_QUEUED_MB = 256.0
+DEFAULT_MAX_QUEUED_PIXELS = 200_000_000
+DEFAULT_GRPC_HOST = "127.0.0.1"
 MAX_TOP_K = 20
 DEFAULT_TOP_K = 5
 
@@ -61,11 +71,16 @@ class ServeSettings:
     max_batch_size: int
     max_pixels: int
     max_request_pixels: int
-    max_queue: int
     request_timeout_s: float
+    latency_target_s: float
+    max_queued_bytes: int
+    max_queued_pixels: int
     decode_threads: int
     cpu_quota: float | None
     cores: int
+    grpc_port: int  # 0: no gRPC front-end
+    grpc_host: str
+    access_log: bool  # BentoML's line per request: off unless asked (a load test printed thousands)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
@@ -76,6 +91,7 @@ class ServeSettings:
         # Each worker owns a share of the cores: N workers x all cores would oversubscribe the machine.
         default_threads = serving_threads(cores, workers)
         max_batch_size = _positive_int(env, ENV_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_SIZE)
+        timeout_s = _positive_float(env, ENV_REQUEST_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S)
         providers = tuple(name.strip() for name in env.get(ENV_PROVIDERS, "").split(",") if name.strip())
         return cls(
             model_path=env.get(ENV_MODEL_PATH) or None,
@@ -87,13 +103,18 @@ class ServeSettings:
             max_batch_size=max_batch_size,
             max_pixels=_positive_int(env, ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS),
             max_request_pixels=_positive_int(env, ENV_MAX_REQUEST_PIXELS, DEFAULT_MAX_REQUEST_PIXELS),
-            max_queue=_positive_int(env, ENV_MAX_QUEUE, DEFAULT_MAX_QUEUE_BATCHES * max_batch_size),
-            request_timeout_s=_positive_float(env, ENV_REQUEST_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S),
+            request_timeout_s=timeout_s,
+            latency_target_s=_positive_float(env, ENV_LATENCY_TARGET_S, LATENCY_TARGET_SHARE * timeout_s),
+            max_queued_bytes=int(_positive_float(env, ENV_MAX_QUEUED_MB, DEFAULT_MAX_QUEUED_MB) * 1024 * 1024),
+            max_queued_pixels=_positive_int(env, ENV_MAX_QUEUED_PIXELS, DEFAULT_MAX_QUEUED_PIXELS),
             # More parallel decoders than cores only queue for the CPU and multiply peak memory (one decoded
             # upload each).
             decode_threads=_positive_int(env, ENV_DECODE_THREADS, max(1, cores // workers)),
             cpu_quota=quota,
             cores=cores,
+            grpc_port=_port(env, ENV_GRPC_PORT),
+            grpc_host=env.get(ENV_GRPC_HOST) or DEFAULT_GRPC_HOST,
+            access_log=env.get(ENV_ACCESS_LOG, "").lower() in ("1", "true", "yes", "on"),
         )
 
 
@@ -121,3 +142,12 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise SettingsError(f"{name}={raw!r} must be a positive number (unset it to use the default {default})")
     return value
+
+
+def _port(env: Mapping[str, str], name: str) -> int:
+    raw = env.get(name)
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) > 65535:
+        raise SettingsError(f"{name}={raw!r} must be a TCP port from 1 to 65535, or 0 for none")
+    return int(raw)

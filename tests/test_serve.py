@@ -62,7 +62,6 @@ def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         "SMALLNETS_MAX_BATCH_IMAGES": str(MAX_BATCH_IMAGES),
         "SMALLNETS_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
         "SMALLNETS_MAX_REQUEST_PIXELS": str(MAX_REQUEST_PIXELS),
-        "SMALLNETS_MAX_QUEUE": "16",  # the concurrency test's 8 clients all get in (shedding: test_serve_overload)
     }
     with smallnets_server(model, tmp_path_factory.mktemp("server"), limits) as url:
         yield Server(url)
@@ -110,7 +109,7 @@ def test_metadata_describes_the_model(http: httpx.Client) -> None:
     assert meta["workers"] >= 1 and meta["threads_per_worker"] >= 1 and meta["decode_threads"] >= 1
     assert meta["workers"] * meta["threads_per_worker"] <= meta["cores"]
     assert meta["cpu_quota"] is None or meta["cores"] <= max(1, math.ceil(meta["cpu_quota"]))
-    assert meta["max_queue"] >= MAX_BATCH_SIZE and meta["request_timeout_s"] > 0
+    assert meta["latency_target_s"] <= meta["request_timeout_s"] and meta["request_timeout_s"] > 0
     assert set(meta["raw_image_types"]) == {"image/jpeg", "image/png", "image/webp"}
 
 
@@ -462,7 +461,7 @@ def test_metrics_cover_requests_latency_phases_batches_queue_and_model(
     assert {key.split('"')[1] for key in phases} == {"queue", "decode", "preprocess", "inference"}
     for metric in ("smallnets_inference_seconds_count", "smallnets_batch_size_count"):
         assert metric_values(text, metric)['{model="efficientnet_lite0_fp32"}'] >= 1
-    assert metric_values(text, "smallnets_queue_depth") and metric_values(text, "smallnets_queue_limit")
+    assert metric_values(text, "smallnets_queue_depth") and metric_values(text, "smallnets_predicted_wait_seconds")
     (info,) = metric_values(text, "smallnets_model_info").items()
     assert 'model="efficientnet_lite0_fp32"' in info[0] and 'precision="fp32"' in info[0] and info[1] == 1.0
     assert "bentoml_service_request_total" in text

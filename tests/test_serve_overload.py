@@ -1,10 +1,12 @@
-"""Overload, abandoned work and the process around it, over real HTTP: a full queue answers 503 at once, a request
-past its deadline gets 504 (not a late 200) and its remaining decoding stops, a client that hangs up stops its work
-too; shutdown answers the requests in flight; an unusable model stops the server with one line.
+"""Overload, abandoned work and the process around it, over real HTTP: a predicted wait over the latency target
+answers 503 at once (a request that can never fit: 413 at once, whatever the load), a request past its deadline
+gets 504 (not a late 200) and its remaining decoding stops, a client that hangs up stops its work too; shutdown
+answers the requests in flight; an unusable model stops the server with one line.
 
-One `smallnets serve` with a tight queue (2 requests) and a short deadline (2 s), and one with a deadline of 0.5 s
-for the 504 test; heavy requests are batches of 11 flat 3000x3000 PNGs (9 MP each, 0.1 s of decoding apiece on an
-idle core, more on a busy one): on a quiet machine they fit in 2 s, never in 0.5 s.
+One `smallnets serve` with a tight latency target (0.5 s) and a short deadline (2 s), and one with a deadline of
+0.5 s for the 504 test; heavy requests are batches of 11 flat 3000x3000 PNGs (9 MP each, 0.1 s of decoding apiece on
+an idle core, more on a busy one): on a quiet machine they fit in 2 s, never in 0.5 s. Admission counts each as 99
+units of work, so while one is held the predicted wait of any newcomer is over 0.5 s.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,16 +28,20 @@ from PIL import Image
 from servers import SERVER_PIDS, cpu_seconds, smallnets_server, worker_pids
 from test_serve import assert_rejected, jpeg, metric_values
 
-MAX_QUEUE = 2
+LATENCY_TARGET_S = 0.5
 TIMEOUT_S = 2
 SHORT_TIMEOUT_S = 0.5
 HEAVY_IMAGES = 11  # 11 x 9 MP = 99 MP: inside the default 100 MP budget, several times the deadline's work
 
 
+# A declared body of 30 MB (over the 20 MB cap): refused on its headers, no byte of it is sent.
+OVERSIZED_BYTES = 30 * 1024 * 1024
+
+
 @pytest.fixture(scope="module")
 def tight(exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     model = exported("efficientnet_lite0", weights="imagenet")
-    limits = {"SMALLNETS_MAX_QUEUE": str(MAX_QUEUE), "SMALLNETS_REQUEST_TIMEOUT_S": str(TIMEOUT_S)}
+    limits = {"SMALLNETS_LATENCY_TARGET_S": str(LATENCY_TARGET_S), "SMALLNETS_REQUEST_TIMEOUT_S": str(TIMEOUT_S)}
     with smallnets_server(model, tmp_path_factory.mktemp("tight"), limits) as url:
         yield url
 
@@ -57,6 +64,34 @@ def heavy_files() -> list[tuple[str, tuple[str, bytes, str]]]:
 @pytest.fixture(scope="module")
 def photo(photos: dict[str, Image.Image]) -> bytes:
     return jpeg(photos["coffee"])
+
+
+def headers_only(url: str, path: str, declared_bytes: int) -> httpx.Response:
+    """The answer to a POST that announces ``declared_bytes`` of JPEG and sends none of them."""
+    address = httpx.URL(url)
+    with socket.create_connection((address.host, address.port), timeout=30) as connection:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {address.host}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {declared_bytes}\r\nConnection: close\r\n\r\n"
+        )
+        connection.sendall(head.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head_bytes, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head_bytes.split(b" ", 2)[1])
+    return httpx.Response(status, content=body[: _length(answer)], headers={"content-type": "application/json"})
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 1 << 30
 
 
 def wait_idle(url: str, client: httpx.Client) -> None:
@@ -102,7 +137,7 @@ def test_a_client_that_hangs_up_stops_its_work(tight: str, heavy_files: list) ->
         wait_idle(tight, client)
 
 
-def test_a_full_queue_answers_503_with_retry_after_at_once(tight: str, heavy_files: list, photo: bytes) -> None:
+def test_a_predicted_wait_over_the_target_answers_503_at_once(tight: str, heavy_files: list, photo: bytes) -> None:
     with httpx.Client(timeout=60, trust_env=False) as client:
         wait_idle(tight, client)
 
@@ -111,21 +146,27 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(tight: str, heavy_fil
             response = httpx.post(f"{tight}/classify_batch", files=heavy_files, timeout=60, trust_env=False)
             return response.status_code, time.perf_counter() - started
 
-        with ThreadPoolExecutor(MAX_QUEUE) as pool:
-            holding = [pool.submit(heavy) for _ in range(MAX_QUEUE)]
-            time.sleep(0.5)  # both heavy requests are in: the queue is full
+        with ThreadPoolExecutor(1) as pool:
+            holding = [pool.submit(heavy)]
+            time.sleep(0.5)  # the heavy request is in and weighed: 99 units ahead of anyone
             shed = []
             for _ in range(5):
                 started = time.perf_counter()
                 response = client.post(f"{tight}/classify", files={"image": ("coffee.jpg", photo, "image/jpeg")})
                 shed.append((response, time.perf_counter() - started))
+            # Whatever the load, a body over the upload cap is refused as such (413), not as busy.
+            started = time.perf_counter()
+            oversized = headers_only(tight, "/classify", OVERSIZED_BYTES)
+            oversized_s = time.perf_counter() - started
             held = [future.result() for future in holding]
+        assert_rejected(oversized, 413, "too large")
         for response, _ in shed:
-            assert_rejected(response, 503, "busy")
-            assert response.headers["retry-after"] == "1" and "SMALLNETS_MAX_QUEUE" in response.json()["error"]
+            assert_rejected(response, 503, "predicted wait")
+            assert 1 <= int(response.headers["retry-after"]) <= 30
+            assert "SMALLNETS_LATENCY_TARGET_S" in response.json()["error"]
         assert {status for status, _ in held} <= {200, 504}
         # Refused at once: each 503 came back in a small fraction of the time the held requests took.
-        assert max(seconds for _, seconds in shed) < 0.1 * min(seconds for _, seconds in held)
+        assert max([oversized_s, *(seconds for _, seconds in shed)]) < 0.1 * min(seconds for _, seconds in held)
         requests = metric_values(client.get(f"{tight}/metrics").text, "smallnets_requests_total")
         assert requests['{route="/classify",status="503"}'] >= 5
         wait_idle(tight, client)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from smallnets.core.hardware import CpuInfo, cpu_quota, serving_cores
-from smallnets.serve.settings import DEFAULT_MAX_BATCH_SIZE, ServeSettings, SettingsError
+from smallnets.serve.settings import ServeSettings, SettingsError
 
 SIXTY_FOUR_CORES = CpuInfo("x86_64", "test", (), 64, 64)
 
@@ -43,7 +43,7 @@ def test_this_machine_gets_a_consistent_default_sizing() -> None:
     settings = ServeSettings.from_env({})
     assert settings.cores == serving_cores(quota=cpu_quota())
     assert settings.workers >= 1 and settings.workers * settings.threads <= settings.cores
-    assert settings.max_queue == 2 * DEFAULT_MAX_BATCH_SIZE and settings.request_timeout_s > 0
+    assert settings.latency_target_s == settings.request_timeout_s / 2 and settings.grpc_port == 0
 
 
 def test_explicit_settings_win_and_bad_ones_name_the_variable() -> None:
@@ -51,12 +51,14 @@ def test_explicit_settings_win_and_bad_ones_name_the_variable() -> None:
         {
             "SMALLNETS_WORKERS": "3",
             "SMALLNETS_THREADS": "1",
-            "SMALLNETS_MAX_QUEUE": "5",
+            "SMALLNETS_LATENCY_TARGET_S": "5",
             "SMALLNETS_REQUEST_TIMEOUT_S": "2.5",
         }
     )
-    assert (settings.workers, settings.threads, settings.max_queue, settings.request_timeout_s) == (3, 1, 5, 2.5)
+    assert (settings.workers, settings.threads, settings.latency_target_s, settings.request_timeout_s) == (3, 1, 5, 2.5)
     with pytest.raises(SettingsError, match="SMALLNETS_MAX_REQUEST_PIXELS"):
         ServeSettings.from_env({"SMALLNETS_MAX_REQUEST_PIXELS": "lots"})
     with pytest.raises(SettingsError, match="SMALLNETS_REQUEST_TIMEOUT_S"):
         ServeSettings.from_env({"SMALLNETS_REQUEST_TIMEOUT_S": "0"})
+    with pytest.raises(SettingsError, match="SMALLNETS_GRPC_PORT"):
+        ServeSettings.from_env({"SMALLNETS_GRPC_PORT": "70000"})

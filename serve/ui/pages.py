@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from smallnets.core.version import __version__
-from smallnets.serve.oip import OPENAPI_PATHS as OIP_PATHS
+from smallnets.serve.oip_openapi import OPENAPI_PATHS as OIP_PATHS
 
 STATIC = Path(__file__).parent / "static"
 _HTML = {"type": "string", "format": "html"}
