@@ -139,6 +139,9 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+DEFAULT_LEVELS = "1,4,16,64"
+
+
 def add_bench_http_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`smallnets bench-http`: bounded closed-loop load on a running server."""
     http = subparsers.add_parser(
@@ -149,7 +152,15 @@ def add_bench_http_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     )
     http.add_argument("--url", required=True, help="server URL on this machine, e.g. http://127.0.0.1:3000")
     http.add_argument("--images", default="samples", help="a folder of images, or `samples` (default: samples)")
-    http.add_argument("--concurrency", default="1,4,16,64", help="concurrency levels (default: 1,4,16,64)")
+    http.add_argument("--concurrency", default=DEFAULT_LEVELS, help=f"concurrency levels (default: {DEFAULT_LEVELS})")
+    http.add_argument(
+        "--find-knee",
+        type=float,
+        default=None,
+        metavar="P99_MS",
+        help="report the highest concurrency whose answered p99 stays within P99_MS, stopping at the first level "
+        "past it (levels: --concurrency when given, else 1,2,4,...,512) (default: off)",
+    )
     http.add_argument("--duration", type=float, default=10.0, help="seconds per level (default: 10)")
     http.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (default: 30)")
     http.add_argument("--field", default="image", help="multipart field of the upload (default: image)")
@@ -253,12 +264,22 @@ def redraw(results: list[Path], output: Path) -> int:
 
 
 def run_bench_http(args: argparse.Namespace) -> int:
-    from smallnets.benchmarks.http_load import check_reachable, load_payloads, run_load, server_metadata
+    from smallnets.benchmarks.http_load import (
+        KNEE_LEVELS,
+        check_reachable,
+        find_knee,
+        load_payloads,
+        run_load,
+        server_metadata,
+    )
     from smallnets.benchmarks.report import HttpRun, write_http_results
     from smallnets.benchmarks.selection import parse_positive_ints
     from smallnets.core.files import check_output_dir, ensure_writable_dir, write_manifest
 
-    levels = parse_positive_ints(args.concurrency, "--concurrency")
+    knee_levels = args.find_knee is not None and args.concurrency == DEFAULT_LEVELS
+    levels = list(KNEE_LEVELS) if knee_levels else parse_positive_ints(args.concurrency, "--concurrency")
+    if args.find_knee is not None and args.find_knee <= 0:
+        raise ValueError("--find-knee must be a p99 target in milliseconds > 0")
     if args.duration <= 0 or args.timeout <= 0:
         raise ValueError("--duration and --timeout must be > 0 seconds")
     check_output_dir(args.output, force=True)  # rewrites its own earlier results, never a folder of someone else's
@@ -267,11 +288,23 @@ def run_bench_http(args: argparse.Namespace) -> int:
     check_reachable(args.url)
     server = server_metadata(args.url)
     floor = in_process_floor(server, payloads, args.duration) if args.in_process else None
-    results = run_load(args.url, payloads, levels, args.duration, args.timeout, field=args.field, body=args.body)
+    results = run_load(
+        args.url,
+        payloads,
+        levels,
+        args.duration,
+        args.timeout,
+        field=args.field,
+        body=args.body,
+        knee_p99_ms=args.find_knee,
+    )
     run = HttpRun(args.url, args.images, args.body, server, floor.to_dict() if floor else None)
     report = write_http_results(outdir, run, results)
     write_manifest(outdir, "bench-http")
     print(report.read_text())
+    if args.find_knee is not None:
+        knee = find_knee(results, args.find_knee)
+        print(f"knee: {knee if knee else 'no level'} client(s) within p99 {args.find_knee:g} ms")
     return 0
 
 

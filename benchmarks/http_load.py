@@ -2,12 +2,17 @@
 
 Closed-loop clients (each sends its next request when the previous answer arrives) at a fixed concurrency for a
 fixed duration, each over its own keep-alive connection (benchmarks/http_wire.py: request bytes built once, so
-the client costs the server's CPU next to nothing); per level: requests/s, latency percentiles of successful requests,
-failures counted by status code or transport error, the server's own per-phase timing (median of its
-``Server-Timing`` headers) and the peak resident memory of the server's processes (found through the listening
-socket, when the server runs on this machine). A client told to back off (503/429 with ``Retry-After``) waits that
-long before its next request, as a polite client would. Every request has a timeout, so a level ends within
-``duration_s + timeout_s`` whatever the server does.
+the client costs the server's CPU next to nothing); per level it tells goodput from shedding: answered (200)
+requests/s with their latency percentiles, refused (503/429) requests/s with how fast refusals came back, other
+failures by status code or transport error, the server's own per-phase timing (median of its ``Server-Timing``
+headers) and the peak resident memory of the server's processes (found through the listening socket, when the
+server runs on this machine). A client told to back off (503/429 with ``Retry-After``) waits that long before its
+next request, as a polite client would. Every request has a timeout, so a level ends within ``duration_s +
+timeout_s`` whatever the server does.
+
+The client checks it is not the bottleneck: its own CPU time over the level is recorded (``client_cpu_share``, of
+one core; the load loop is one thread) and a share near 1 is flagged in the report. ``find_knee`` picks the
+highest concurrency whose answered p99 meets a target.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ ERROR_BACKOFF_S = 0.01
 # A Retry-After longer than this is capped (a level must still end on time).
 MAX_RETRY_AFTER_S = 5.0
 RSS_SAMPLE_S = 0.05
+REFUSED = ("429", "503")
+# The load loop is one thread: past this share of a core, its own CPU may be what limits the level.
+CLIENT_BUSY_SHARE = 0.8
+# Levels tried by --find-knee when none are given: doubling up to 512 clients.
+KNEE_LEVELS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 @dataclass(frozen=True)
@@ -58,14 +68,19 @@ class LevelResult:
     duration_s: float
     requests: int
     ok: int
-    requests_per_s: float
-    p50_ms: float | None
+    requests_per_s: float  # answered (200) per second: the goodput
+    p50_ms: float | None  # of answered requests only
     p90_ms: float | None
     p99_ms: float | None
     mean_ms: float | None
-    errors: dict[str, int]
+    errors: dict[str, int]  # every non-200 outcome by status or transport error (refusals included)
     server_timing_ms: dict[str, float] = field(default_factory=dict)  # median per Server-Timing entry (200s)
     server_rss_mb: float | None = None  # peak resident memory of the largest server process during the level
+    refused: int = 0  # 503/429: shed by the server
+    refused_per_s: float = 0.0
+    refused_p99_ms: float | None = None  # how fast refusals came back
+    failed: int = 0  # neither answered nor refused: 4xx/5xx errors, timeouts, transport errors
+    client_cpu_share: float | None = None  # the load loop's CPU time / wall time (1.0 = a full core)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,10 +285,13 @@ def summarize(
     outcomes: Counter[str],
     timings: dict[str, list[float]] | None = None,
     rss_mb: float | None = None,
+    refusals_ms: Sequence[float] = (),
+    client_cpu_s: float | None = None,
 ) -> LevelResult:
     ok = len(latencies_ms)
     latencies = np.asarray(latencies_ms, dtype=float)
     p50, p90, p99 = (float(v) for v in np.percentile(latencies, [50, 90, 99])) if ok else (None, None, None)
+    refused = sum(outcomes[key] for key in REFUSED)
     return LevelResult(
         concurrency=concurrency,
         duration_s=wall_s,
@@ -287,7 +305,19 @@ def summarize(
         errors={key: count for key, count in sorted(outcomes.items()) if key != "200"},
         server_timing_ms={name: float(np.median(values)) for name, values in (timings or {}).items()},
         server_rss_mb=rss_mb,
+        refused=refused,
+        refused_per_s=refused / wall_s if wall_s > 0 else 0.0,
+        refused_p99_ms=float(np.percentile(refusals_ms, 99)) if len(refusals_ms) else None,
+        failed=sum(outcomes.values()) - ok - refused,
+        client_cpu_share=client_cpu_s / wall_s if client_cpu_s is not None and wall_s > 0 else None,
     )
+
+
+def find_knee(levels: Sequence[LevelResult], p99_ms: float) -> int | None:
+    """The highest concurrency whose answered p99 is within ``p99_ms`` (levels that answered nothing never
+    qualify); None when none does."""
+    meeting = [level.concurrency for level in levels if level.p99_ms is not None and level.p99_ms <= p99_ms]
+    return max(meeting) if meeting else None
 
 
 async def run_level(
@@ -302,6 +332,7 @@ async def run_level(
 ) -> LevelResult:
     """``concurrency`` closed-loop clients posting the payloads round-robin until ``duration_s`` has passed."""
     latencies_ms: list[float] = []
+    refusals_ms: list[float] = []
     outcomes: Counter[str] = Counter()
     timings: dict[str, list[float]] = defaultdict(list)
     requests = [request_bytes(url, payload, field, body) for payload in payloads]
@@ -323,6 +354,8 @@ async def run_level(
                 continue
             elapsed_ms = (time.perf_counter() - request_started) * 1000.0
             outcomes[str(response.status)] += 1
+            if str(response.status) in REFUSED:
+                refusals_ms.append(elapsed_ms)
             if response.status == 200:
                 latencies_ms.append(elapsed_ms)
                 for name, milliseconds in server_timing(response.headers.get("server-timing", "")).items():
@@ -332,10 +365,12 @@ async def run_level(
                 await asyncio.sleep(min(wait_s, max(0.0, deadline - time.perf_counter())))
         await connection.close()
 
+    cpu_started = time.process_time()  # the load loop's own CPU (the RSS sampler thread adds next to nothing)
     with PeakRss(watch_pids) as rss:
         await asyncio.gather(*(client_loop(index) for index in range(concurrency)))
     wall_s = time.perf_counter() - started
-    return summarize(concurrency, wall_s, latencies_ms, outcomes, timings, rss.peak_mb)
+    client_cpu_s = time.process_time() - cpu_started
+    return summarize(concurrency, wall_s, latencies_ms, outcomes, timings, rss.peak_mb, refusals_ms, client_cpu_s)
 
 
 def run_load(
@@ -348,8 +383,10 @@ def run_load(
     field: str = "image",
     progress: bool = True,
     body: str = "multipart",
+    knee_p99_ms: float | None = None,
 ) -> list[LevelResult]:
-    """Check the URL, warm the server up, then run each concurrency level in turn."""
+    """Check the URL, warm the server up, then run each concurrency level in turn; with ``knee_p99_ms``, stop
+    after the first level whose answered p99 is over it (the levels past the knee only cost time)."""
     from tqdm import tqdm
 
     if body not in BODIES:
@@ -361,4 +398,6 @@ def run_load(
     results = []
     for level in tqdm(concurrency, desc="http load", unit="level", disable=None if progress else True):  # tty only
         results.append(asyncio.run(run_level(target, payloads, level, duration_s, timeout_s, field, body, pids)))
+        if knee_p99_ms is not None and (results[-1].p99_ms is None or results[-1].p99_ms > knee_p99_ms):
+            break
     return results

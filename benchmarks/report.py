@@ -292,17 +292,22 @@ def merge_results(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], di
 
 HTTP_COLUMNS = (
     ("concurrency", "concurrency"),
-    ("requests_per_s", "requests/s"),
+    ("requests_per_s", "answered/s"),
+    ("refused_per_s", "refused/s"),
+    ("failed", "failed"),
     ("p50_ms", "p50 ms"),
     ("p90_ms", "p90 ms"),
     ("p99_ms", "p99 ms"),
     ("mean_ms", "mean ms"),
+    ("refused_p99_ms", "refusal p99 ms"),
     ("ok", "ok"),
     ("requests", "requests"),
     ("errors", "errors"),
+    ("client_cpu_share", "client CPU"),
 )
 
 
+CLIENT_BUSY_SHARE = 0.8  # benchmarks/http_load.py's mark of a client that may limit the level
 BODY_NAMES = {"multipart": "multipart uploads", "raw": "raw bodies (Content-Type image/*)"}
 
 
@@ -354,7 +359,9 @@ def render_http_markdown(run: HttpRun, levels: Sequence[dict[str, Any]], machine
         parts += [f"> **{EMULATED_WARNING}**", ""]
     parts += [
         f"Target `{run.url}`, images: {run.images} sent as {BODY_NAMES[run.body]}, closed-loop clients, "
-        f"{levels[0]['duration_s']:.1f} s per level. Latencies of successful (200) requests.",
+        f"{levels[0]['duration_s']:.1f} s per level. Goodput apart from shedding: answered (200) requests/s and "
+        "their latencies; refused (503/429, the client waits its Retry-After) per second and how fast refusals came "
+        "back; failed = every other outcome. Client CPU: the load loop's CPU time over the level, of one core.",
         "",
     ]
     if run.server:
@@ -365,6 +372,9 @@ def render_http_markdown(run: HttpRun, levels: Sequence[dict[str, Any]], machine
         )
         parts += [f"Server: {described}", ""]
     parts += [*lines, ""]
+    if any((level.get("client_cpu_share") or 0) > CLIENT_BUSY_SHARE for level in levels):
+        note = f"The client used over {CLIENT_BUSY_SHARE:.0%} of a core at some level: it may be the bottleneck."
+        parts += [f"> {note}", ""]
     if run.floor:
         parts += floor_lines(levels, run.floor)
     parts += [

@@ -18,7 +18,15 @@ import pytest
 from PIL import Image
 from servers import free_port, smallnets_server
 
-from smallnets.benchmarks.http_load import Payload, endpoint_url, load_payloads, run_load
+from smallnets.benchmarks.http_load import (
+    LevelResult,
+    Payload,
+    endpoint_url,
+    find_knee,
+    load_payloads,
+    run_load,
+    summarize,
+)
 from smallnets.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -106,6 +114,19 @@ def test_counts_match_what_the_server_answered(server: CountingServer, payloads:
         assert level.requests_per_s == pytest.approx(level.ok / level.duration_s)
         assert 0 < level.p50_ms <= level.p90_ms <= level.p99_ms
         assert level.duration_s >= 0.5
+        # Goodput apart from shedding: refusals are counted and timed on their own, nothing else failed here.
+        assert level.refused == level.errors.get("503", 0) and level.failed == 0
+        assert level.refused_per_s == pytest.approx(level.refused / level.duration_s)
+        assert (level.refused_p99_ms is not None) == (level.refused > 0)
+        assert level.client_cpu_share is not None and 0 <= level.client_cpu_share < 1.5
+
+
+def test_the_knee_is_the_highest_level_within_the_p99_target() -> None:
+    def level(concurrency: int, p99_ms: float | None) -> LevelResult:
+        return summarize(concurrency, 1.0, [p99_ms] if p99_ms else [], Counter({"200": 1 if p99_ms else 0}))
+
+    levels = [level(1, 10.0), level(2, 12.0), level(4, 30.0), level(8, None), level(16, 25.0)]
+    assert find_knee(levels, 20.0) == 2 and find_knee(levels, 30.0) == 16 and find_knee(levels, 5.0) is None
 
 
 def test_unreachable_url_fails_fast_with_a_clear_error(payloads: list[Payload]) -> None:
@@ -154,7 +175,7 @@ def test_cli_writes_results_report_and_plot(
     assert data["machine"]["cpu"]["arch"]
     assert data["server"] == {"model": "stub-net", "precision": "int8"}
     report = (outdir / "http_report.md").read_text()
-    assert "| concurrency | requests/s |" in report and "503" in report and "model stub-net" in report
+    assert "| concurrency | answered/s | refused/s |" in report and "503" in report and "model stub-net" in report
     plot = outdir / "http_throughput_vs_p99.png"
     assert plot.read_bytes()[:8] == PNG_SIGNATURE
     with Image.open(plot) as image:
