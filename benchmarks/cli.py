@@ -189,7 +189,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.from_results:
         return redraw(args.from_results, args.output or args.from_results[0].parent)
     from smallnets.benchmarks.suite import run_suite
-    from smallnets.core.files import check_output_dir, write_manifest
+    from smallnets.core.files import check_output_dir
     from smallnets.export.cli import default_weights, warn_if_random
 
     output = args.output or Path("results")
@@ -198,9 +198,22 @@ def run_bench(args: argparse.Namespace) -> int:
     randoms = [c.label for c in config.models if default_weights(c.name, c.overrides, args.weights) == "random"]
     warn_if_random("random" if randoms else "", randoms)
     result = run_suite(config, output)
-    write_manifest(output, "bench")
+    replace_own_files(output, result.files)
     print_summary(result.rows, config, output)
     return 0
+
+
+def replace_own_files(folder: Path, written: list[Path]) -> None:
+    """List exactly what this run wrote as bench's, and delete what an earlier bench wrote that this one did not
+    (a plot of a setting no longer measured); files of another command (bench-http's folder) stay theirs."""
+    from smallnets.core.files import read_manifest, write_manifest
+
+    names = [path.relative_to(folder).as_posix() for path in written]
+    earlier = read_manifest(folder) or {"files": []}
+    for stale in set(earlier["files"]) - set(names):
+        if "/" not in stale:  # bench writes no sub-folder; a nested name is another command's
+            (folder / stale).unlink(missing_ok=True)
+    write_manifest(folder, "bench", names)
 
 
 def bench_config(args: argparse.Namespace) -> Any:

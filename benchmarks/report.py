@@ -165,7 +165,13 @@ def machine_lines(machine: dict[str, Any]) -> list[str]:
             f"{loop['repeats']} interleaved repeat(s); weights {loop['weights']}"
         )
     if machine.get("target") and machine.get("measurement", {}).get("optimize_effort"):
-        lines.append(f"- int8 recipe search: {machine['measurement']['optimize_effort']} (see --optimize-effort)")
+        lines.append(f"- int8 recipe search: {machine['measurement']['optimize_effort']} (see --effort)")
+    if machine.get("load_average"):
+        load = machine["load_average"]
+        lines.append(
+            f"- Load average (1 min) at start {load['start']:.2f}, at end {load['end']:.2f}, on {load['cores']} "
+            f"usable cores{' (BUSY: timings slower and noisier than on an idle machine)' if load['busy'] else ''}"
+        )
     if machine.get("suite_seconds"):
         seconds = machine["suite_seconds"]
         lines.append(f"- Suite time: {seconds['build']:.0f} s building artifacts, {seconds['measure']:.0f} s measuring")

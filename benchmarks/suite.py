@@ -7,6 +7,7 @@ favouring the one that ran first.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from smallnets.benchmarks.measure import MeasureSpec
 from smallnets.benchmarks.runner import Measurement, bare_interpreter_rss_mb, pool, run_measurement
 from smallnets.benchmarks.selection import DEFAULT_VARIANTS, OPTIMIZED_VARIANTS, PEER_VARIANTS, ModelChoice
 from smallnets.core.files import ensure_writable_dir
+from smallnets.core.hardware import detect_cpu
 from smallnets.core.progress import Progress
 from smallnets.core.runtime import resolve_providers
 
@@ -62,6 +64,7 @@ class SuiteResult:
     rows: list[dict[str, Any]]
     machine: dict[str, Any]
     measurements: list[Measurement]
+    files: list[Path] = field(default_factory=list)  # what was written: the bench manifest lists these only
 
 
 def spec_for(artifacts: ModelArtifacts, variant: str, batch: int, threads: int, config: BenchConfig) -> MeasureSpec:
@@ -223,6 +226,7 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
         "provider_notes": provider_notes,
     }
 
+    start_load = busy_warning(config.threads)
     baseline_rss_mb = bare_interpreter_rss_mb()  # also proves a measuring interpreter starts, before any build
     machine["bare_interpreter_rss_mb"] = baseline_rss_mb
     started = time.perf_counter()
@@ -233,6 +237,7 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
         print(f"note: {reason}")
     pooled = measure_all(built, config)
     machine["suite_seconds"] = {"build": build_s, "measure": time.perf_counter() - started - build_s}
+    machine["load_average"] = load_average_block(start_load)
 
     by_label = {artifacts.choice.label: artifacts for artifacts in built}
     measurements = list(pooled.values())
@@ -241,8 +246,34 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
         for (label, variant, _, _), measurement in pooled.items()
     ]
     rows, machine["labelled"] = with_accuracy(rows, built, config)
-    write_results(outdir, rows, machine, raw_timings(rows, measurements))
-    return SuiteResult(rows, machine, measurements)
+    written = write_results(outdir, rows, machine, raw_timings(rows, measurements))
+    return SuiteResult(rows, machine, measurements, written)
+
+
+# A 1-minute load average above this share of the usable cores means other work competes for the timed cores.
+BUSY_LOAD_PER_CORE = 0.5
+
+
+def busy_warning(threads: Sequence[int]) -> float:
+    """The 1-minute load average now; a warning when other work already keeps the cores busy (timings then come
+    out slower and noisier: 2 threads can time slower than 1)."""
+    load = os.getloadavg()[0]
+    cores = detect_cpu().usable_cores
+    if load > BUSY_LOAD_PER_CORE * cores:
+        print(
+            f"warning: the machine is busy (load average {load:.2f} on {cores} cores) before measuring "
+            f"{max(threads)} thread(s): timings will be slower and noisier than on an idle machine; the report "
+            "records it",
+            flush=True,
+        )
+    return load
+
+
+def load_average_block(start: float) -> dict[str, Any]:
+    """What results.json and report.md record about the machine's load during the run."""
+    end = os.getloadavg()[0]
+    cores = detect_cpu().usable_cores
+    return {"start": start, "end": end, "cores": cores, "busy": max(start, end) > BUSY_LOAD_PER_CORE * cores}
 
 
 def with_accuracy(

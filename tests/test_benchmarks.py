@@ -336,3 +336,33 @@ def test_half_built_optimize_output_is_not_taken_for_a_cache_hit(
     missing = copy.path("onnx-int8" if status == "accepted" else "onnx-opt")
     missing.unlink()
     assert not copy.optimized_complete()
+
+
+def test_force_removes_its_stale_plots_and_never_claims_bench_http_files(
+    suite: SuiteRun, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smallnets.core.files import add_to_manifest, read_manifest, write_manifest
+
+    outdir = tmp_path / "results"
+    quick = ["--models", TINY, "--variants", "onnx-fp32", "--batch", "1", "--threads", "1", "--iterations", "3"]
+    quick += ["--warmup", "0", "--repeats", "1", "--cache-dir", str(cache_dir), "-o", str(outdir)]
+    assert main(["bench", *quick]) == 0
+    # What an earlier run with labelled photos drew and this one (random weights, no photos) does not.
+    stale = outdir / f"latency_vs_labelled_top1_{cpu_kind()}.png"
+    shutil.copy(outdir / f"latency_vs_macs_{cpu_kind()}.png", stale)
+    add_to_manifest(outdir, [stale.name])
+    http = outdir / "http"  # `smallnets bench-http`'s default output sits inside bench's
+    http.mkdir()
+    (http / "http_report.md").write_text("# load\n")
+    write_manifest(http, "bench-http")
+    assert main(["bench", "--force", *quick]) == 0
+    assert not stale.exists(), "a plot this run did not draw is not left from the earlier run"
+    listed = read_manifest(outdir)["files"]
+    assert listed and not [name for name in listed if name.startswith("http/")]
+    assert set(listed) == {path.name for path in outdir.iterdir() if path.is_file()} - {".smallnets-manifest.json"}
+    assert (http / "http_report.md").is_file()
+    machine = json.loads((outdir / "results.json").read_text())["machine"]
+    assert {"start", "end", "cores", "busy"} <= set(machine["load_average"])
+    report = (outdir / "report.md").read_text()
+    assert "Load average (1 min)" in report and "--optimize-effort" not in report
+    capsys.readouterr()
