@@ -66,17 +66,17 @@ def find_groups(model: onnx.ModelProto) -> dict[str, NodeGroup]:
         if node is not None:
             classifier.append(node.name)
 
+    # A squeeze-excite scale is Mul(x, gate(pool(x))): the pool reads the very tensor the Mul scales. Without that
+    # check a SiLU's Mul (x * Sigmoid(x)) walks back through the block into the previous block's pool.
     squeeze_excite: set[str] = set()
     for node in graph.node:
-        if node.op_type != "Mul":
+        if node.op_type != "Mul" or len(node.input) != 2:
             continue
-        for name in node.input:
-            chain, current = [], producers.get(name)
-            while current is not None and len(chain) < 8 and current.op_type not in POOL_OPS:
-                chain.append(current.name)
-                current = producers.get(current.input[0]) if current.input else None
-            if current is not None and current.op_type in POOL_OPS and chain and producers[name].op_type in GATE_OPS:
-                squeeze_excite.update([*chain, current.name, node.name])
+        for name, other in (node.input, reversed(node.input)):
+            gate = producers.get(name)
+            branch = _branch_from_pool(gate, other, producers) if gate and gate.op_type in GATE_OPS else None
+            if branch:
+                squeeze_excite.update([*branch, node.name])
 
     activations = [
         n.name
@@ -130,3 +130,27 @@ def find_groups(model: onnx.ModelProto) -> dict[str, NodeGroup]:
 def _is_constant_scale(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
     """A Mul/Div by a constant is a rescale, not an activation."""
     return node.op_type in ("Mul", "Div") and any(name in weights for name in node.input)
+
+
+def _branch_from_pool(
+    gate: onnx.NodeProto, pooled: str, producers: dict[str, onnx.NodeProto], limit: int = 12
+) -> list[str] | None:
+    """The nodes from a pool of ``pooled`` up to ``gate`` (every path back from the gate must end at that pool)."""
+    branch: list[str] = []
+    pending = [gate]
+    while pending:
+        node = pending.pop()
+        if node.name in branch:
+            continue
+        branch.append(node.name)
+        if len(branch) > limit:
+            return None
+        if node.op_type in POOL_OPS:
+            if node.input[0] != pooled:
+                return None
+            continue
+        feeding = [producers[name] for name in node.input if name in producers]
+        if not feeding:
+            return None  # reached the graph input without a pool
+        pending.extend(feeding)
+    return branch if len(branch) > 1 else None

@@ -2,7 +2,8 @@
 
 Options name the data types, reduce_range, per-channel weights (depthwise included), QDQ or QOperator and the
 calibration method. Calibration runs once per method (all tensors) and is cached as JSON beside ``cache``, so
-the recipe search can try many "what stays float" variants for the cost of the quantizer alone.
+the recipe search can try many "what stays float" variants for the cost of the quantizer alone. The options'
+``rewrites`` (optimize/int8_blocks.py) keep squeeze-excite pools and HardSigmoid gates in int8 around ORT's quantizer.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from onnxruntime.quantization import (
 
 from smallnets.core.targets import CALIBRATION_METHODS, QuantOptions
 from smallnets.optimize.groups import name_nodes
+from smallnets.optimize.int8_blocks import apply_after_quantization, apply_before_quantization
 from smallnets.optimize.modelio import check_model, copy_metadata, save_model
 
 _TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -73,6 +75,7 @@ def quantize_model(
     ``calibration`` overrides the options' method when given. The first call per method needs ``reader`` and
     fills its cache (see :func:`calibration_cache`); later calls reuse the cached tensor ranges.
     """
+    excluded = set(exclude_nodes)
     method = calibration or options.calibration
     cache = calibration_cache(cache, method)
     if not cache.exists() and reader is None:
@@ -80,6 +83,31 @@ def quantize_model(
     extra_options: dict[str, object] = {"WeightSymmetric": True}
     if method == "percentile":
         extra_options["CalibPercentile"] = options.percentile
+    source = prepared
+    with tempfile.TemporaryDirectory(prefix="smallnets-rewrite-") as folder:
+        rewritten = onnx.load(str(prepared))
+        if apply_before_quantization(rewritten, options.rewrites):
+            source = Path(folder) / "rewritten.onnx"
+            onnx.save(rewritten, str(source))
+        _quantize_static(source, output, options, method, cache, reader, excluded, extra_options)
+    quantized = shield_float_nodes(onnx.load(str(output)), excluded)
+    apply_after_quantization(quantized, options.rewrites, excluded)
+    copy_metadata(onnx.load(str(prepared), load_external_data=False), quantized)
+    check_model(quantized, "quantized model")
+    save_model(quantized, output)
+    return quantized
+
+
+def _quantize_static(
+    prepared: Path,
+    output: Path,
+    options: QuantOptions,
+    method: str,
+    cache: Path,
+    reader: CalibrationDataReader | None,
+    exclude_nodes: set[str],
+    extra_options: dict[str, object],
+) -> None:
     quiet = logging.getLogger()
     level = quiet.level
     quiet.setLevel(
@@ -95,18 +123,13 @@ def quantize_model(
             reduce_range=options.reduce_range,
             activation_type=_TYPES[options.activation_type],
             weight_type=_TYPES[options.weight_type],
-            nodes_to_exclude=sorted(set(exclude_nodes)),
+            nodes_to_exclude=sorted(exclude_nodes),
             calibrate_method=calibration_method(method),
             calibration_cache_path=str(cache),
             extra_options=extra_options,
         )
     finally:
         quiet.setLevel(level)
-    quantized = shield_float_nodes(onnx.load(str(output)), set(exclude_nodes))
-    copy_metadata(onnx.load(str(prepared), load_external_data=False), quantized)
-    check_model(quantized, "quantized model")
-    save_model(quantized, output)
-    return quantized
 
 
 def shield_float_nodes(model: onnx.ModelProto, float_nodes: set[str]) -> onnx.ModelProto:

@@ -1,0 +1,160 @@
+"""Graph rewrites that keep whole blocks in int8 where onnxruntime's quantizer leaves an op in float.
+
+ORT's quantizer (QDQ and QOperator) already keeps Sigmoid (QLinearSigmoid, a 256-entry lookup table), Mul, Add and
+GlobalAveragePool in int8. Two ops of the small CNN families are not on its list and cost a float round trip over
+a feature map each (DequantizeLinear -> op -> QuantizeLinear):
+
+- ``ReduceMean`` over H and W, how torch.onnx exports ``adaptive_avg_pool2d(x, 1)`` and ``x.mean((2, 3))`` (the
+  squeeze-excite squeeze and the head pool of MobileNetV3 and EfficientNet). With ``keepdims`` it is exactly
+  ``GlobalAveragePool``, which ORT runs as QLinearGlobalAveragePool: :func:`spatial_mean_as_global_pool`, before
+  quantization.
+- ``HardSigmoid`` (MobileNetV3's gate, and half of its HardSwish = x * HardSigmoid(x)). On a quantized input it is
+  an affine map then a clip to [0, 1]; the clip is the output quantizer's saturation (its range always holds 0 and
+  lies within [0, 1]), so DQ -> HardSigmoid -> Q is one com.microsoft QLinearAdd of the input re-scaled by alpha and
+  the constant beta: :func:`hard_sigmoid_as_qlinear_add`, after quantization.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+SPATIAL_AXES = ({2, 3}, {-2, -1})
+MS_DOMAIN = "com.microsoft"
+
+
+def _ints(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:
+    """ReduceMean's axes, from the attribute (opset < 18) or the constant second input (opset >= 18)."""
+    for attribute in node.attribute:
+        if attribute.name == "axes":
+            return list(attribute.ints)
+    if len(node.input) > 1 and node.input[1]:
+        constant = next((init for init in model.graph.initializer if init.name == node.input[1]), None)
+        return None if constant is None else numpy_helper.to_array(constant).astype(int).tolist()
+    return None
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: float | int) -> float | int:
+    value = next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+    return value
+
+
+def spatial_mean_as_global_pool(model: onnx.ModelProto) -> int:
+    """Replace each ReduceMean over H, W of a 4-D tensor (keepdims) by GlobalAveragePool, in place; returns how many.
+
+    Only 4-D inputs whose rank is known are rewritten (GlobalAveragePool pools every axis after the second).
+    """
+    ranks = {
+        value.name: len(value.type.tensor_type.shape.dim)
+        for value in (*model.graph.value_info, *model.graph.input, *model.graph.output)
+        if value.type.tensor_type.HasField("shape")
+    }
+    rewritten = 0
+    for node in model.graph.node:
+        if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx"):
+            continue
+        axes = _ints(model, node)
+        if axes is None or set(axes) not in SPATIAL_AXES or not _attribute(node, "keepdims", 1):
+            continue
+        if ranks.get(node.input[0]) != 4:
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.input[1:]
+        del node.attribute[:]
+        rewritten += 1
+    return rewritten
+
+
+def hard_sigmoid_as_qlinear_add(model: onnx.ModelProto, keep_float: Collection[str] = ()) -> int:
+    """Turn every DequantizeLinear -> HardSigmoid -> QuantizeLinear into one QLinearAdd, in place; returns how many.
+
+    HardSigmoid(x) = clip(alpha * x + beta, 0, 1) and x = s * (q - z), so alpha * x = (alpha * s) * (q - z): the
+    QLinearAdd reads the same integers with scale alpha * s and adds beta (a one-element constant). The clip is the
+    output quantizer's saturation: ORT's calibration always includes 0 in the range and a HardSigmoid's output never
+    leaves [0, 1], so the output range lies within [0, 1] and saturating to it is what the float graph then did.
+    A DequantizeLinear whose output has other readers stays for them; HardSigmoids named in ``keep_float`` stay.
+    """
+    graph = model.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    constants = {init.name: init for init in graph.initializer}
+    rewritten, dropped = 0, set()
+    for node in list(graph.node):
+        if node.op_type != "HardSigmoid" or node.name in keep_float:
+            continue
+        dequantize, readers = producers.get(node.input[0]), consumers.get(node.output[0], [])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(readers) != 1:
+            continue
+        quantize = readers[0]
+        if quantize.op_type != "QuantizeLinear" or len(dequantize.input) < 3 or len(quantize.input) < 3:
+            continue
+        scale, zero_point = constants.get(dequantize.input[1]), constants.get(dequantize.input[2])
+        if scale is None or zero_point is None or numpy_helper.to_array(scale).size != 1:
+            continue
+        zero = numpy_helper.to_array(zero_point)
+        if zero.dtype != numpy_helper.to_array(constants[quantize.input[2]]).dtype:
+            continue
+        alpha, beta = float(_attribute(node, "alpha", 0.2)), float(_attribute(node, "beta", 0.5))
+        prefix = f"{node.name}_qadd"
+        beta_scale, beta_zero, beta_value = (abs(beta), 0, 1) if beta else (1.0, 0, 0)
+        if beta < 0:
+            beta_zero, beta_value = 1, 0
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(
+                    np.array(float(numpy_helper.to_array(scale)) * alpha, np.float32), f"{prefix}_a_scale"
+                ),
+                numpy_helper.from_array(np.array(beta_value, zero.dtype), f"{prefix}_b"),
+                numpy_helper.from_array(np.array(beta_scale, np.float32), f"{prefix}_b_scale"),
+                numpy_helper.from_array(np.array(beta_zero, zero.dtype), f"{prefix}_b_zero_point"),
+            ]
+        )
+        add = helper.make_node(
+            "QLinearAdd",
+            [
+                dequantize.input[0],
+                f"{prefix}_a_scale",
+                dequantize.input[2],
+                f"{prefix}_b",
+                f"{prefix}_b_scale",
+                f"{prefix}_b_zero_point",
+                quantize.input[1],
+                quantize.input[2],
+            ],
+            [quantize.output[0]],
+            name=prefix,
+            domain=MS_DOMAIN,
+        )
+        graph.node.insert(list(graph.node).index(node), add)
+        graph.node.remove(node)
+        graph.node.remove(quantize)
+        consumers[dequantize.output[0]].remove(node)
+        if not consumers[dequantize.output[0]] and dequantize.output[0] not in {o.name for o in graph.output}:
+            dropped.add(dequantize.name)
+        rewritten += 1
+    for node in [node for node in graph.node if node.name in dropped]:
+        graph.node.remove(node)
+    if rewritten and not any(opset.domain == MS_DOMAIN for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return rewritten
+
+
+BEFORE_QUANTIZATION = {"spatial-mean-as-global-pool": spatial_mean_as_global_pool}
+AFTER_QUANTIZATION = {"hard-sigmoid-as-qlinear-add": hard_sigmoid_as_qlinear_add}
+
+
+def apply_before_quantization(model: onnx.ModelProto, rewrites: Sequence[str]) -> int:
+    """The float-graph rewrites among ``rewrites`` (names as in ``QuantOptions.rewrites``), in place; nodes changed."""
+    return sum(BEFORE_QUANTIZATION[name](model) for name in rewrites if name in BEFORE_QUANTIZATION)
+
+
+def apply_after_quantization(model: onnx.ModelProto, rewrites: Sequence[str], keep_float: Collection[str] = ()) -> int:
+    """The quantized-graph rewrites among ``rewrites``, in place, leaving the nodes in ``keep_float`` float."""
+    return sum(AFTER_QUANTIZATION[name](model, keep_float) for name in rewrites if name in AFTER_QUANTIZATION)
