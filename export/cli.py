@@ -220,6 +220,7 @@ def _millions(value: int | None) -> str:
 def run_export(args: argparse.Namespace) -> int:
     output = args.output or Path(f"{args.name}.onnx")
     check_export_target(output)  # before torch loads
+    from smallnets.core.artifacts import export_report_path
     from smallnets.export.onnx_export import ExportConfig, export_model
     from smallnets.export.registry import get_spec
 
@@ -231,7 +232,7 @@ def run_export(args: argparse.Namespace) -> int:
     result = export_model(config, output)
     card = result.card
     size_mb = result.path.stat().st_size / 1e6
-    print(f"wrote {result.path} ({size_mb:.1f} MB) and {result.path.with_suffix('.export.json')}")
+    print(f"wrote {result.path} ({size_mb:.1f} MB) and {export_report_path(result.path)}")
     print(f"  model    {card.display_name}: {card.params:,} params, {card.macs / 1e6:.1f}M MACs")
     print(f"  weights  {card.weights}")
     print(f"  accuracy {card.accuracy.summary}")

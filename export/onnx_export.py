@@ -28,6 +28,7 @@ import onnxruntime
 import torch
 from PIL import Image
 
+from smallnets.core.artifacts import export_report_path
 from smallnets.core.metadata import AccuracyStatus, ModelCard
 from smallnets.core.runtime import OnnxClassifier, Prediction, softmax, top_k
 from smallnets.core.version import __version__
@@ -105,7 +106,7 @@ class ExportResult:
 def export_model(config: ExportConfig, output: str | Path) -> ExportResult:
     """Build, load weights, export, attach the model card, validate against PyTorch, then publish atomically.
 
-    Writes ``output`` and ``output.with_suffix(".export.json")``; on any error neither is left behind.
+    Writes ``output`` and its ``export_report_path`` (MODEL.export.json); on any error neither is left behind.
     """
     started = time.perf_counter()
     output = Path(output)
@@ -136,7 +137,7 @@ def _staged(output: Path) -> Iterator[tuple[Path, Path]]:
     """
     if output.is_dir():
         raise IsADirectoryError(f"output {output} is a directory; pass a file name such as {output / 'model.onnx'}")
-    report = output.with_suffix(".export.json")
+    report = export_report_path(output)
     staged: list[Path] = []
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -132,3 +132,21 @@ def test_a_busy_port_names_the_fix_in_the_words_of_the_command_used(
     assert from_make.stderr.strip().endswith(f"make run PORT={port + 1}")
     recipe = subprocess.run(["make", "-n", "run"], cwd=CHECKOUT, capture_output=True, text=True, check=False).stdout
     assert "SMALLNETS_MAKE_RUN=1" in next(line for line in recipe.splitlines() if " serve " in line)
+
+
+def test_the_export_report_is_named_once() -> None:
+    from smallnets.core.artifacts import EXPORT_NAME, export_report_path
+
+    assert export_report_path(Path("out") / EXPORT_NAME) == Path("out/model.export.json")
+    assert export_report_path("lite0.onnx") == Path("lite0.export.json")
+
+
+def test_the_quick_starts_leftovers_are_ignored() -> None:
+    ignored = subprocess.run(
+        ["git", "check-ignore", "cat.jpg", "lite0.export.json", "lite0.onnx"],
+        cwd=CHECKOUT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ignored.stdout.split() == ["cat.jpg", "lite0.export.json", "lite0.onnx"]

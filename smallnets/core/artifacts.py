@@ -17,6 +17,13 @@ REPORT_MARKDOWN = "report.md"
 SERVABLE_NAMES = (INT8_NAME, FP32_NAME)
 
 
+def export_report_path(model: str | Path) -> Path:
+    """The JSON `smallnets export` writes beside MODEL.onnx: MODEL.export.json (model.export.onnx's too, not
+    model.export.export.json)."""
+    model = Path(model)
+    return model.with_name(model.name.removesuffix(".onnx").removesuffix(".export") + ".export.json")
+
+
 def resolve_model_file(path: str | Path) -> Path:
     """An .onnx file as given, or the best model in a `smallnets optimize` output folder (int8, else fp32)."""
     path = Path(path)
