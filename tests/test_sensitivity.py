@@ -24,7 +24,8 @@ def test_sqnr_and_cosine_of_known_errors() -> None:
 
 
 def chain(path: Path, damage: float) -> Path:
-    """Three 1x1 convs with ReLUs; ``damage`` perturbs the middle conv's weights only."""
+    """Three 1x1 convs with ReLUs; ``damage`` perturbs the middle conv's weights only and renames its output, as
+    ORT's quantizer does when it folds the ReLU into the conv (only the ReLU's output name is left to compare)."""
     rng = np.random.default_rng(0)
     nodes, weights, source = [], [], "x"
     for index in range(3):
@@ -32,8 +33,9 @@ def chain(path: Path, damage: float) -> Path:
         if index == 1:
             weight += damage * rng.standard_normal(weight.shape).astype(np.float32)
         weights.append(numpy_helper.from_array(weight, f"w{index}"))
-        nodes.append(helper.make_node("Conv", [source, f"w{index}"], [f"c{index}"], name=f"conv{index}"))
-        nodes.append(helper.make_node("Relu", [f"c{index}"], [f"r{index}"], name=f"relu{index}"))
+        output = f"c{index}_folded" if index == 1 and damage else f"c{index}"
+        nodes.append(helper.make_node("Conv", [source, f"w{index}"], [output], name=f"conv{index}"))
+        nodes.append(helper.make_node("Relu", [output], [f"r{index}"], name=f"relu{index}"))
         source = f"r{index}"
     graph = helper.make_graph(
         nodes,
@@ -51,6 +53,7 @@ def test_the_damaged_layer_is_where_the_signal_drops(tmp_path: Path) -> None:
     inputs = np.random.default_rng(1).standard_normal((3, 8, 4, 4)).astype(np.float32)
     errors = layer_errors(reference, damaged, inputs)
     assert [error.node for error in errors] == ["conv0", "conv1", "conv2"]
+    assert [error.output for error in errors] == ["c0", "r1", "c2"]
     assert errors[0].sqnr_db == math.inf and errors[0].cosine == pytest.approx(1.0)
     assert errors[1].sqnr_db < 15 and errors[1].drop_db == math.inf  # from exact to noisy: all of it lost here
     assert errors[0].to_dict()["sqnr_db"] is None  # JSON has no infinity
