@@ -38,7 +38,7 @@ def bench_args(*argv: str) -> argparse.Namespace:
 def test_selection_part_parses_models_variants_and_labelled_photos() -> None:
     args = parser_with(add_selection_arguments).parse_args(["--models", "a,b", "--eval-dir", "photos"])
     assert (args.models, args.eval_dir, args.batch, args.threads) == ("a,b", Path("photos"), "1,8", "1,all")
-    assert args.variants == "torch,onnx-fp32,onnx-opt,onnx-int8" and args.weights == "random"
+    assert args.variants == "torch,onnx-fp32,onnx-opt,onnx-int8" and args.weights is None  # per model
 
 
 def test_loop_part_keeps_duration_and_iterations_exclusive() -> None:
