@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from smallnets.benchmarks.selection import VARIANTS
 from smallnets.core.files import atomic_write
 from smallnets.core.hardware import detect_cpu
 
-MARKERS = dict(zip(VARIANTS, ("o", "s", "^", "D", "v", "P"), strict=True))
+MARKERS = dict(zip(VARIANTS, itertools.cycle(("o", "s", "^", "D", "v", "X", "P")), strict=False))  # any count
 
 
 def save(figure: Figure, path: Path) -> Path:
