@@ -6,6 +6,7 @@ Cache layout (one folder per model + variant + weights, one sub-folder per optim
     CACHE/<model-label>--<weights>/input.npy             the sample photos preprocessed by the model's card
     CACHE/<model-label>--<weights>/<target>[-bounded][-labelled]/model.fp32.onnx, model.int8.onnx, report.json
     CACHE/<model-label>--<weights>/openvino/model.fp32.xml                openvino-fp32 (+ .bin)
+    CACHE/<model-label>--<weights>/openvino/model.default.xml             openvino-default (same IR, default precision)
     CACHE/<model-label>--<weights>/openvino/model.nncf-int8-cN[-labelled].xml  openvino-nncf-int8, same calibration
 
 A second run finds everything and builds nothing; building needs the export stage (torch), measuring does not,
@@ -103,6 +104,8 @@ class ModelArtifacts:
         """OpenVINO IR of a peer variant; NNCF's int8 is named after the calibration images it shares with ours."""
         if variant == "openvino-fp32":
             return self.folder / "openvino" / "model.fp32.xml"
+        if variant == "openvino-default":
+            return self.folder / "openvino" / "model.default.xml"
         return self.folder / "openvino" / f"model.nncf-int8-c{self.calib_images()}{self.calib_tag}.xml"
 
     def calib_images(self) -> int:
@@ -293,8 +296,8 @@ class ArtifactCache:
         output = artifacts.peer_path(variant)
         if output.is_file() and not self.rebuild:
             return
-        if variant == "openvino-fp32":
-            build_openvino_fp32(artifacts.exported, output)
+        if variant in ("openvino-fp32", "openvino-default"):
+            build_openvino_fp32(artifacts.exported, output, "f32" if variant == "openvino-fp32" else "default")
             return
         build_nncf_int8(artifacts.exported, output, calibration_batches(artifacts))
 

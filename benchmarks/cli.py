@@ -52,7 +52,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         "--variants",
         default="torch,onnx-fp32,onnx-opt,onnx-int8",
         help="comma-separated subset of torch,onnx-fp32,onnx-opt,onnx-int8 and, with the peers extra, "
-        "openvino-fp32,openvino-nncf-int8 (default: torch,onnx-fp32,onnx-opt,onnx-int8)",
+        "openvino-fp32,openvino-default,openvino-nncf-int8 (default: torch,onnx-fp32,onnx-opt,onnx-int8)",
     )
     parser.add_argument(
         "--eval-dir",

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from smallnets.core.hardware import detect_cpu
 
-LIBRARIES = ("smallnets", "onnxruntime", "numpy", "torch", "onnx", "onnxsim", "pillow")
+LIBRARIES = ("smallnets", "onnxruntime", "numpy", "torch", "onnx", "onnxsim", "pillow", "openvino", "nncf")
 EMULATED_WARNING = (
     "EMULATED: measured under QEMU user-mode emulation; latencies are emulator figures, not comparable with "
     "native hardware."
@@ -37,12 +39,31 @@ def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
     return versions
 
 
+SOURCE_FOLDER = Path(__file__).resolve().parent
+
+
+def source_commit(folder: Path = SOURCE_FOLDER) -> str | None:
+    """The git commit the measured code came from (short hash, "+dirty" with uncommitted changes); None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def machine_block(
     threads: Sequence[int] = (), target: str | None = None, target_reason: str | None = None
 ) -> dict[str, Any]:
     cpu = detect_cpu()
     return {
         "cpu": cpu.to_dict(),
+        "cpu_kind": cpu_kind(cpu.features, cpu.arch),
+        "commit": source_commit(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "libraries": library_versions(),

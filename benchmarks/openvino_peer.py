@@ -1,9 +1,12 @@
-"""OpenVINO as a peer: its CPU runtime in f32, and NNCF int8 from the same ONNX export and calibration images.
+"""OpenVINO as a peer: its CPU runtime in f32 and at its own default precision, and NNCF int8 from the same ONNX
+export and calibration images.
 
 What an OpenVINO user would run instead of us: ``convert_model`` on the exported ONNX, ``nncf.quantize`` with its
 defaults (fast bias correction, mixed precision where NNCF chooses it), the input reshaped to the measured batch,
-and a latency-hinted single-stream compile with ``threads`` inference threads. Precision is pinned to f32 for the
-parts NNCF left float, so a CPU with BF16 units does not silently run the "f32" peer in bf16.
+and a latency-hinted single-stream compile with ``threads`` inference threads. ``openvino-fp32`` and NNCF's int8
+pin the float parts to f32, so a CPU with BF16 units does not silently run the "f32" peer in bf16;
+``openvino-default`` leaves precision to OpenVINO (bf16 on CPUs with AVX-512 BF16 or AMX): what a user gets who
+sets only ``PERFORMANCE_HINT=LATENCY``. The IR records which one it is (rt_info ``smallnets_precision``).
 Needs the ``peers`` extra (``pip install 'smallnets[peers]'``); imported only by the variants that use it.
 """
 
@@ -34,11 +37,20 @@ def import_openvino() -> ModuleType:
     return openvino
 
 
-def build_openvino_fp32(onnx_path: Path, output: Path) -> Path:
-    """The export converted to OpenVINO IR (.xml + .bin), weights kept in f32."""
+PRECISION_KEY = "smallnets_precision"
+PINNED, DEFAULT = "f32", "default"
+
+
+def build_openvino_fp32(onnx_path: Path, output: Path, precision: str = PINNED) -> Path:
+    """The export converted to OpenVINO IR (.xml + .bin), weights kept in f32; ``precision`` is what it runs at:
+    f32 pinned, or ``default`` (OpenVINO's choice for this CPU)."""
+    if precision not in (PINNED, DEFAULT):
+        raise ValueError(f"precision must be {PINNED!r} or {DEFAULT!r}, got {precision!r}")
     ov = import_openvino()
     output.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov.convert_model(str(onnx_path)), str(output), compress_to_fp16=False)
+    model = ov.convert_model(str(onnx_path))
+    model.set_rt_info(precision, PRECISION_KEY)
+    ov.save_model(model, str(output), compress_to_fp16=False)
     return output
 
 
@@ -56,14 +68,19 @@ def build_nncf_int8(onnx_path: Path, output: Path, calibration: Sequence[np.ndar
     return output
 
 
-def compile_config(threads: int) -> dict[str, object]:
-    """One latency-hinted stream on ``threads`` threads, float parts in f32 (never bf16 behind our back)."""
-    return {
-        "INFERENCE_NUM_THREADS": threads,
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": 1,
-        "INFERENCE_PRECISION_HINT": "f32",
-    }
+def compile_config(threads: int, precision: str = PINNED) -> dict[str, object]:
+    """One latency-hinted stream on ``threads`` threads; float parts in f32 unless ``precision`` is ``default``."""
+    config: dict[str, object] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if precision != DEFAULT:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return config
+
+
+def ir_precision(model: object) -> str:
+    """The precision an IR was built to run at (f32 for IRs without the note, e.g. NNCF's int8)."""
+    if not model.has_rt_info(PRECISION_KEY):  # type: ignore[attr-defined]
+        return PINNED
+    return model.get_rt_info(PRECISION_KEY).astype(str)  # type: ignore[attr-defined]
 
 
 def load_openvino(model_path: str, threads: int, input_shape: Sequence[int]) -> LoadedModel:
@@ -73,7 +90,7 @@ def load_openvino(model_path: str, threads: int, input_shape: Sequence[int]) -> 
     started = time.perf_counter()
     model = core.read_model(model_path)
     model.reshape({0: list(input_shape)})
-    compiled = core.compile_model(model, "CPU", compile_config(threads))
+    compiled = core.compile_model(model, "CPU", compile_config(threads, ir_precision(model)))
     request = compiled.create_infer_request()
     load_ms = (time.perf_counter() - started) * 1000.0
     weights = Path(model_path).with_suffix(".bin")
@@ -82,4 +99,7 @@ def load_openvino(model_path: str, threads: int, input_shape: Sequence[int]) -> 
     def run(batch: np.ndarray) -> np.ndarray:
         return request.infer({0: batch})[compiled.output(0)]
 
-    return LoadedModel(run, provider="openvino-cpu", size_bytes=size, load_ms=load_ms)
+    # At OpenVINO's default the provider names the precision the CPU plugin chose (bf16 on CPUs with BF16 units).
+    chosen = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    provider = "openvino-cpu" if ir_precision(model) == PINNED else f"openvino-cpu-{chosen}"
+    return LoadedModel(run, provider=provider, size_bytes=size, load_ms=load_ms)

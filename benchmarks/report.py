@@ -139,6 +139,7 @@ def machine_lines(machine: dict[str, Any]) -> list[str]:
         f"- ISA features: {', '.join(cpu['features']) or 'none detected'}",
         f"- Platform: {machine['platform']}, Python {machine['python']}",
         f"- Libraries: {libraries}",
+        f"- Code: commit {machine.get('commit') or 'unknown'}; CPU kind {machine.get('cpu_kind') or 'unknown'}",
     ]
     if machine.get("threads"):
         threads = machine["threads"]

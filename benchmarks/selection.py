@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_VARIANTS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8")
-PEER_VARIANTS = ("openvino-fp32", "openvino-nncf-int8")  # need the peers extra (openvino, nncf)
+PEER_VARIANTS = ("openvino-fp32", "openvino-default", "openvino-nncf-int8")  # need the peers extra (openvino, nncf)
 VARIANTS = (*DEFAULT_VARIANTS, *PEER_VARIANTS)
 OPTIMIZED_VARIANTS = ("onnx-opt", "onnx-int8")
 VARIANT_HELP = {
@@ -16,6 +16,7 @@ VARIANT_HELP = {
     "onnx-opt": "simplified + fused fp32 ONNX (optimize's model.fp32.onnx)",
     "onnx-int8": "int8 ONNX quantized with the target's options (optimize's model.int8.onnx)",
     "openvino-fp32": "OpenVINO CPU runtime, f32, converted from the exported ONNX",
+    "openvino-default": "the same IR at OpenVINO's own default precision (bf16 on CPUs with BF16 units), latency hint",
     "openvino-nncf-int8": "OpenVINO CPU runtime, NNCF int8 calibrated on the same images as onnx-int8",
 }
 # One default variant of every family; `--models all-default` must finish in ~15 min on 2 cores, cache included.

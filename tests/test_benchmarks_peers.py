@@ -86,7 +86,7 @@ def test_openvino_peers_are_measured_beside_onnx(tmp_path: Path) -> None:
     pytest.importorskip("nncf", reason="needs the peers extra: pip install 'smallnets[peers]'")
     config = BenchConfig(
         models=(ModelChoice.parse(TINY),),
-        variants=("onnx-fp32", "openvino-fp32", "openvino-nncf-int8"),
+        variants=("onnx-fp32", "openvino-fp32", "openvino-default", "openvino-nncf-int8"),
         batches=(2,),
         threads=(1,),
         iterations=3,
@@ -98,6 +98,7 @@ def test_openvino_peers_are_measured_beside_onnx(tmp_path: Path) -> None:
     rows = {row["variant"]: row for row in result.rows}
     assert set(rows) == set(config.variants)
     assert rows["openvino-fp32"]["provider"] == rows["openvino-nncf-int8"]["provider"] == "openvino-cpu"
+    assert rows["openvino-default"]["provider"].startswith("openvino-cpu-")  # names the precision OpenVINO chose
     assert rows["openvino-nncf-int8"]["model_size_mb"] < rows["openvino-fp32"]["model_size_mb"] / 2  # int8 weights
     assert all(row["accuracy_note"] == UNVALIDATED for row in rows.values())
     report = (tmp_path / "out" / "report.md").read_text()
