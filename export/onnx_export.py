@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from smallnets.core.artifacts import export_report_path
-from smallnets.core.metadata import AccuracyStatus, ModelCard
+from smallnets.core.metadata import AccuracyStatus, ModelCard, write_card
 from smallnets.core.runtime import OnnxClassifier, Prediction, softmax, top_k
 from smallnets.core.version import __version__
 from smallnets.export.labels import imagenet_classes
@@ -243,8 +243,7 @@ def _attach_card(proto: onnx.ModelProto, card: ModelCard) -> None:
     proto.producer_version = __version__
     proto.doc_string = f"{card.display_name} ({card.family}), ImageNet-1k classifier, weights {card.weights}"
     del proto.metadata_props[:]
-    for key, value in card.to_metadata_props().items():
-        proto.metadata_props.add(key=key, value=value)
+    write_card(proto, card)
 
 
 def _validate(

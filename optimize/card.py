@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from smallnets.core.metadata import MissingMetadataError, ModelCard, Preprocessing
-from smallnets.optimize.modelio import input_hw, read_card
+from smallnets.core.metadata import MissingMetadataError, ModelCard, Preprocessing, card_of
+from smallnets.optimize.modelio import input_hw
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def resolve_card(model: onnx.ModelProto, flags: PreprocessingFlags, source: str)
     A smallnets export carries its card; flags then override its preprocessing. A foreign model needs at least
     ``--resolution`` (the mean/std default to ImageNet's, which the note says).
     """
-    card = read_card(model)
+    card = card_of(model)
     notes: list[str] = []
     if card is None:
         resolution = flags.resolution

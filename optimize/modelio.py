@@ -8,7 +8,6 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from smallnets.core.files import atomic_output
-from smallnets.core.metadata import CARD_KEY, ModelCard
 
 
 class InvalidModelError(ValueError):
@@ -43,24 +42,6 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     with atomic_output(path) as temporary:
         onnx.save(model, str(temporary))
     return path
-
-
-def read_card(model: onnx.ModelProto) -> ModelCard | None:
-    """The smallnets card in ``metadata_props``, or None for a foreign model."""
-    props = {entry.key: entry.value for entry in model.metadata_props}
-    return ModelCard.from_metadata_props(props) if CARD_KEY in props else None
-
-
-def write_card(model: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
-    """Set (replace) the card in place; other metadata entries are kept."""
-    for key, value in card.to_metadata_props().items():
-        for entry in model.metadata_props:
-            if entry.key == key:
-                entry.value = value
-                break
-        else:
-            model.metadata_props.add(key=key, value=value)
-    return model
 
 
 def copy_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> onnx.ModelProto:

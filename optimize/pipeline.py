@@ -26,7 +26,7 @@ from smallnets.core.evaluation import (
 )
 from smallnets.core.files import check_output_dir, replace_folder, write_manifest
 from smallnets.core.hardware import detect_cpu
-from smallnets.core.metadata import AccuracyStatus, ModelCard
+from smallnets.core.metadata import AccuracyStatus, ModelCard, write_card
 from smallnets.core.targets import QuantOptions, Target, resolve_target, runs_here
 from smallnets.optimize.calibration import (
     REPORT_PHOTOS,
@@ -42,7 +42,7 @@ from smallnets.optimize.card import PreprocessingFlags, resolve_card
 from smallnets.optimize.fuse import count_diff, fuse, op_counts
 from smallnets.optimize.groups import NodeGroup, find_groups
 from smallnets.optimize.latency import SpeedGate, measure_latency, speed_gate
-from smallnets.optimize.modelio import load_model, save_model, write_card
+from smallnets.optimize.modelio import load_model, save_model
 from smallnets.optimize.quantize import calibration_method, prepare_for_quantization, quantize_model
 from smallnets.optimize.recipe import (
     CandidateBuilder,

@@ -15,10 +15,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import onnxruntime as ort
-
 from smallnets.core.artifacts import resolve_model_file
 from smallnets.core.metadata import ModelCard
+from smallnets.core.metadata import read_card as read_card  # the one card reader, used through here by serve
 
 MODEL_FILENAME = "model.onnx"
 _TAG_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
@@ -26,20 +25,6 @@ _TAG_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
 METADATA_PROPS_FIELD = 14
 # Card fields that differ between two exports of the same model.
 VOLATILE_PROVENANCE = ("exported_at",)
-
-
-def read_card(path: str | Path) -> ModelCard:
-    """The model card of an ONNX file, read through ONNX Runtime's metadata (no onnx package needed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist: export one with `smallnets export NAME -o FILE`")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # ORT raises its own exception types for corrupt files
-        raise ValueError(f"{path} is not a loadable ONNX model: {error}") from error
-    return ModelCard.from_metadata_props(session.get_modelmeta().custom_metadata_map, source=str(path))
 
 
 def model_name(card: ModelCard) -> str:

@@ -37,7 +37,8 @@ from smallnets.optimize.calibration import (
 from smallnets.optimize.card import PreprocessingFlags, resolve_card
 from smallnets.optimize.fuse import fuse, op_counts
 from smallnets.optimize.groups import find_groups
-from smallnets.optimize.modelio import InvalidModelError, load_model, read_card
+from smallnets.core.metadata import card_of
+from smallnets.optimize.modelio import InvalidModelError, load_model
 from smallnets.optimize.pipeline import OptimizeConfig, optimize_model
 from smallnets.optimize.quantize import prepare_for_quantization, quantize_model
 from smallnets.optimize.report import Reason, Status
@@ -106,8 +107,8 @@ def test_simplify_keeps_numerics_and_dynamic_batch(family: str, fused_models: Ca
     path, simplified, *_ = fused_models(family)
     onnx.checker.check_model(simplified)
     assert simplified.graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch axis must stay symbolic"
-    assert read_card(simplified) == read_card(onnx.load(str(path)))
-    size = read_card(simplified).preprocessing.crop
+    assert card_of(simplified) == card_of(onnx.load(str(path)))
+    size = card_of(simplified).preprocessing.crop
     for batch in (1, 7):
         data = np.random.default_rng(batch).standard_normal((batch, 3, size, size), dtype=np.float32)
         expected, actual = run_onnx(path, data), run_onnx(simplified, data)
@@ -124,7 +125,7 @@ def test_fuse_keeps_card_and_never_adds_kernels(family: str, fused_models: Calla
     hardswish = op_counts(before).get("HardSwish", 0)
     assert len(fused.graph.node) <= len(before.graph.node) + hardswish, diff
     assert "BatchNormalization" not in op_counts(fused)
-    assert read_card(fused) == read_card(before), "fuse must carry the model card over"
+    assert card_of(fused) == card_of(before), "fuse must carry the model card over"
     assert sum(row["after"] for row in diff.values()) == len(fused.graph.node)
 
 
@@ -167,7 +168,7 @@ def test_quantized_model_runs_and_stays_close_on_random_weights(
     """'Close' for random weights: mean logit cosine vs fp32 above the target's random-weights floor on the sample
     photos (tests/test_fidelity.py shows a zeroed weight falls below it)."""
     _, _, _, fused_path, prepared, _ = fused_models(family)
-    card = read_card(onnx.load(str(prepared)))
+    card = card_of(onnx.load(str(prepared)))
     from smallnets.optimize.calibration import demo_calibration_set
 
     reader = ImageCalibrationReader(demo_calibration_set(8).images, card.preprocessing, "input")
@@ -314,7 +315,7 @@ def test_presets_differ_as_documented(fused_models: Callable[[str], Any], tmp_pa
     assert all(p.per_channel and p.quant_format == "qdq" and p.rationale for p in PRESETS.values())
 
     prepared = fused_models("squeezenet")[4]
-    card = read_card(onnx.load(str(prepared)))
+    card = card_of(onnx.load(str(prepared)))
     from smallnets.optimize.calibration import demo_calibration_set
 
     images = demo_calibration_set(4).images
@@ -409,7 +410,7 @@ def test_interpolation_flag_overrides_the_card(exported: Callable[..., Path]) ->
     model = onnx.load(str(cheapest(exported, "squeezenet")))
     card, notes = resolve_card(model, PreprocessingFlags(interpolation="bicubic"), "model.onnx")
     assert card.preprocessing.interpolation == "bicubic" and notes
-    assert read_card(model).preprocessing.interpolation != "bicubic", "the test must change something"
+    assert card_of(model).preprocessing.interpolation != "bicubic", "the test must change something"
 
 
 def test_demo_sets_are_disjoint_and_deduplicated() -> None:

@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from smallnets.core.metadata import card_of
 from smallnets.core.targets import PRESETS, QuantOptions
 from smallnets.optimize.calibration import ImageCalibrationReader, demo_calibration_set
 from smallnets.optimize.fuse import fuse, op_counts
-from smallnets.optimize.modelio import read_card
 from smallnets.optimize.quantize import calibration_cache, prepare_for_quantization, quantize_model
 from smallnets.optimize.simplify import simplify
 
@@ -30,7 +30,7 @@ def prepared(exported: Callable[..., Path], tmp_path_factory: pytest.TempPathFac
 
 
 def quantize(prepared: Path, folder: Path, options: QuantOptions) -> onnx.ModelProto:
-    card = read_card(onnx.load(str(prepared)))
+    card = card_of(onnx.load(str(prepared)))
     reader = ImageCalibrationReader(demo_calibration_set(4).images, card.preprocessing, "input")
     return quantize_model(prepared, folder / f"{options.name}.onnx", options, None, folder / "cache.json", reader)
 

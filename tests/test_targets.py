@@ -16,6 +16,7 @@ import pytest
 
 from smallnets.benchmarks.arm64.env import SETUP_COMMAND, cache_dir
 from smallnets.core.hardware import CpuInfo, detect_cpu
+from smallnets.core.metadata import card_of, write_card
 from smallnets.core.targets import (
     EXECUTION_PROVIDERS,
     PRESETS,
@@ -28,7 +29,6 @@ from smallnets.core.targets import (
     resolve_target,
     runs_here,
 )
-from smallnets.optimize.modelio import read_card, write_card
 from smallnets.serve.settings import ServeSettings
 
 
@@ -173,7 +173,7 @@ def test_classify_warns_when_vnni_int8_runs_on_an_avx2_only_cpu(
 ) -> None:
     """The card of a model says x86-vnni int8; the same command warns under qemu -cpu Haswell and not natively."""
     model = onnx.load(str(exported("mobilenet_v3_small")))
-    card = read_card(model).with_updates(precision="int8", quantization=PRESETS["x86-vnni"].to_dict())
+    card = card_of(model).with_updates(precision="int8", quantization=PRESETS["x86-vnni"].to_dict())
     onnx.save(write_card(model, card), str(tmp_path / "model.onnx"))
     photos["chelsea"].save(tmp_path / "chelsea.jpg")
     command = [

@@ -250,16 +250,17 @@ def build_arm64_artifacts(exported: Path, outdir: Path, calibration_images: int 
     search keeps int8 only where it is faster *on the machine it runs on*, and x86 timings say nothing about ARM
     kernels. What is checked here is that the arm64 quantization computes the same on both architectures.
     """
+    from smallnets.core.metadata import card_of, write_card
     from smallnets.core.targets import PRESETS
     from smallnets.optimize.calibration import ImageCalibrationReader, demo_calibration_set
     from smallnets.optimize.fuse import fuse
-    from smallnets.optimize.modelio import load_model, read_card, save_model, write_card
+    from smallnets.optimize.modelio import load_model, save_model
     from smallnets.optimize.quantize import prepare_for_quantization, quantize_model
     from smallnets.optimize.simplify import simplify
 
     outdir.mkdir(parents=True, exist_ok=True)
     model = load_model(exported)
-    card = read_card(model)
+    card = card_of(model)
     if card is None:
         raise ValueError(f"{exported} has no smallnets model card: export it with `smallnets export`")
     fused, _ = fuse(simplify(model))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 CARD_KEY = "smallnets.card"
@@ -167,3 +168,39 @@ class ModelCard:
             return cls.from_json(props[CARD_KEY])
         except (ValueError, TypeError, KeyError) as error:
             raise MissingMetadataError(f"{source} has an unreadable smallnets model card: {error}") from error
+
+
+# The one place the card is read from and written to a model: an ONNX ModelProto in memory (export, optimize) or
+# an ONNX file on disk through ONNX Runtime's metadata (serve, bench; no onnx package needed).
+def card_of(model: Any) -> ModelCard | None:
+    """The card in an ONNX ModelProto's ``metadata_props``, or None for a model smallnets did not write."""
+    props = {entry.key: entry.value for entry in model.metadata_props}
+    return ModelCard.from_metadata_props(props) if CARD_KEY in props else None
+
+
+def write_card(model: Any, card: ModelCard) -> Any:
+    """Set (replace) the card of an ONNX ModelProto in place; its other metadata entries are kept."""
+    for key, value in card.to_metadata_props().items():
+        for entry in model.metadata_props:
+            if entry.key == key:
+                entry.value = value
+                break
+        else:
+            model.metadata_props.add(key=key, value=value)
+    return model
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The card of an ONNX file, read through ONNX Runtime's metadata (the graph is not optimized or run)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist: export one with `smallnets export NAME -o FILE`")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own exception types for corrupt files
+        raise ValueError(f"{path} is not a loadable ONNX model: {error}") from error
+    return ModelCard.from_metadata_props(session.get_modelmeta().custom_metadata_map, source=str(path))
