@@ -21,7 +21,7 @@ from smallnets.cli import main
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME
 from smallnets.core.evaluation import EVAL_DIR_ENV, eval_dir_setting
 from smallnets.core.files import MANIFEST_NAME, OutputExistsError
-from smallnets.core.metadata import MissingMetadataError
+from smallnets.core.metadata import MissingMetadataError, card_of
 from smallnets.core.runtime import OnnxClassifier
 from smallnets.core.targets import PRESETS, runs_here
 from smallnets.export.registry import list_specs
@@ -37,7 +37,6 @@ from smallnets.optimize.calibration import (
 from smallnets.optimize.card import PreprocessingFlags, resolve_card
 from smallnets.optimize.fuse import fuse, op_counts
 from smallnets.optimize.groups import find_groups
-from smallnets.core.metadata import card_of
 from smallnets.optimize.modelio import InvalidModelError, load_model
 from smallnets.optimize.pipeline import OptimizeConfig, optimize_model
 from smallnets.optimize.quantize import prepare_for_quantization, quantize_model
