@@ -110,3 +110,24 @@ def test_importing_smallnets_loads_no_torch_and_no_stage() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[] [] True True"
+
+
+def test_the_bento_pins_are_the_constraints_pins() -> None:
+    """bentofile.yaml lists the serving packages again (a Bento installs no constraints file): the same versions."""
+    import yaml
+
+    def normalized(name: str) -> str:
+        return name.strip().lower().replace("_", "-")
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        requirement = line.split("#")[0].strip()
+        if "==" in requirement:
+            name, version = requirement.split("==")
+            pins[normalized(name)] = version.strip()
+    packages = yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"]
+    assert packages
+    for requirement in packages:
+        name, separator, version = requirement.partition("==")
+        assert separator, f"bentofile.yaml: {requirement!r} is not pinned with =="
+        assert pins.get(normalized(name)) == version.strip(), f"bentofile.yaml {requirement} vs constraints.txt"
