@@ -21,6 +21,7 @@ from smallnets.core.evaluation import (
     PreparedImages,
     prepare,
     prepare_pictures,
+    provenance,
     read_labelled_folder,
     split_folders,
 )
@@ -39,6 +40,7 @@ from smallnets.optimize.calibration import (
     images_from,
 )
 from smallnets.optimize.card import PreprocessingFlags, resolve_card
+from smallnets.optimize.float_ops import float_ops
 from smallnets.optimize.fuse import count_diff, fuse, op_counts
 from smallnets.optimize.groups import NodeGroup, find_groups
 from smallnets.optimize.latency import SpeedGate, measure_latency, speed_gate
@@ -227,6 +229,8 @@ def build(
     int8_entry = None
     if result.chosen and verdict.writes_int8:
         quantized = onnx.load(str(result.chosen.path))
+        kept = {name: groups[name].nodes for name in result.chosen.float_groups}
+        in_float = float_ops(result.chosen.path, (1, 3, card.preprocessing.crop, card.preprocessing.crop), kept)
         quantization = {
             **preset.to_dict(),
             "calibration": config.calibration or preset.quant.calibration,
@@ -234,11 +238,13 @@ def build(
             "recipe": result.chosen.name,
             "float_groups": list(result.chosen.float_groups),
             "accuracy_status": verdict.status.value,
+            "int8_mac_share": in_float["int8_mac_share"],
+            "float_ops": in_float["float_ops"],
         }
-        accuracy = int8_accuracy(rules, final_check, verdict)
+        accuracy = int8_accuracy(rules, final_check, verdict, data)
         write_card(quantized, card.with_updates(precision="int8", quantization=quantization, accuracy=accuracy))
         int8_path = save_model(quantized, final / INT8_NAME)
-        int8_entry = artifact(int8_path, result.chosen.int8_ms)
+        int8_entry = {**artifact(int8_path, result.chosen.int8_ms), "float_ops": in_float}
     return make_report(
         card,
         preset,
@@ -296,15 +302,18 @@ def artifact(path: Path, latency_ms: float | None) -> dict[str, Any]:
     return {"path": path.name, "size_bytes": path.stat().st_size, "latency_ms_p50": latency_ms}
 
 
-def int8_accuracy(rules: GateRules, check: Check | None, verdict: Verdict) -> AccuracyStatus:
+def int8_accuracy(rules: GateRules, check: Check | None, verdict: Verdict, data: EvaluationData) -> AccuracyStatus:
     """The int8 file's own accuracy status: its labelled figure where one was measured, never the fp32 quote."""
     if rules.random_weights:
         return AccuracyStatus()
     paired = check.paired if check else None
     if paired is None:
         return AccuracyStatus("unvalidated", source=f"optimize: {verdict.detail}")
+    where = provenance(data.split.get("evaluation_source", ""), paired.images)
     return AccuracyStatus(
-        "measured", top1=100 * paired.candidate.top1, source=f"optimize ({verdict.status}): {verdict.detail}"
+        "measured",
+        top1=100 * paired.candidate.top1,
+        source=f"optimize, report part of {where} ({verdict.status}): {verdict.detail}",
     )
 
 
@@ -317,8 +326,8 @@ def accuracy_status(rules: GateRules, check: Check | None, data: EvaluationData)
         return "not validated on labelled photos: demo photos only (set SMALLNETS_EVAL_DIR or --eval-dir)"
     low, high = paired.drop_interval_points.to_list()
     return (
-        f"measured on {paired.images} labelled report images of {data.split.get('evaluation_source')}: "
-        f"fp32 top-1 {paired.reference.top1:.1%}, int8 top-1 {paired.candidate.top1:.1%}, drop "
+        f"measured on the labelled report part of {provenance(data.split.get('evaluation_source', ''), paired.images)}"
+        f": fp32 top-1 {paired.reference.top1:.1%}, int8 top-1 {paired.candidate.top1:.1%}, drop "
         f"{paired.drop_points:+.2f} points (95% CI {low:+.2f} to {high:+.2f})"
     )
 

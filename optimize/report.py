@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from smallnets.core.artifacts import REPORT_JSON, REPORT_MARKDOWN
+from smallnets.optimize.float_ops import summary as float_op_summary
 
 
 class Status(StrEnum):
@@ -118,7 +119,7 @@ class OptimizeReport:
             f"{self.outdir / self.output}: int8 {self.status.value.upper()} for target {self.target}, "
             f"{self.speedup:.2f}x faster than fp32 ({fp32['latency_ms_p50']:.2f} -> {int8['latency_ms_p50']:.2f} ms "
             f"p50, batch 1, 1 thread); {self.detail}; kept float: "
-            f"{', '.join(k['group'] for k in self.kept_float) or 'nothing'}"
+            f"{', '.join(k['group'] for k in self.kept_float) or 'nothing'}; {float_op_summary(int8.get('float_ops'))}"
         )
 
     def to_markdown(self) -> str:
@@ -146,7 +147,8 @@ class OptimizeReport:
         lines += [
             f"- {k['group']} ({k['nodes']} nodes: {', '.join(k['op_types'])}): {k['reason']}" for k in self.kept_float
         ]
-        lines += [*([] if self.kept_float else ["- nothing"]), "", "## Candidates tried (selection part)", ""]
+        lines += [*([] if self.kept_float else ["- nothing"]), *float_op_lines((self.int8 or {}).get("float_ops"))]
+        lines += ["", "## Candidates tried (selection part)", ""]
         if self.search.get("formats"):
             lines += [
                 f"Quantization options, all-int8 each, first: {self.search['quant']} carried on to the group search.",
@@ -176,6 +178,25 @@ class OptimizeReport:
         if self.notes:
             lines += ["", "## Notes", "", *(f"- {note}" for note in self.notes)]
         return "\n".join(lines) + "\n"
+
+
+def float_op_lines(listing: dict[str, Any] | None) -> list[str]:
+    """What the int8 file still computes in float, as onnxruntime runs it, and the int8 share of its MACs."""
+    if not listing:
+        return []
+    share = listing["int8_mac_share"]
+    lines = [
+        "",
+        "## Ops left in float (as onnxruntime runs the int8 file)",
+        "",
+        f"int8 share of the multiply-accumulates: {'-' if share is None else format(share, '.1%')} "
+        f"({listing['macs']['int8']:,} int8, {listing['macs']['float']:,} float; {listing['measured_by']})",
+        "",
+    ]
+    lines += [f"- {row['op']} x{row['count']}: {row['macs']:,} MACs, {row['by']}" for row in listing["float_ops"]]
+    if listing.get("uncounted_kernels"):
+        lines.append(f"- MACs not counted (no matching graph node): {', '.join(listing['uncounted_kernels'])}")
+    return lines if listing["float_ops"] else [*lines, "- none: every compute op runs in int8"]
 
 
 def number(value: Any, fmt: str) -> str:

@@ -6,7 +6,7 @@ two cores; the recipe search runs in its quick mode here (one candidate, few ima
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,12 @@ def test_report_and_artifacts(lite0_run: tuple[Path, Any]) -> None:
     assert card.labels == OnnxClassifier(outdir / FP32_NAME).card.labels
     markdown = (outdir / "report.md").read_text()
     assert "## Kept in float" in markdown
+    # Every float op named, as onnxruntime runs the int8 file: report.json, report.md and the card (/metadata).
+    listing = data["int8"]["float_ops"]
+    assert 0.0 < listing["int8_mac_share"] <= 1.0 and listing["macs"]["int8"] > 0 and not listing["uncounted_kernels"]
+    assert "## Ops left in float" in markdown and f"{listing['int8_mac_share']:.1%}" in markdown
+    described = OnnxClassifier(outdir / INT8_NAME).describe()["quantization"]
+    assert described["int8_mac_share"] == listing["int8_mac_share"] and described["float_ops"] == listing["float_ops"]
     # One story per report: the old page said "110 decisive" and "no decisive image" side by side.
     assert "decisive" not in markdown
     assert f"over all {data['eval_images']} images" in markdown and report.detail in markdown
@@ -281,7 +287,8 @@ def test_lite0_imagenet_int8_at_the_shipping_budget(lite0_labelled: tuple[Path, 
     assert low < LABELLED_TEST_MAX_DROP < high
     assert (report.status, report.reason) == (Status.UNVALIDATED, Reason.INTERVAL_TOO_WIDE), report.detail
     assert (outdir / INT8_NAME).is_file() and "labelled report photos" in report.detail, "what would validate it"
-    assert "labelled report images" in report.accuracy_status
+    where = f"labelled report part of {Path(report.split['evaluation_source']).name}, {labelled['images']} photos"
+    assert where in report.accuracy_status, "every figure names its folder and count"
     # Step 0 tried every quantization option of the target (QDQ and QOperator) and the rest used the winner's.
     tried = [trial["quant"] for trial in report.search["formats"]]
     assert tried == [options.name for options in PRESETS[report.target].candidates_for("efficientnet_lite")]
@@ -290,6 +297,47 @@ def test_lite0_imagenet_int8_at_the_shipping_budget(lite0_labelled: tuple[Path, 
     assert card.quantization["quant_name"] == report.search["quant"]
     accuracy = card.accuracy
     assert accuracy.status == "measured" and accuracy.top1 == pytest.approx(100 * labelled["candidate"]["top1"])
+
+
+def poisoned_copy(folder: Path, root: Path, synsets: Sequence[str]) -> Path:
+    """``folder`` as symlinks, with the labels of its report-part photos shuffled (each moved to another report
+    photo's class folder); calibration and selection photos keep theirs, and every photo stays in its part."""
+    from smallnets.core.evaluation import read_labelled_folder, split_folders
+
+    report = split_folders(read_labelled_folder(folder, synsets), None, calibration_limit=10**6).report
+    moved = {image.path: report[(index + 1) % len(report)].path.parent.name for index, image in enumerate(report)}
+    for source in folder.rglob("*"):
+        if source.is_file() and source.parent != folder:
+            target = root / moved.get(source, source.parent.name) / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source.resolve())
+    return root
+
+
+def test_a_poisoned_report_part_does_not_change_the_choice(exported: Callable[..., Path], tmp_path: Path) -> None:
+    """The search never reads the report part: with its labels shuffled, every candidate's selection figures and
+    the chosen candidate are the same, while the report figures change. The speed gate is off (a foreign target)
+    so that the choice depends on the photos alone, not on timing noise."""
+    folder = eval_dir_setting()
+    if folder is None or not folder.is_dir():
+        pytest.skip(f"needs labelled ImageNet photos: set {EVAL_DIR_ENV} (CI: ../shared/imagenet-dev)")
+    model = exported("efficientnet_lite0", weights="imagenet")
+    foreign = next(name for name, preset in PRESETS.items() if not runs_here(preset))
+    search = {"calib_images": 16, "max_candidates": 2, "max_formats": 1, "max_repair_steps": 0, "latency_runs": 4}
+    poisoned = poisoned_copy(folder, tmp_path / "poisoned-photos", OnnxClassifier(model).card.synsets)
+    reports = [
+        optimize_model(model, tmp_path / f"{name}-out", OptimizeConfig(target=foreign, eval_dir=source, **search))
+        for name, source in (("clean", folder), ("poisoned", poisoned))
+    ]
+
+    def choice(report: Any) -> list[Any]:
+        return [report.evaluation["candidate"]] + [
+            (trial["name"], trial["passed_selection"], trial["check"]) for trial in report.search["trials"]
+        ]
+
+    clean, bad = reports
+    assert len(clean.search["trials"]) == 2 and choice(clean) == choice(bad)
+    assert clean.labelled["reference"]["top1"] > 0.8 > bad.labelled["reference"]["top1"], "the poison took"
 
 
 def test_bench_reads_the_labelled_drop_from_report_json(lite0_labelled: tuple[Path, Any]) -> None:
