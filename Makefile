@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 # Local bench results; the committed ones in benchmarks/results are only rewritten on purpose (BENCH_OUT=...).
 BENCH_OUT ?= results
 
-.PHONY: install run test lint pipeline bench bench-peers clean
+.PHONY: install run test test-fast lint pipeline bench bench-peers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,11 +45,14 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest
 
+# The quick loop while coding: the suite without the tests tests/conftest.py marks slow, server or browser.
+test-fast: $(STAMP) lint
+	$(PY) -m pytest -m "not slow and not server and not browser"
+
 bench: $(STAMP)
 	$(VENV)/bin/smallnets bench --models all-default -o $(BENCH_OUT) --force
 
-# The issue-12 side-by-side: every runtime and peer, batch 1 at 1 and 2 threads, into benchmarks/results/<CPU kind>/.
-# Real-weight models get labelled top-1 (EVAL_DIR); the others are timed with seeded random weights.
+# Every runtime and peer side by side into benchmarks/results/<CPU kind>/ (docs/decisions.md#the-peer-benchmark).
 REAL_MODELS ?= efficientnet_lite0,efficientnet_lite1,efficientnet_lite2
 RANDOM_MODELS ?= mobilenet_v2,mobilenet_v3_large,shufflenet_v2_x1_0,squeezenet1_1,efficientnet_b0
 PEER_VARIANTS ?= torch,onnx-fp32,onnx-opt,onnx-int8,openvino-fp32,openvino-nncf-int8

@@ -1,8 +1,17 @@
-"""Shared fixtures: real photos, and ONNX exports made once per test session and reused by every stage."""
+"""Shared fixtures (real photos; ONNX exports made once per test session and reused by every stage) and the markers
+that let `make test-fast` leave the heavy tests out: set here by fixture use and by module, so a new test is
+marked without anyone remembering to.
+
+- ``server``: starts a real server (tests/servers.py's smallnets_server, in the test or any fixture it uses);
+- ``browser``: drives a real browser (selenium);
+- ``slow``: exports a model with torch (the ``exported`` fixture), runs on the emulated arm64 environment, or sits
+  in a module whose tests run whole stages (SLOW_MODULES).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +45,53 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return cache[key]
 
     return make
+
+
+# Modules whose tests run whole stages (optimize, pipeline, bench suites, Bento and image builds) without the
+# `exported` fixture.
+SLOW_MODULES = frozenset(
+    {
+        "test_benchmarks",
+        "test_benchmarks_peers",
+        "test_cli_pipeline",
+        "test_container",
+        "test_openvino_peer",
+        "test_serve_packaging",
+        "test_zoo",
+    }
+)
+SERVER_NAMES = frozenset({"smallnets_server"})
+BROWSER_NAMES = frozenset({"selenium", "webdriver"})
+
+
+def _code_names(code: types.CodeType) -> Iterator[str]:
+    """Every global, attribute and imported name a function's code uses, nested functions included."""
+    yield from code.co_names
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            yield from _code_names(constant)
+
+
+def _names_used(item: pytest.Item) -> set[str]:
+    """Names used by the test function and by every fixture it requests, directly or through other fixtures."""
+    functions = [getattr(item, "function", None)]
+    for definitions in item._fixtureinfo.name2fixturedefs.values():
+        functions += [definition.func for definition in definitions]
+    names: set[str] = set()
+    for function in functions:
+        code = getattr(function, "__code__", None)
+        if code is not None:
+            names.update(part for name in _code_names(code) for part in name.split("."))
+    return names
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = _names_used(item)
+        if names & SERVER_NAMES:
+            item.add_marker(pytest.mark.server)
+        if names & BROWSER_NAMES:
+            item.add_marker(pytest.mark.browser)
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if "exported" in item.fixturenames or item.get_closest_marker("arm64") or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -131,3 +131,20 @@ def test_the_bento_pins_are_the_constraints_pins() -> None:
         name, separator, version = requirement.partition("==")
         assert separator, f"bentofile.yaml: {requirement!r} is not pinned with =="
         assert pins.get(normalized(name)) == version.strip(), f"bentofile.yaml {requirement} vs constraints.txt"
+
+
+def test_links_to_the_decisions_page_name_its_sections() -> None:
+    """Code links its measurements' story as docs/decisions.md#section: every such section must exist."""
+    import re
+
+    page = (REPO / "docs" / "decisions.md").read_text()
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in page.splitlines()
+        if line.startswith("#")
+    }
+    code = (path for folder in ("smallnets", *STAGES) for path in (REPO / folder).rglob("*.py"))
+    sources = [REPO / "Makefile", *code]
+    links = {link for path in sources for link in re.findall(r"docs/decisions\.md#([a-z0-9-]+)", path.read_text())}
+    assert links, "the code links no section"
+    assert not links - anchors, sorted(links - anchors)

@@ -88,7 +88,8 @@ def parse_cpuinfo(text: str, arch: str) -> tuple[str, tuple[str, ...]]:
             implementer = value.strip()
         elif key == "cpu part" and not part:
             part = value.strip()
-    if not model and implementer == "0x41" and part in ARM_CORE_NAMES:
+    # QEMU >= 8 prints a generic "ARMv8 Processor rev N" model name for the core it emulates: the MIDR names it.
+    if (not model or model.startswith("ARMv8 Processor")) and implementer == "0x41" and part in ARM_CORE_NAMES:
         model = f"ARM {ARM_CORE_NAMES[part]}"
     known = X86_FEATURES if arch in ("x86_64", "amd64", "i686") else ARM_FEATURES
     return model, tuple(feature for feature in known if feature in flags)
@@ -149,8 +150,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_V1_CPU_DIRS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
 
 
-# Intra-op threads past ~4 give a small CNN little at these batch sizes, while each extra worker costs ~200 MB:
-# one serving worker per 4 cores of the CPU quota, the cores shared out as threads.
+# One serving worker per 4 cores of the CPU quota, the cores shared out as threads: why in
+# docs/decisions.md#serving-threads-and-workers.
 CORES_PER_WORKER = 4
 
 

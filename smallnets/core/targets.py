@@ -146,11 +146,7 @@ class Target:
     providers: tuple[ExecutionProvider, ...] = (CPU_PROVIDER,)
     threads: tuple[int, ...] = (1,)
     int8_min_cosine: float = 0.95
-    # Random weights with input-dependent logits (export/calibrate_bn.py) carry little signal per logit, so int8
-    # noise weighs more: faithful int8 measured 0.50 (mobilenet_v2) to 0.998 (squeezenet) mean cosine on the VNNI
-    # host, with top-1 agreement as low as 0 of 7 photos. A coarse floor, then: it catches a broken graph (most
-    # zeroed conv weights: 0.00-0.03) but not subtle damage (one zeroed weight leaves mobilenet_v3 at 0.71), which
-    # is one reason random-weight int8 is only ever "unvalidated (random weights)".
+    # A coarse floor: random-weight logits carry little signal (docs/decisions.md#logit-cosine-floors).
     random_weights_min_cosine: float = 0.2
 
     def __post_init__(self) -> None:
@@ -223,28 +219,20 @@ def _options(name: str, **fields: Any) -> QuantOptions:
     return QuantOptions(name=name, **fields)
 
 
-# Candidates follow the measured research (EfficientNet-Lite0, 112 calibration / 388 held-out labelled photos of
-# imagenet-dev, AVX-512 VNNI AMD EPYC): per-tensor weights cost 5.2 top-1 points, so every candidate is per-channel
-# (depthwise included); percentile (99.99/99.999) and entropy calibration gained nothing over min-max (-0.26/0.00
-# points), so min-max it is (ORT's histogram calibrators also fail on constant tensors: "Too many bins"); cross-layer
-# equalization needs ReLU6 -> ReLU, which alone takes Lite0's fp32 from 87.6% to 57.7%, so it is not offered.
-# QDQ and QOperator gave the same top-1; both are candidates, and the recipe search's first step
-# (optimize/recipe.py choose_format) times each all-int8 and keeps the faster one per model.
+# Per-channel, min-max, QDQ and QOperator per target: why, with the measurements, in
+# docs/decisions.md#int8-candidates-per-cpu-target. The recipe search keeps the faster format per model.
 
-# x86 without VNNI: VPMADDUBSW adds u8*s8 pairs into int16 and saturates when both operands use the full range,
-# so weights keep 7 bits (reduce_range; on the research set -0.77 points against full range). U8U8 avoids the
-# saturation but MLAS takes no fused kernel for it: 0.15x of fp32 for Lite0 on an AVX2-only EPYC (issue 12).
+# x86 without VNNI: VPMADDUBSW's int16 pair sums saturate on full-range u8*s8, so weights keep 7 bits.
 AVX2_CANDIDATES = (
     _options("u8s8-rr-qdq", reduce_range=True),
     _options("u8s8-rr-qoperator", reduce_range=True, quant_format="qoperator"),
 )
-# x86 with VNNI: VPDPBUSD accumulates u8*s8 straight into int32, so full-range weights are safe (0.00 points drop
-# for Lite0 QDQ and QOperator, against -0.77 with reduce_range).
+# x86 with VNNI: VPDPBUSD accumulates u8*s8 straight into int32, so full-range weights are safe.
 VNNI_CANDIDATES = (
     _options("u8s8-qdq"),
     _options("u8s8-qoperator", quant_format="qoperator"),
 )
-# AArch64: S8S8 maps onto SDOT/SMMLA; QOperator S8S8 kept Lite0's top-1 (0.00) where QDQ S8S8 lost 0.52 points.
+# AArch64: S8S8 maps onto SDOT/SMMLA.
 ARM_CANDIDATES = (
     _options("s8s8-qdq", activation_type="int8"),
     _options("s8s8-qoperator", activation_type="int8", quant_format="qoperator"),
@@ -265,10 +253,7 @@ PRESETS: dict[str, Target] = {
             ),
             quant=AVX2_CANDIDATES[0],
             candidates=AVX2_CANDIDATES,
-            # 7-bit weights cost precision: reduce_range models keep a mean logit cosine >= 0.996 on random weights
-            # (cheapest EfficientNet/-Lite/MobileNet V1/V2, 8 calibration photos) timed on the VNNI host; the
-            # Haswell (qemu) figure is not measured yet, so the floor stays at the VNNI one with its margin.
-            int8_min_cosine=0.95,
+            int8_min_cosine=0.95,  # docs/decisions.md#logit-cosine-floors
         ),
         Target(
             name="x86-vnni",
@@ -281,12 +266,7 @@ PRESETS: dict[str, Target] = {
             ),
             quant=VNNI_CANDIDATES[0],
             candidates=VNNI_CANDIDATES,
-            # Measured on this AVX-512 VNNI machine (cheapest EfficientNet, -Lite, MobileNet V1, V2; random weights;
-            # 8 demo calibration photos; sample photos): mean logit cosine 0.998-1.000 for U8S8 QDQ and QOperator.
-            # NOT yet re-measured after the demo photo split and weight-init changes: random-weight Lite0 now gives
-            # 0.66-0.70 (other crops of the calibration pictures too), so random-weight int8 is mostly refused by
-            # this floor. Real-weight Lite0 int8 loses 0.00 top-1 points on 248 labelled photos.
-            int8_min_cosine=0.95,
+            int8_min_cosine=0.95,  # docs/decisions.md#logit-cosine-floors
         ),
         Target(
             name="arm64",
@@ -302,8 +282,7 @@ PRESETS: dict[str, Target] = {
             candidates=ARM_CANDIDATES,
             # XNNPACK first where the wheel has it (runtime falls back to CPU with a note otherwise).
             providers=(EXECUTION_PROVIDERS["xnnpack"], CPU_PROVIDER),
-            # S8S8 has no saturation step; not measured under qemu in this change, so the x86 floor is kept.
-            int8_min_cosine=0.95,
+            int8_min_cosine=0.95,  # docs/decisions.md#logit-cosine-floors
         ),
     )
 }
