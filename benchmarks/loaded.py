@@ -14,7 +14,7 @@ def _unchanged(batch: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class LoadedModel:
+class TimedModel:
     """A model ready to run: ``prepare`` converts the input once (outside the clock), ``run`` is what is timed.
 
     ``load_ms`` is measured by the loader after its library is imported: session/model creation, not imports.

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from smallnets.benchmarks.loaded import LoadedModel
+from smallnets.benchmarks.loaded import TimedModel
 from smallnets.core.timing import timed_calls, warm_up
 
 KINDS = ("onnx", "torch", "openvino", "bare")
@@ -79,13 +79,13 @@ def peak_rss_mb() -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def load_onnx(spec: MeasureSpec) -> LoadedModel:
+def load_onnx(spec: MeasureSpec) -> TimedModel:
     from smallnets.core.runtime import OnnxClassifier
 
     if not spec.model_path:
         raise ValueError("an onnx measurement needs model_path")
     classifier = OnnxClassifier(spec.model_path, providers=spec.providers, threads=spec.threads)
-    return LoadedModel(
+    return TimedModel(
         classifier.run,
         provider=classifier.providers[0],
         size_bytes=os.path.getsize(spec.model_path),
@@ -93,7 +93,7 @@ def load_onnx(spec: MeasureSpec) -> LoadedModel:
     )
 
 
-def load_model(spec: MeasureSpec, input_shape: tuple[int, ...]) -> LoadedModel:
+def load_model(spec: MeasureSpec, input_shape: tuple[int, ...]) -> TimedModel:
     if spec.kind == "onnx":
         return load_onnx(spec)
     if spec.kind == "openvino":

@@ -20,7 +20,7 @@ from types import ModuleType
 
 import numpy as np
 
-from smallnets.benchmarks.loaded import LoadedModel
+from smallnets.benchmarks.loaded import TimedModel
 
 INSTALL_HINT = "install the peers extra: pip install 'smallnets[peers]' -c constraints.txt"
 
@@ -83,7 +83,7 @@ def ir_precision(model: object) -> str:
     return model.get_rt_info(PRECISION_KEY).astype(str)  # type: ignore[attr-defined]
 
 
-def load_openvino(model_path: str, threads: int, input_shape: Sequence[int]) -> LoadedModel:
+def load_openvino(model_path: str, threads: int, input_shape: Sequence[int]) -> TimedModel:
     """Read the IR, fix the input to ``input_shape`` (what an OpenVINO user does for a known batch) and compile."""
     ov = import_openvino()
     core = ov.Core()
@@ -102,4 +102,4 @@ def load_openvino(model_path: str, threads: int, input_shape: Sequence[int]) -> 
     # At OpenVINO's default the provider names the precision the CPU plugin chose (bf16 on CPUs with BF16 units).
     chosen = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
     provider = "openvino-cpu" if ir_precision(model) == PINNED else f"openvino-cpu-{chosen}"
-    return LoadedModel(run, provider=provider, size_bytes=size, load_ms=load_ms)
+    return TimedModel(run, provider=provider, size_bytes=size, load_ms=load_ms)

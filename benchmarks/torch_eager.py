@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from smallnets.benchmarks.loaded import LoadedModel
+from smallnets.benchmarks.loaded import TimedModel
 
 
-def load_torch(model: str, variant: Mapping[str, Any], weights: str, threads: int) -> LoadedModel:
+def load_torch(model: str, variant: Mapping[str, Any], weights: str, threads: int) -> TimedModel:
     """Build the registry model in eval mode with ``threads`` intra-op threads (inter-op pinned to 1)."""
     from smallnets.export.registry import get_spec
     from smallnets.export.weights import load_weights
@@ -37,4 +37,4 @@ def load_torch(model: str, variant: Mapping[str, Any], weights: str, threads: in
         with torch.inference_mode():
             return network(inputs)
 
-    return LoadedModel(run, prepare=prepare, provider="torch-eager", size_bytes=size_bytes, load_ms=load_ms)
+    return TimedModel(run, prepare=prepare, provider="torch-eager", size_bytes=size_bytes, load_ms=load_ms)

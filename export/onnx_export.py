@@ -35,7 +35,7 @@ from smallnets.core.version import __version__
 from smallnets.export.labels import imagenet_classes
 from smallnets.export.profile import count_macs, count_params
 from smallnets.export.registry import ModelSpec, get_spec
-from smallnets.export.weights import LoadedModel, WeightsMismatchError, WeightsUnavailableError, load_weights
+from smallnets.export.weights import ModelWithWeights, WeightsMismatchError, WeightsUnavailableError, load_weights
 
 __all__ = [
     "ExportConfig",
@@ -159,7 +159,7 @@ def _staged(output: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def _model_card(
-    spec: ModelSpec, variant: Mapping[str, Any], model: torch.nn.Module, loaded: LoadedModel, config: ExportConfig
+    spec: ModelSpec, variant: Mapping[str, Any], model: torch.nn.Module, loaded: ModelWithWeights, config: ExportConfig
 ) -> ModelCard:
     classes = imagenet_classes()
     random_init = {"random_init": loaded.random_init} if loaded.random_init else {}

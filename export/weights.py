@@ -39,7 +39,7 @@ class WeightsMismatchError(ValueError):
 
 
 @dataclass(frozen=True)
-class LoadedModel:
+class ModelWithWeights:
     """A built model with its weights, and the one-line description the model card records."""
 
     model: nn.Module
@@ -49,7 +49,7 @@ class LoadedModel:
 
 def load_weights(
     spec: ModelSpec, variant: Mapping[str, Any] | None = None, weights: str | Path = "random", seed: int = 0
-) -> LoadedModel:
+) -> ModelWithWeights:
     """Build ``spec`` at ``variant`` and fill it with ``weights``: "random", "imagenet" or a state-dict path.
 
     The model is built under ``torch.manual_seed(seed)`` in every case, so "random" is reproducible bit for bit
@@ -62,18 +62,18 @@ def load_weights(
         model = spec.build(variant)
     if str(weights) == "random":
         random_init = calibrate_random_model(model, spec.preprocessing.at(variant["resolution"]), seed)
-        return LoadedModel(model, f"random seed {seed}", random_init)
+        return ModelWithWeights(model, f"random seed {seed}", random_init)
     if str(weights) == "imagenet":
         source = _imagenet_source(spec, variant)
         state_dict, description = _imagenet_state_dict(spec, source)
         if source.key_map is not None:
             state_dict = source.key_map(state_dict)
         _load_strict(model, state_dict, f"the ImageNet checkpoint of {spec.name}", spec)
-        return LoadedModel(model, description)
+        return ModelWithWeights(model, description)
     path = _weights_path(weights)
     state_dict = read_state_dict(path)
     _load_strict(model, _in_our_layout(model, state_dict, spec), str(path), spec)
-    return LoadedModel(model, f"file: {path.resolve()} sha256:{sha256_file(path)}")
+    return ModelWithWeights(model, f"file: {path.resolve()} sha256:{sha256_file(path)}")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
