@@ -172,7 +172,7 @@ class ModelArtifacts:
         return json.loads((self.optimized_dir / REPORT_JSON).read_text())
 
 
-def resolve_target(target: str) -> tuple[str, str]:
+def resolve_target_name(target: str) -> tuple[str, str]:
     """(preset name, why) for ``auto`` or a named preset, as optimize decides it."""
     from smallnets.core.targets import resolve_target as resolve_named_target
 

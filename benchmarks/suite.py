@@ -20,7 +20,7 @@ from smallnets.benchmarks.artifacts import (
     ModelArtifacts,
     check_choice,
     default_cache_dir,
-    resolve_target,
+    resolve_target_name,
 )
 from smallnets.benchmarks.labelled import split_labelled
 from smallnets.benchmarks.machine import machine_block
@@ -217,7 +217,7 @@ def run_suite(config: BenchConfig, outdir: str | Path) -> SuiteResult:
         check_choice(choice)
     providers, provider_notes = resolve_providers(config.providers)  # an unknown provider fails here, not later
     optimized = set(config.variants) & set(OPTIMIZED_VARIANTS)
-    target, target_reason = resolve_target(config.target) if optimized else (None, None)
+    target, target_reason = resolve_target_name(config.target) if optimized else (None, None)
     outdir = ensure_writable_dir(outdir)
     ensure_writable_dir(config.cache_dir, "artifact cache folder")
     machine = machine_block(config.threads, target, target_reason) | {

@@ -47,7 +47,7 @@ class PreprocessingRecipe:
 
 
 @dataclass(frozen=True)
-class Reference:
+class PublishedFigures:
     """A published figure our implementation must reproduce, with its source.
 
     ``variant`` holds the overrides of the spec's defaults it applies to. A tolerance of 0 means exact equality
@@ -91,7 +91,7 @@ class ModelSpec:
     defaults: Mapping[str, Any]
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     preprocessing: PreprocessingRecipe = PreprocessingRecipe()
-    references: tuple[Reference, ...] = ()
+    references: tuple[PublishedFigures, ...] = ()
     weights: WeightsSource | None = None
     description: str = ""
 

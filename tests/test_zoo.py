@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smallnets.export.profile import profile
-from smallnets.export.registry import ModelSpec, Reference, list_specs
+from smallnets.export.registry import ModelSpec, PublishedFigures, list_specs
 
 CASES = [
     pytest.param(spec, reference, id=f"{spec.name}-" + "-".join(f"{k}{v}" for k, v in reference.variant.items()))
@@ -19,7 +19,7 @@ def _within(actual: int, expected: int, rel_tol: float) -> bool:
 
 
 @pytest.mark.parametrize(("spec", "reference"), CASES)
-def test_params_and_macs_match_reference(spec: ModelSpec, reference: Reference) -> None:
+def test_params_and_macs_match_reference(spec: ModelSpec, reference: PublishedFigures) -> None:
     params, macs = profile(spec, reference.variant)
     if reference.params is not None:
         assert _within(params, reference.params, reference.params_rel_tol), (

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from smallnets.export.layers import ConvNormAct, SqueezeExcitation, make_divisible
-from smallnets.export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
+from smallnets.export.registry import ModelSpec, PreprocessingRecipe, PublishedFigures, WeightsSource, register
 
 # Paper section 3.3: alpha (depth), beta (width), gamma (resolution), found by grid search at phi=1.
 DEPTH_BASE, WIDTH_BASE, RESOLUTION_BASE = 1.2, 1.1, 1.15
@@ -266,7 +266,7 @@ for _suffix, _row in OFFICIAL.items():
             # without a margin: crop_pct 1.0 keeps "no margin" at our 260 input.
             preprocessing=PreprocessingRecipe(crop_pct=_row.crop / _row.resize, interpolation=_row.interpolation),
             references=(
-                Reference(
+                PublishedFigures(
                     params=_row.params,
                     macs=_row.macs,
                     top1=_row.top1,
@@ -290,7 +290,7 @@ register(
         choices={"phi": PHI_CHOICES, "resolution": tuple(compound_scaling(phi)[2] for phi in PHI_CHOICES)},
         preprocessing=PreprocessingRecipe(crop_pct=0.875, interpolation="bicubic"),
         references=(
-            Reference(
+            PublishedFigures(
                 variant={"phi": 0},
                 params=OFFICIAL["b0"].params,
                 macs=OFFICIAL["b0"].macs,

@@ -28,7 +28,7 @@ from smallnets.export.registry import (
     INCEPTION_STD,
     ModelSpec,
     PreprocessingRecipe,
-    Reference,
+    PublishedFigures,
     WeightsSource,
     register,
 )
@@ -282,7 +282,7 @@ for _level, _row in LITE.items():
                 crop_pct=_row.crop_pct, interpolation=_row.interpolation, mean=INCEPTION_MEAN, std=INCEPTION_STD
             ),
             references=(
-                Reference(
+                PublishedFigures(
                     params=_row.params,
                     macs=_row.macs,
                     top1=_row.top1,

@@ -15,7 +15,7 @@ from smallnets.export.registry import (
     INCEPTION_STD,
     ModelSpec,
     PreprocessingRecipe,
-    Reference,
+    PublishedFigures,
     WeightsSource,
     register,
 )
@@ -94,9 +94,9 @@ register(
         # timm's pretrained_cfg for mobilenetv1_100.ra4_e3600_r224_in1k: bicubic, crop_pct 0.875, mean = std = 0.5.
         preprocessing=PreprocessingRecipe(0.875, "bicubic", INCEPTION_MEAN, INCEPTION_STD),
         references=(
-            Reference(params=4_231_976, source="timm mobilenetv1_100 (same layout)"),
+            PublishedFigures(params=4_231_976, source="timm mobilenetv1_100 (same layout)"),
             *(
-                Reference(
+                PublishedFigures(
                     variant={"width": width},
                     params=round(params * 1e6),
                     macs=macs * 1_000_000,
@@ -113,7 +113,7 @@ register(
                 )
             ),
             *(
-                Reference(
+                PublishedFigures(
                     variant={"resolution": resolution},
                     macs=macs * 1_000_000,
                     top1=top1,

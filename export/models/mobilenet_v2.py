@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from smallnets.export.layers import ConvNormAct, make_divisible
-from smallnets.export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
+from smallnets.export.registry import ModelSpec, PreprocessingRecipe, PublishedFigures, WeightsSource, register
 
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
@@ -84,7 +84,7 @@ register(
         # torchvision MobileNet_V2_Weights.IMAGENET1K_V2: resize 232 (bilinear), center-crop 224, ImageNet mean/std.
         preprocessing=PreprocessingRecipe(crop_pct=224 / 232, interpolation="bilinear"),
         references=(
-            Reference(
+            PublishedFigures(
                 params=3_504_872,
                 macs=300_800_000,
                 top1=72.154,
@@ -94,7 +94,7 @@ register(
             # Same architecture as TF-slim's checkpoints; their table drops the MACs' fraction (153.9M -> 153), so a
             # full unit of tolerance. Its params count conv/FC weights only (no BatchNorm), so they are not compared.
             *(
-                Reference(
+                PublishedFigures(
                     variant={"width": width, "resolution": resolution},
                     macs=macs * 1_000_000,
                     top1=top1,

@@ -13,7 +13,7 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from smallnets.export.layers import ConvNormAct, SqueezeExcitation, make_divisible
-from smallnets.export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
+from smallnets.export.registry import ModelSpec, PreprocessingRecipe, PublishedFigures, WeightsSource, register
 
 STEM_CHANNELS = 16
 # torchvision's BatchNorm settings for MobileNetV3 (TF defaults), part of what makes its checkpoints reproduce.
@@ -153,7 +153,7 @@ register(
         # torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V2: resize 232 (bilinear), center-crop 224.
         preprocessing=PreprocessingRecipe(crop_pct=224 / 232, interpolation="bilinear"),
         references=(
-            Reference(
+            PublishedFigures(
                 params=5_483_032,
                 macs=216_600_000,
                 top1=75.274,
@@ -183,7 +183,7 @@ register(
         # torchvision MobileNet_V3_Small_Weights.IMAGENET1K_V1: resize 256 (bilinear), center-crop 224.
         preprocessing=PreprocessingRecipe(crop_pct=0.875, interpolation="bilinear"),
         references=(
-            Reference(
+            PublishedFigures(
                 params=2_542_856,
                 macs=56_500_000,
                 top1=67.668,

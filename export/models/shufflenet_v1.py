@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from smallnets.export.layers import ConvNormAct, channel_shuffle, make_divisible
-from smallnets.export.registry import ModelSpec, Reference, register
+from smallnets.export.registry import ModelSpec, PublishedFigures, register
 
 STAGE_REPEATS = (4, 8, 4)  # units per stage (stage2, stage3, stage4), the first of each with stride 2
 BOTTLENECK_RATIO = 4  # bottleneck width = unit output channels / 4 (paper §3.3)
@@ -117,11 +117,11 @@ register(
         choices={"groups": tuple(STAGE_CHANNELS), "width": tuple(STEM_CHANNELS), "resolution": RESOLUTIONS},
         references=(
             *(
-                Reference(variant={"groups": groups, "width": 1.0}, macs=macs, source=_PAPER, macs_rel_tol=0.05)
+                PublishedFigures(variant={"groups": groups, "width": 1.0}, macs=macs, source=_PAPER, macs_rel_tol=0.05)
                 for groups, macs in PAPER_MACS.items()
             ),
             *(
-                Reference(
+                PublishedFigures(
                     variant={"groups": groups, "width": width},
                     params=params,
                     macs=macs,

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from smallnets.export.layers import ConvNormAct, channel_shuffle
-from smallnets.export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
+from smallnets.export.registry import ModelSpec, PreprocessingRecipe, PublishedFigures, WeightsSource, register
 
 STAGE_REPEATS = (4, 8, 4)  # units per stage (stage2, stage3, stage4), the first of each with stride 2
 
@@ -129,7 +129,7 @@ def _register(width: float) -> None:
             choices={"width": (width,), "resolution": RESOLUTIONS},
             preprocessing=PreprocessingRecipe(crop_pct=224 / resize),
             references=(
-                Reference(
+                PublishedFigures(
                     variant={"width": width},
                     params=params,
                     macs=macs,

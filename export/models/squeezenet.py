@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from smallnets.export.registry import ModelSpec, PreprocessingRecipe, Reference, WeightsSource, register
+from smallnets.export.registry import ModelSpec, PreprocessingRecipe, PublishedFigures, WeightsSource, register
 
 POOL = "pool"
 # version -> (stem channels, stem kernel, features after the stem: POOL or a fire (squeeze, expand1x1, expand3x3)).
@@ -102,7 +102,7 @@ def _register(version: str) -> None:
             choices={"version": (version,), "resolution": RESOLUTIONS},
             preprocessing=PreprocessingRecipe(crop_pct=224 / 256),
             references=(
-                Reference(
+                PublishedFigures(
                     variant={"version": version},
                     params=params,
                     macs=macs,

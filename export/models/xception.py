@@ -16,7 +16,7 @@ from smallnets.export.registry import (
     INCEPTION_STD,
     ModelSpec,
     PreprocessingRecipe,
-    Reference,
+    PublishedFigures,
     WeightsSource,
     register,
 )
@@ -138,7 +138,9 @@ register(
         preprocessing=PreprocessingRecipe(
             crop_pct=0.8975, interpolation="bicubic", mean=INCEPTION_MEAN, std=INCEPTION_STD
         ),
-        references=(Reference(params=22_855_952, macs=8_357_000_000, top1=78.892, source=_SOURCE, macs_rel_tol=0.001),),
+        references=(
+            PublishedFigures(params=22_855_952, macs=8_357_000_000, top1=78.892, source=_SOURCE, macs_rel_tol=0.001),
+        ),
         weights=WeightsSource(
             url="https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-cadene/xception-43020ad28.pth",
             sha256="43020ad28",
