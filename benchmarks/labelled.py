@@ -1,7 +1,7 @@
-"""Labelled photos in the suite: the parts of core.evaluation's split that calibrate, and that top-1 is reported on.
+"""Labelled photos in the suite: the parts of core.split's split that calibrate, and that top-1 is reported on.
 
 The suite hands the labelled folder to optimize, which splits it by content hash into calibration, selection and
-report parts (core.evaluation.split_folders); the same deterministic split gives NNCF the calibration part that
+report parts (core.split.split_folders); the same deterministic split gives NNCF the calibration part that
 calibrated our int8, and gives every variant's top-1 on the report part: no reported photo calibrated or chose.
 """
 
@@ -13,14 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from smallnets.core.evaluation import (
-    DataSplit,
-    eval_dir_setting,
-    prepare,
-    read_labelled_folder,
-    split_folders,
-)
+from smallnets.core.evaluation import prepare
+from smallnets.core.labelled import eval_dir_setting, read_labelled_folder
 from smallnets.core.metadata import ModelCard
+from smallnets.core.split import DataSplit, split_folders
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Calibration and evaluation pictures without labels: a calibration folder, or the demo set of scikit-image photos.
 
-Labelled folders are read and split by smallnets.core.evaluation. Without one, the demo set stands in: three
+Labelled folders are read and split by smallnets.core.labelled and .split. Without one, the demo set stands in: three
 disjoint groups of photos, one per use (calibration, recipe selection, reported agreement), so no photo is seen
 by two of them. Evaluation crops follow a fixed grid of crops, scales and flips and are deduplicated by their
 pixels (a square photo gives the same crop at every horizontal anchor). The demo set has no labels: a verdict

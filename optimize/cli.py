@@ -140,7 +140,7 @@ def _triple(text: str) -> tuple[float, float, float]:
 
 
 def optimize_config(args: argparse.Namespace, **extra: Any) -> Any:
-    from smallnets.core.evaluation import eval_dir_setting
+    from smallnets.core.labelled import eval_dir_setting
     from smallnets.optimize.pipeline import OptimizeConfig
 
     settings: dict[str, Any] = {**SEARCH_EFFORTS[args.effort], **extra}
@@ -185,7 +185,8 @@ def run_optimize(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from smallnets.core.artifacts import resolve_model_file
-    from smallnets.core.evaluation import EVAL_DIR_ENV, eval_dir_setting, evaluate
+    from smallnets.core.evaluation import evaluate
+    from smallnets.core.labelled import EVAL_DIR_ENV, eval_dir_setting
     from smallnets.core.runtime import OnnxClassifier
 
     folder = eval_dir_setting(args.eval_dir)

@@ -17,14 +17,9 @@ import onnx
 import onnxruntime as ort
 
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME
-from smallnets.core.evaluation import (
-    PreparedImages,
-    prepare,
-    prepare_pictures,
-    provenance,
-    read_labelled_folder,
-    split_folders,
-)
+from smallnets.core.evaluation import PreparedImages, prepare, prepare_pictures
+from smallnets.core.labelled import provenance, read_labelled_folder
+from smallnets.core.split import split_folders
 from smallnets.core.files import check_output_dir, replace_folder, write_manifest
 from smallnets.core.hardware import detect_cpu
 from smallnets.core.metadata import AccuracyStatus, ModelCard, write_card

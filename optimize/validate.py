@@ -35,10 +35,10 @@ from smallnets.core.evaluation import (
     PreparedImages,
     compare_paired,
     evaluate,
-    paired_difference_interval,
     predict,
     prepare_pictures,
 )
+from smallnets.core.intervals import paired_difference_interval
 from smallnets.core.runtime import OnnxClassifier
 from smallnets.optimize.report import Reason, Status, Verdict
 

@@ -46,7 +46,7 @@ def optimize_model(model: str | Path, output: str | Path, **config: Any) -> Opti
     For example ``optimize_model("m.onnx", "out", target="x86-avx2", eval_dir="imagenet-val")``; without
     ``eval_dir`` the labelled folder named by ``$SMALLNETS_EVAL_DIR`` is used, when set.
     """
-    from smallnets.core.evaluation import eval_dir_setting
+    from smallnets.core.labelled import eval_dir_setting
     from smallnets.optimize.pipeline import OptimizeConfig
     from smallnets.optimize.pipeline import optimize_model as optimize
 
@@ -86,8 +86,8 @@ def evaluate(
     ``eval_dir`` defaults to ``$SMALLNETS_EVAL_DIR``; ``model`` is an .onnx file, an optimize output folder or a
     classifier from :func:`load`. The same function optimize's gate and the benchmarks use.
     """
-    from smallnets.core.evaluation import EVAL_DIR_ENV, eval_dir_setting
     from smallnets.core.evaluation import evaluate as run
+    from smallnets.core.labelled import EVAL_DIR_ENV, eval_dir_setting
 
     folder = eval_dir_setting(eval_dir)
     if folder is None:

@@ -16,23 +16,17 @@ import pytest
 from PIL import Image
 
 from smallnets.cli import main
-from smallnets.core.evaluation import (
+from smallnets.core.evaluation import compare_paired, evaluate
+from smallnets.core.intervals import paired_difference_interval, wilson_interval
+from smallnets.core.labelled import (
     EVAL_DIR_ENV,
     EvaluationDataError,
-    Part,
-    SplitFractions,
-    choose_photos,
-    compare_paired,
     eval_dir_setting,
-    evaluate,
-    paired_difference_interval,
-    part_of,
     provenance,
     read_labelled_folder,
     sample_evenly,
-    split_folders,
-    wilson_interval,
 )
+from smallnets.core.split import Part, SplitFractions, choose_photos, part_of, split_folders
 
 SYNSETS = tuple(f"n{index:08d}" for index in range(0, 1000, 10))  # a made-up class list, sorted like ImageNet's
 
@@ -214,7 +208,7 @@ def test_overlapping_calibration_folder_is_deduplicated(labelled: Path, tmp_path
 def test_part_fractions_hold_on_many_digests() -> None:
     import hashlib
 
-    from smallnets.core.evaluation import SplitFractions, part_of
+    from smallnets.core.split import SplitFractions, part_of
 
     digests = [hashlib.sha256(str(index).encode()).hexdigest() for index in range(5000)]
     parts = [part_of(digest, SplitFractions()) for digest in digests]

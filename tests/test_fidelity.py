@@ -19,18 +19,11 @@ from registry_choices import FAMILIES, FAMILY_IDS
 
 from smallnets.benchmarks.arm64.compare import compare_logits as compare_across_cpus
 from smallnets.benchmarks.arm64.compare import host_target
-from smallnets.core.evaluation import (
-    EVAL_DIR_ENV,
-    Part,
-    SplitFractions,
-    eval_dir_setting,
-    part_of,
-    predict,
-    prepare,
-    read_labelled_folder,
-)
+from smallnets.core.evaluation import predict, prepare
+from smallnets.core.labelled import EVAL_DIR_ENV, eval_dir_setting, read_labelled_folder
 from smallnets.core.metadata import CARD_KEY, RANDOM_WEIGHTS, AccuracyStatus, ModelCard
 from smallnets.core.runtime import OnnxClassifier
+from smallnets.core.split import Part, SplitFractions, part_of
 from smallnets.core.targets import PRESETS
 from smallnets.export import onnx_export
 from smallnets.export.onnx_export import ExportConfig, ExportValidationError
@@ -45,7 +38,7 @@ from smallnets.optimize.validate import compare_logits as compare_int8_with_fp32
 REAL_WEIGHT_MODELS = [spec.name for spec in list_specs() if spec.weights is not None and spec.weights.package]
 # A fixed subset keeps CI bounded (3 models x 2 runtimes): 200 photos evenly spaced in content-hash order, a
 # deterministic sample spread over the classes and over the calibration, selection and report parts of optimize's
-# split (core.evaluation.read_labelled_folder's ``limit``; the first 200 in hash order held no report photo).
+# split (core.labelled.read_labelled_folder's ``limit``; the first 200 in hash order held no report photo).
 LABELLED_SUBSET = 200
 # Random weights must separate photos: of the 6 distinct sample photos (cat and chelsea are one photo), at least 3
 # get different top-1 classes, and the logits' spread across photos (mean over classes of the std across photos)

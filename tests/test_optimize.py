@@ -19,8 +19,8 @@ from registry_choices import FAMILIES, FAMILY_IDS
 import smallnets.optimize.pipeline
 from smallnets.cli import main
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME
-from smallnets.core.evaluation import EVAL_DIR_ENV, eval_dir_setting
 from smallnets.core.files import MANIFEST_NAME, OutputExistsError
+from smallnets.core.labelled import EVAL_DIR_ENV, eval_dir_setting
 from smallnets.core.metadata import MissingMetadataError, card_of
 from smallnets.core.runtime import OnnxClassifier
 from smallnets.core.targets import PRESETS, runs_here
@@ -302,7 +302,8 @@ def test_lite0_imagenet_int8_at_the_shipping_budget(lite0_labelled: tuple[Path, 
 def poisoned_copy(folder: Path, root: Path, synsets: Sequence[str]) -> Path:
     """``folder`` as symlinks, with the labels of its report-part photos shuffled (each moved to another report
     photo's class folder); calibration and selection photos keep theirs, and every photo stays in its part."""
-    from smallnets.core.evaluation import read_labelled_folder, split_folders
+    from smallnets.core.labelled import read_labelled_folder
+    from smallnets.core.split import split_folders
 
     report = split_folders(read_labelled_folder(folder, synsets), None, calibration_limit=10**6).report
     moved = {image.path: report[(index + 1) % len(report)].path.parent.name for index, image in enumerate(report)}

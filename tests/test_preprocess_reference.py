@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smallnets.core.evaluation import EVAL_DIR_ENV, eval_dir_setting, image_files
-from smallnets.core.images import load_image
+from smallnets.core.images import iter_image_files, load_image
+from smallnets.core.labelled import EVAL_DIR_ENV, eval_dir_setting
 from smallnets.core.metadata import Preprocessing
 from smallnets.core.preprocess import resize_and_crop
 from smallnets.export.registry import get_spec, list_specs
@@ -65,7 +65,7 @@ def test_resize_and_crop_equals_torchvision_on_every_labelled_photo(name: str) -
         pytest.skip(f"needs labelled photos: set {EVAL_DIR_ENV} to an ImageFolder of ImageNet photos")
     config = get_spec(name).preprocessing_for()
     differing = []
-    for path in image_files(Path(folder)):
+    for path in iter_image_files(Path(folder)):
         photo = load_image(path)
         if not np.array_equal(
             np.asarray(resize_and_crop(photo, config)), np.asarray(torchvision_resize_center_crop(photo, config))

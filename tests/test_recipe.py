@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smallnets.core.evaluation import compare_paired, paired_difference_interval
+from smallnets.core.evaluation import compare_paired
+from smallnets.core.intervals import paired_difference_interval
 from smallnets.optimize.groups import NodeGroup
 from smallnets.optimize.recipe import (
     CandidateBuilder,
