@@ -153,13 +153,3 @@ def float_ops(model: Path, input_shape: Sequence[int], kept_float: dict[str, Seq
         "uncounted_kernels": uncounted,
         "measured_by": "onnxruntime's profile of one batch-1 run on the building CPU (kernels after ORT fusions)",
     }
-
-
-def summary(listing: dict[str, Any] | None) -> str:
-    """One line: the int8 MAC share and the float ops, e.g. for report.md and the CLI."""
-    if not listing:
-        return "not measured"
-    share = listing["int8_mac_share"]
-    ops = ", ".join(f"{row['op']} x{row['count']} ({row['by']})" for row in listing["float_ops"]) or "none"
-    measured = f"int8 share of MACs {share:.1%}" if share is not None else "no MACs counted"
-    return f"{measured}; ops in float: {ops}"

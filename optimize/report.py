@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from smallnets.core.artifacts import REPORT_JSON, REPORT_MARKDOWN
-from smallnets.optimize.float_ops import summary as float_op_summary
 
 
 class Status(StrEnum):
@@ -178,6 +177,16 @@ class OptimizeReport:
         if self.notes:
             lines += ["", "## Notes", "", *(f"- {note}" for note in self.notes)]
         return "\n".join(lines) + "\n"
+
+
+def float_op_summary(listing: dict[str, Any] | None) -> str:
+    """One line for the CLI: the int8 MAC share and the ops left in float (optimize/float_ops.py measures them)."""
+    if not listing:
+        return "float ops not measured"
+    share = listing["int8_mac_share"]
+    ops = ", ".join(f"{row['op']} x{row['count']} ({row['by']})" for row in listing["float_ops"]) or "none"
+    measured = f"int8 share of MACs {share:.1%}" if share is not None else "no MACs counted"
+    return f"{measured}; ops in float: {ops}"
 
 
 def float_op_lines(listing: dict[str, Any] | None) -> list[str]:
