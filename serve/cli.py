@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from smallnets.core.targets import PROVIDERS_HELP
+from smallnets.serve.container_cli import register as register_container
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
 SERVICE = "smallnets.serve.service:ImageClassifier"
@@ -112,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="platform of the image and its locked wheels (default: linux/amd64)",
     )
     build.set_defaults(handler=run_build)
+    register_container(subparsers)  # `containerize`, `base-image`
 
 
 def _add_providers_option(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
-"""deploy/k8s, checked offline: no cluster and no Docker engine here, so the tests inspect what `kubectl apply -k`
-and `bentoml containerize` would consume: the manifests (Kubernetes schemas, kustomize layout) and the Dockerfile
-of a real `smallnets build`, and they run the server the way the pod does to check probes and memory sizing.
+"""deploy/k8s, checked without a cluster: the manifests (Kubernetes schemas, kustomize layout), the Dockerfile of a
+real `smallnets build` against the pod spec, and the server run the way the pod runs it to check probes and memory
+sizing. tests/test_container.py builds the image itself and runs it with this Deployment's settings.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def test_the_image_matches_the_deployment(bento: Path, deployment: dict[str, Any
     pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
     assert int(arguments["BENTO_USER_UID"]) == pod_security["runAsUser"]
     assert int(arguments["BENTO_USER_GID"]) == pod_security["runAsGroup"]
-    assert re.search(r"^USER bentoml$", dockerfile, re.M)
+    assert re.search(rf"^USER {pod_security['runAsUser']}:{pod_security['runAsGroup']}$", dockerfile, re.M)
     assert re.search(rf"^EXPOSE {container['ports'][0]['containerPort']}$", dockerfile, re.M)
     # The Bento is read from BENTO_PATH, which no volume may hide; BentoML's home is moved onto the volume.
     bento_path = arguments["BENTO_PATH"]

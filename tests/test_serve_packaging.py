@@ -174,7 +174,7 @@ def test_build_makes_a_torch_free_bento(model: Path, tmp_path: Path, platform: s
     assert not names & set(FORBIDDEN_IN_SERVING), names & set(FORBIDDEN_IN_SERVING)
 
     docker = dockerfile.read_text()
-    assert "FROM python:3.11-slim" in docker
+    assert "ARG SMALLNETS_BASE=python:3.11-slim" in docker and "FROM ${SMALLNETS_BASE} AS base-container" in docker
     assert "torch" not in docker
 
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
