@@ -125,6 +125,13 @@ def node_macs(op_type: str, weight: Sequence[int] | None, output: Sequence[int] 
     return float(out * inner)
 
 
+def conv_kind(weight: Sequence[int]) -> str:
+    """depthwise (one input channel per filter), 1x1 (pointwise) or kxk (a full spatial conv), from [M, C/g, kh, kw]."""
+    if len(weight) >= 3 and weight[1] == 1 and math.prod(weight[2:]) > 1:
+        return "depthwise"
+    return "1x1" if math.prod(weight[2:]) == 1 else "kxk"
+
+
 def summarize(
     events: list[dict[str, Any]], warmup: int, weights: dict[str, list[int]]
 ) -> tuple[list[OpTypeTime], int, float]:
@@ -144,13 +151,14 @@ def summarize(
             continue
         args = event.get("args", {})
         op_type = args.get("op_name", "?")
-        entry = totals.setdefault(op_type, OpTypeTime(op_type))
-        entry.us_per_run += event["dur"]
         node = event["name"].removesuffix("_kernel_time")
+        label = f"{op_type} ({conv_kind(weights[node])})" if op_type in CONV_OPS and node in weights else op_type
+        entry = totals.setdefault(label, OpTypeTime(label))
+        entry.us_per_run += event["dur"]
         outputs = _shapes(args.get("output_type_shape"))
         entry.macs += node_macs(op_type, weights.get(node), outputs[0] if outputs else None)
         entry.precision = CONV_OPS.get(op_type) or GEMM_OPS.get(op_type) or ""
-        per_run_nodes[op_type].add(event["name"])
+        per_run_nodes[label].add(event["name"])
     for entry in totals.values():
         entry.us_per_run /= len(kept)
         entry.macs /= len(kept)

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from smallnets.benchmarks.op_profile import main, node_macs, profile_model, summarize
+from smallnets.benchmarks.op_profile import conv_kind, main, node_macs, profile_model, summarize
 
 
 def test_macs_of_a_conv_and_a_gemm() -> None:
@@ -29,6 +29,12 @@ def event(name: str, ts: int, dur: int, op: str = "", output: list[int] | None =
     return {"cat": "Session", "name": name, "ts": ts, "dur": dur}
 
 
+def test_conv_kinds() -> None:
+    assert conv_kind([32, 1, 3, 3]) == "depthwise"
+    assert conv_kind([32, 16, 1, 1]) == "1x1"
+    assert conv_kind([32, 3, 3, 3]) == "kxk"
+
+
 def test_summary_drops_the_warmup_runs_and_averages_per_run() -> None:
     events = [
         event("model_run", 0, 100),
@@ -43,8 +49,8 @@ def test_summary_drops_the_warmup_runs_and_averages_per_run() -> None:
     ops, runs, run_us = summarize(events, warmup=1, weights={"conv": [4, 3, 1, 1]})
     assert runs == 2 and run_us == 25
     by_type = {op.op_type: op for op in ops}
-    assert by_type["Conv"].us_per_run == 15 and by_type["Relu"].us_per_run == 3
-    assert by_type["Conv"].macs == 16 * 3 and by_type["Conv"].nodes == 1
+    assert by_type["Conv (1x1)"].us_per_run == 15 and by_type["Relu"].us_per_run == 3
+    assert by_type["Conv (1x1)"].macs == 16 * 3 and by_type["Conv (1x1)"].nodes == 1
     with pytest.raises(ValueError, match="none after the 5 warm-up runs"):
         summarize(events, warmup=5, weights={})
 
