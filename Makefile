@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 # Local bench results; the committed ones in benchmarks/results are only rewritten on purpose (BENCH_OUT=...).
 BENCH_OUT ?= results
 
-.PHONY: install run test test-fast lint pipeline bench bench-peers clean
+.PHONY: install run image test test-fast lint pipeline bench bench-peers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ pipeline: $(RUN_STAMP)
 
 run: pipeline
 	SMALLNETS_MAKE_RUN=1 $(VENV)/bin/smallnets serve $(ARTIFACTS)/$(MODEL) --host $(HOST) --port $(PORT)  # int8 if optimize kept it, else fp32
+
+# The served model as an OCI image: Docker where an engine answers, else podman (the base image is built once from
+# the apt mirror: root + debootstrap). Prints the tag, the size and the run line that serves it. TAG=name:tag to name it.
+image: pipeline
+	$(VENV)/bin/smallnets containerize $(ARTIFACTS)/$(MODEL) $(if $(TAG),-t $(TAG))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
