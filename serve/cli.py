@@ -102,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build",
         help="build a Docker-ready Bento around an ONNX model",
         description="Import MODEL into the BentoML model store and build a Bento (serving code + model + locked "
-        "requirements for --platform); `bentoml containerize` then makes the image. The container serves on "
+        "requirements for --platform); `smallnets containerize` makes the image. The container serves on "
         "0.0.0.0:3000.",
     )
     build.add_argument("model", type=Path, help=MODEL_HELP)
@@ -324,5 +324,5 @@ def run_build(args: argparse.Namespace) -> int:
     print(f"bento: {result.tag}")
     print(f"dockerfile: {result.dockerfile}")
     print(f"requirements: {result.requirements}")
-    print(f"containerize: bentoml containerize {result.tag} --platform {args.platform}")
+    print(f"containerize: smallnets containerize {args.model} --platform {args.platform}")
     return 0

@@ -111,7 +111,7 @@ def test_threads_follow_the_cpu_limit(container: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def bento(exported, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real `smallnets build` for linux/amd64: the input of `bentoml containerize` (which cannot run here)."""
+    """A real `smallnets build` for linux/amd64: the input of `smallnets containerize` (tests/test_container.py)."""
     home = tmp_path_factory.mktemp("k8s-bento")
     env = {**os.environ, "BENTOML_HOME": str(home / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
     model = exported("efficientnet_lite0", weights="imagenet")
