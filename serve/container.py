@@ -171,7 +171,10 @@ def build_image(engine: Engine, bento: str, tag: str, platform: str, base: str, 
         result = bentoml.container.build(bento, backend=engine.name, image_tag=(tag,), **options)
     if result is None or not engine.image_exists(tag):  # BentoML logs a failed build and returns None
         errors = [line for line in lines if "error" in line.lower()] or list(lines) or ["no output"]
-        raise RuntimeError(f"{engine.name} build of {tag} failed: {errors[-1].strip()}")
+        reason = errors[-1].strip()
+        if base in reason:
+            reason += f" (the base {base} is neither here nor pullable: without --base smallnets builds its own)"
+        raise RuntimeError(f"{engine.name} build of {tag} failed: {reason}")
 
 
 @contextmanager

@@ -316,3 +316,54 @@ def test_a_missing_or_broken_engine_is_one_line(
         assert refused.returncode == EXIT_FAILED
         assert refused.stderr.count("\n") == 1 and "podman does not work here" in refused.stderr, refused.stderr
         assert "no-such-runtime" in refused.stderr
+
+
+ARM64_OPT_IN = "SMALLNETS_TEST_ARM64_IMAGE"
+
+
+@pytest.mark.skipif(
+    not os.environ.get(ARM64_OPT_IN),
+    reason=f"the arm64 image builds and serves under qemu emulation (minutes, more than CI's budget): set "
+    f"{ARM64_OPT_IN}=1 (needs qemu-user-static + binfmt-support)",
+)
+def test_the_arm64_image_classifies_under_emulation(
+    engine: Engine, model: Path, photos: dict[str, Any], tmp_path: Path
+) -> None:
+    """An arm64-target int8 model, its linux/arm64 image built and run under qemu (binfmt): one photo, espresso."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    base = smallnets("base-image", "--platform", "linux/arm64", env=env)  # kept, like the amd64 base: a cache
+    assert base.returncode == 0, base.stderr
+    before = set(all_image_ids(engine))
+    folder = tmp_path / "arm64"
+    optimized = smallnets("optimize", str(model), "-o", str(folder), "--target", "arm64", "--effort", "quick", env=env)
+    assert optimized.returncode == 0 and (folder / "model.int8.onnx").is_file(), optimized.stderr
+    built = smallnets("containerize", str(folder), "--platform", "linux/arm64", "-t", "smallnets-test:arm64", env=env)
+    fields = printed(built)
+    name = f"smallnets-test-arm64-{os.getpid()}"
+    try:
+        assert built.returncode == 0, built.stderr[-3000:]
+        assert engine.image_architecture(fields["image"]) == "arm64"
+        port = free_port()
+        run = engine.run(
+            "run", "--detach", "--name", name, "--platform", "linux/arm64", "-p", f"127.0.0.1:{port}:3000",
+            *engine.ulimit_flags(), fields["image"], timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 600  # an emulated start: imports and warm-up run 10-20x slower
+        while not ready(url):
+            assert time.monotonic() < deadline, engine.run("logs", name).stderr[-3000:]
+            time.sleep(2)
+        photo = tmp_path / "coffee.jpg"
+        photos["coffee"].save(photo, quality=92)
+        with photo.open("rb") as handle:
+            response = httpx.post(f"{url}/classify", files={"image": handle}, data={"top_k": "1"}, timeout=300)
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == "espresso"
+        assert response.json()["model"].endswith("_int8")
+    finally:
+        engine.run("rm", "--force", name, timeout=120)
+        if "image" in fields:
+            engine.remove_image(fields["image"])
+        for image_id in set(all_image_ids(engine)) - before:
+            engine.run("image", "rm", "--force", image_id, timeout=120)
