@@ -265,6 +265,9 @@ def memory(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     for index, variant in enumerate(variants):
         heights = [values.get((model, variant), np.nan) for model in models]
         axes.bar(positions + index * width, heights, width, label=variant)
+        for position, height in zip(positions + index * width, heights, strict=True):
+            if np.isnan(height):  # a gap is a variant not measured for that model, not a zero
+                axes.text(position, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="dimgrey")
     axes.set_xticks(positions + width * (len(variants) - 1) / 2, models, rotation=30, ha="right")
     axes.set_ylabel("peak RSS increase over bare interpreter (MiB)")
     setting = f"batch {selected[0]['batch']}, {selected[0]['threads']} thread(s)"
