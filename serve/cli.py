@@ -30,6 +30,13 @@ PLATFORM_ARCH = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `classify`, `serve` and `build`."""
+    _add_classify(subparsers)
+    _add_serve(subparsers)
+    _add_build(subparsers)
+    register_container(subparsers)  # `containerize`, `base-image`
+
+
+def _add_classify(subparsers: argparse._SubParsersAction) -> None:
     classify = subparsers.add_parser(
         "classify",
         help="classify image files locally with an ONNX model (no server)",
@@ -55,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_providers_option(classify)
     classify.set_defaults(handler=run_classify)
 
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve",
         help="serve an ONNX model over HTTP with BentoML",
@@ -98,6 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_providers_option(serve)
     serve.set_defaults(handler=run_serve)
 
+
+def _add_build(subparsers: argparse._SubParsersAction) -> None:
     build = subparsers.add_parser(
         "build",
         help="build a Docker-ready Bento around an ONNX model",
@@ -113,7 +124,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="platform of the image and its locked wheels (default: linux/amd64)",
     )
     build.set_defaults(handler=run_build)
-    register_container(subparsers)  # `containerize`, `base-image`
 
 
 def _add_providers_option(parser: argparse.ArgumentParser) -> None:

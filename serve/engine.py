@@ -37,7 +37,7 @@ from smallnets.serve.store import model_name
 
 LOGGER = logging.getLogger(__name__)
 # The prior of the admission's service rate: the warm single-image inference, times this (decode, overheads).
-PRIOR_FACTOR = 3.0
+PRIOR_FACTOR = 2.0
 PRIOR_RUNS = 3
 
 
@@ -134,7 +134,11 @@ class Engine:
         self._large_decoders = anyio.CapacityLimiter(max(1, settings.decode_threads - 1))
         self._decode_min_side = decode_min_side(self.classifier.card.preprocessing)
         self.admission = Admission(
-            settings.latency_target_s, settings.max_queued_bytes, settings.max_queued_pixels, self._warm_up()
+            settings.latency_target_s,
+            settings.max_queued_bytes,
+            settings.max_queued_pixels,
+            self._warm_up(),
+            large_pixels=LARGE_DECODE_PIXELS,
         )
         self.draining = False
         # RFC 7234 warn-code 299 (persistent) on every answer of a random-weight model: its predictions mean nothing.
@@ -266,6 +270,7 @@ class Engine:
 
     def _observe_batch(self, batch_size: int, seconds: float) -> None:
         metrics.observe_batch(self.info.name, batch_size, seconds)
+        self.admission.batches.observe(batch_size, seconds)
 
     async def drain(self, timeout_s: float) -> None:
         """Answer what was admitted (newcomers are refused meanwhile), then stop the inference thread."""

@@ -1,12 +1,15 @@
 """The Open Inference Protocol over gRPC, tested with clients the project did not write: ``tritonclient.grpc``
 unchanged, and its own copy of the protocol's messages sent through its stub (typed ``contents``, malformed
-requests). One real `smallnets serve` with gRPC on (SMALLNETS_GRPC_PORT) and a 2 MB message cap.
+requests). One real `smallnets serve` with gRPC on (SMALLNETS_GRPC_PORT), a 2 MB message cap and a tight latency
+target (0.5 s: one request at a time always gets in; a crowd of requests of 3 rows fills it).
 """
 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -22,6 +25,9 @@ from tritonclient.utils import InferenceServerException
 MODEL = "efficientnet_lite0"  # the card's name; the store name adds the precision
 MAX_UPLOAD_MB = 2
 MAX_REQUEST_PIXELS = 3_000_000
+LATENCY_TARGET_S = 0.5
+HEAVY_REQUESTS = 30
+HEAVY_ROWS = 3  # 1.8 MB of FP32: under the message cap
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +39,7 @@ def server(exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
         "SMALLNETS_GRPC_PORT": str(port),
         "SMALLNETS_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
         "SMALLNETS_MAX_REQUEST_PIXELS": str(MAX_REQUEST_PIXELS),
+        "SMALLNETS_LATENCY_TARGET_S": str(LATENCY_TARGET_S),
     }
     with smallnets_server(model, tmp_path_factory.mktemp("grpc"), env) as url:
         yield url, f"127.0.0.1:{port}"
@@ -180,3 +187,35 @@ def test_an_oversized_message_is_refused_before_decoding(
         client.infer(MODEL, [images_input(photo, padding)])
     assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED", refused.value
     assert client.infer(MODEL, [images_input(photo)]).as_numpy("logits").shape == (1, 1000)
+
+
+def test_a_predicted_wait_over_the_target_is_unavailable_with_retry_after(
+    client: triton_grpc.InferenceServerClient, photo: bytes
+) -> None:
+    """Thirty requests of 3 preprocessed rows at once: those past the target are refused (as is a newcomer while
+    they are held), the others answered."""
+    heavy = triton_grpc.InferInput("input", [HEAVY_ROWS, 3, 224, 224], "FP32")
+    heavy.set_data_from_numpy(np.zeros((HEAVY_ROWS, 3, 224, 224), dtype=np.float32))
+    refused: grpc.RpcError | None = None
+    with ThreadPoolExecutor(HEAVY_REQUESTS) as pool:
+        held = [pool.submit(client.infer, MODEL, [heavy], client_timeout=120) for _ in range(HEAVY_REQUESTS)]
+        deadline = time.monotonic() + 60
+        while refused is None and time.monotonic() < deadline and not all(future.done() for future in held):
+            try:
+                client._client_stub.ModelInfer(_images(photo), timeout=60)
+            except grpc.RpcError as error:
+                refused = error
+        outcomes = [_outcome(future) for future in held]
+    assert refused is not None, "no request was refused while the crowd was held"
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE, (refused.code(), refused.details())
+    assert "SMALLNETS_LATENCY_TARGET_S" in refused.details()
+    retry_after = dict(refused.trailing_metadata() or ())["retry-after"]
+    assert 1 <= int(retry_after) <= 30
+    assert (HEAVY_ROWS, 1000) in outcomes and set(outcomes) <= {(HEAVY_ROWS, 1000), "StatusCode.UNAVAILABLE"}
+
+
+def _outcome(future: Future) -> tuple[int, ...] | str:
+    try:
+        return future.result().as_numpy("logits").shape
+    except InferenceServerException as error:
+        return error.status()

@@ -38,7 +38,10 @@ def flat_png(side: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with smallnets_server(exported("efficientnet_lite0", weights="imagenet"), tmp_path_factory.mktemp("soak")) as url:
+    # Admission is tested elsewhere (test_serve_overload.py, test_serve_goodput.py): here every legal heavy request
+    # must reach its decoding, whatever a busy machine makes of the predicted waits.
+    model = exported("efficientnet_lite0", weights="imagenet")
+    with smallnets_server(model, tmp_path_factory.mktemp("soak"), {"SMALLNETS_LATENCY_TARGET_S": "600"}) as url:
         yield url
 
 
