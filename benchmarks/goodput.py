@@ -5,7 +5,8 @@
 Each server runs alone on a free loopback port (never both at once: they would share the cores), is warmed up,
 then loaded by bench-http's closed-loop clients at each level (multipart uploads of the same photos). The table
 gives, per level and server, answered requests/s, refused/s, failures and the answered p50/p99, with the CPU kind,
-the load average before and after (other work on the machine shows there) and the client's own CPU share.
+the load average before and after (other work on the machine shows there), the client's own CPU share and the
+server's peak resident memory per level.
 """
 
 from __future__ import annotations
@@ -97,14 +98,15 @@ def measure(model: Path, levels: Sequence[int], duration_s: float, images: str, 
 
 def markdown(result: dict[str, Any], load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
     names = list(result["runs"])
-    head = "| clients | " + " | ".join(f"{n} answered/s | refused/s | failed | p50 ms | p99 ms" for n in names) + " |"
-    lines = [head, "|" + "---:|" * (1 + 5 * len(names))]
+    columns = "answered/s | refused/s | refusal p99 ms | failed | p50 ms | p99 ms | peak RSS MB"
+    head = "| clients | " + " | ".join(f"{name}: {columns}" for name in names) + " |"
+    lines = [head, "|" + "---:|" * (1 + 7 * len(names))]
     for index, clients in enumerate(result["levels"]):
         cells = [str(clients)]
         for name in names:
             level = result["runs"][name][index]
-            cells += [f"{level['requests_per_s']:.1f}", f"{level['refused_per_s']:.1f}", str(level["failed"])]
-            cells += [_ms(level["p50_ms"]), _ms(level["p99_ms"])]
+            cells += [f"{level['requests_per_s']:.1f}", f"{level['refused_per_s']:.1f}", _ms(level["refused_p99_ms"])]
+            cells += [str(level["failed"]), _ms(level["p50_ms"]), _ms(level["p99_ms"]), _ms(level["server_rss_mb"])]
         lines.append("| " + " | ".join(cells) + " |")
     cpu = detect_cpu()
     shares = [level["client_cpu_share"] or 0.0 for run in result["runs"].values() for level in run]

@@ -91,7 +91,7 @@ def parse_rest(info: ModelInfo, max_images: int, body: bytes, header_length: str
     shape = input_shape(spec.get("shape"), name)
     raw = _binary_part(spec, binary)
     values = None if raw is not None else list(_flatten(spec.get("data")))
-    if name == IMAGES_INPUT and values is not None:
+    if name == IMAGES_INPUT and datatype == "BYTES" and values is not None:
         values = _base64_elements(values, math.prod(shape), name)
     uploads, tensor = decode_input(info, max_images, name, datatype, shape, raw, values)
     return InferRequest(
