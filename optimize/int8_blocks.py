@@ -12,6 +12,10 @@ a feature map each (DequantizeLinear -> op -> QuantizeLinear):
   an affine map then a clip to [0, 1]; the clip is the output quantizer's saturation (its range always holds 0 and
   lies within [0, 1]), so DQ -> HardSigmoid -> Q is one com.microsoft QLinearAdd of the input re-scaled by alpha and
   the constant beta: :func:`hard_sigmoid_as_qlinear_add`, after quantization.
+
+SiLU (x * Sigmoid(x), EfficientNet) is int8 already (QLinearSigmoid, a lookup table, then QLinearMul). Where the
+recipe search keeps it float instead, :func:`float_silu_as_quick_gelu` makes it one QuickGelu between the DQ and Q.
+Which of the two forms is faster is measured per model by the search (the "activations" group).
 """
 
 from __future__ import annotations
@@ -146,8 +150,46 @@ def hard_sigmoid_as_qlinear_add(model: onnx.ModelProto, keep_float: Collection[s
     return rewritten
 
 
+def float_silu_as_quick_gelu(model: onnx.ModelProto, keep_float: Collection[str] = ()) -> int:
+    """Fuse each float SiLU, Mul(x, Sigmoid(x)) on the same tensor, into one com.microsoft QuickGelu(x, alpha=1).
+
+    A SiLU the recipe keeps float sits between a DequantizeLinear and a QuantizeLinear; onnxruntime fuses
+    Sigmoid + Mul into QuickGelu in fp32 graphs but not there, so the float SiLU costs two passes (and a second
+    DequantizeLinear) more than it needs. SiLUs whose Sigmoid is quantized are not matched (their Mul reads a
+    DequantizeLinear, not the Sigmoid), so int8 SiLUs are left as they are; ``keep_float`` is not consulted.
+    """
+    graph = model.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    fused = 0
+    for node in list(graph.node):
+        if node.op_type != "Mul" or len(node.input) != 2:
+            continue
+        for value, gate_name in (node.input, tuple(reversed(node.input))):
+            gate = producers.get(gate_name)
+            if gate is None or gate.op_type != "Sigmoid" or gate.input[0] != value or consumers[gate_name] != [node]:
+                continue
+            quick = helper.make_node(
+                "QuickGelu", [value], [node.output[0]], name=f"{node.name}_quickgelu", domain=MS_DOMAIN, alpha=1.0
+            )
+            graph.node.insert(list(graph.node).index(node), quick)
+            graph.node.remove(node)
+            graph.node.remove(gate)
+            fused += 1
+            break
+    if fused and not any(opset.domain == MS_DOMAIN for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return fused
+
+
 BEFORE_QUANTIZATION = {"spatial-mean-as-global-pool": spatial_mean_as_global_pool}
-AFTER_QUANTIZATION = {"hard-sigmoid-as-qlinear-add": hard_sigmoid_as_qlinear_add}
+AFTER_QUANTIZATION = {
+    "hard-sigmoid-as-qlinear-add": hard_sigmoid_as_qlinear_add,
+    "float-silu-as-quick-gelu": float_silu_as_quick_gelu,
+}
 
 
 def apply_before_quantization(model: onnx.ModelProto, rewrites: Sequence[str]) -> int:

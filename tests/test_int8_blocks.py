@@ -19,6 +19,7 @@ from smallnets.optimize.fuse import fuse
 from smallnets.optimize.int8_blocks import (
     AFTER_QUANTIZATION,
     BEFORE_QUANTIZATION,
+    float_silu_as_quick_gelu,
     hard_sigmoid_as_qlinear_add,
     spatial_mean_as_global_pool,
 )
@@ -146,3 +147,57 @@ def test_mobilenet_v3_runs_int8_from_input_to_logits(exported: Callable[..., Pat
     assert rewritten["HardSigmoid"] == rewritten["ReduceMean"] == 0
     assert rewritten["QuantizeLinear"] == rewritten["DequantizeLinear"] == 1
     assert rewritten["QLinearGlobalAveragePool"] == plain["ReduceMean"]
+
+
+def silu_model(quantized_gate: bool) -> onnx.ModelProto:
+    """DQ -> SiLU -> Q, its Sigmoid float (as the recipe keeps it) or quantized (as ORT's quantizer writes it)."""
+    gate = "s"
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s_in", "z_in"], ["xq"], name="q_in"),
+        helper.make_node("DequantizeLinear", ["xq", "s_in", "z_in"], ["xf"], name="dq_in"),
+        helper.make_node("Sigmoid", ["xf"], ["s"], name="sigmoid"),
+    ]
+    if quantized_gate:
+        nodes += [
+            helper.make_node("QuantizeLinear", ["s", "s_h", "z_h"], ["sq"], name="q_s"),
+            helper.make_node("DequantizeLinear", ["sq", "s_h", "z_h"], ["sf"], name="dq_s"),
+        ]
+        gate = "sf"
+    nodes += [
+        helper.make_node("Mul", ["xf", gate], ["m"], name="silu"),
+        helper.make_node("QuantizeLinear", ["m", "s_in", "z_in"], ["y"], name="q_out"),
+    ]
+    inits = [
+        const("s_in", 0.05, np.float32),
+        const("z_in", 120, np.uint8),
+        const("s_h", 1.0 / 255, np.float32),
+        const("z_h", 0, np.uint8),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "silu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_a_float_silu_becomes_one_quick_gelu_with_the_same_output() -> None:
+    model = silu_model(quantized_gate=False)
+    x = np.linspace(-6, 6, int(np.prod(SHAPE)), dtype=np.float32).reshape(SHAPE)
+    before = run(model, {"x": x})
+    assert float_silu_as_quick_gelu(model) == 1
+    assert [node.op_type for node in model.graph.node] == [
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QuickGelu",
+        "QuantizeLinear",
+    ]
+    assert np.abs(run(model, {"x": x}).astype(int) - before.astype(int)).max() <= 1  # float rounding, one level
+
+
+def test_an_int8_silu_is_left_alone() -> None:
+    model = silu_model(quantized_gate=True)
+    assert float_silu_as_quick_gelu(model) == 0
+    assert "QuickGelu" not in {node.op_type for node in model.graph.node}

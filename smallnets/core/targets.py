@@ -23,7 +23,7 @@ QUANT_FORMATS = ("qdq", "qoperator")
 # QuantOptions, optimize's --calibration and the quantizer read.
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # Graph rewrites that keep ops onnxruntime leaves float inside int8 (optimize/int8_blocks.py; exact, measured faster).
-INT8_BLOCK_REWRITES = ("spatial-mean-as-global-pool", "hard-sigmoid-as-qlinear-add")
+INT8_BLOCK_REWRITES = ("spatial-mean-as-global-pool", "hard-sigmoid-as-qlinear-add", "float-silu-as-quick-gelu")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 ARM_DOT_FLAGS = ("asimddp", "i8mm")
 
