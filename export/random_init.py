@@ -32,15 +32,15 @@ from torch import nn
 from smallnets.core.metadata import Preprocessing
 from smallnets.core.preprocess import preprocess
 
-CALIBRATION_CROPS = 16  # photos (plus as many noise inputs): 32 x 7x7 positions per channel at the last stage
+STATISTICS_CROPS = 16  # photos (plus as many noise inputs): 32 x 7x7 positions per channel at the last stage
 CHUNK = 8  # images per forward pass: bounded memory at 600 px (EfficientNet-B7)
 MIN_CROP_AREA = 0.35  # of the photo, as in RandomResizedCrop's lower range (kept above its 0.08: whole objects)
 SYNTHETIC_SIZE = 320
 
 
-def calibrate_random_model(model: nn.Module, preprocessing: Preprocessing, seed: int) -> str:
+def init_random_weights(model: nn.Module, preprocessing: Preprocessing, seed: int) -> str:
     """Apply the three steps in place (deterministic for ``seed``); returns the line the model card records."""
-    pictures, origin = calibration_pictures(CALIBRATION_CROPS, seed)
+    pictures, origin = statistics_pictures(STATISTICS_CROPS, seed)
     photos = torch.from_numpy(preprocess(pictures, preprocessing))
     noise = torch.from_numpy(np.random.default_rng(seed).standard_normal(photos.shape, dtype=np.float32))
     with torch.random.fork_rng(devices=[]):
@@ -54,7 +54,7 @@ def calibrate_random_model(model: nn.Module, preprocessing: Preprocessing, seed:
     )
 
 
-def calibration_pictures(count: int, seed: int) -> tuple[list[Image.Image], str]:
+def statistics_pictures(count: int, seed: int) -> tuple[list[Image.Image], str]:
     """Seeded random crops (35-100% of the area, aspect kept) and flips of the sample photos.
 
     Without scikit-image (the demo extra), seeded smooth synthetic pictures stand in; the origin says which.

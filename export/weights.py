@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from smallnets.core.files import sha256_file
-from smallnets.export.calibrate_bn import calibrate_random_model
+from smallnets.export.random_init import init_random_weights
 from smallnets.export.registry import ModelSpec, WeightsSource
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
@@ -44,7 +44,7 @@ class ModelWithWeights:
 
     model: nn.Module
     weights: str
-    random_init: str | None = None  # how random weights were made input-dependent (export/calibrate_bn.py)
+    random_init: str | None = None  # how random weights were made input-dependent (export/random_init.py)
 
 
 def load_weights(
@@ -53,15 +53,15 @@ def load_weights(
     """Build ``spec`` at ``variant`` and fill it with ``weights``: "random", "imagenet" or a state-dict path.
 
     The model is built under ``torch.manual_seed(seed)`` in every case, so "random" is reproducible bit for bit
-    and the global RNG of the caller is left untouched. "random" is then calibrated on sample photos so its
-    logits depend on the input (see export/calibrate_bn.py): numerics checks of later stages can fail.
+    and the global RNG of the caller is left untouched. "random" then gets BatchNorm statistics from sample photos
+    so its logits depend on the input (see export/random_init.py): numerics checks of later stages can fail.
     """
     variant = spec.variant(**dict(variant or {}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = spec.build(variant)
     if str(weights) == "random":
-        random_init = calibrate_random_model(model, spec.preprocessing.at(variant["resolution"]), seed)
+        random_init = init_random_weights(model, spec.preprocessing.at(variant["resolution"]), seed)
         return ModelWithWeights(model, f"random seed {seed}", random_init)
     if str(weights) == "imagenet":
         source = _imagenet_source(spec, variant)

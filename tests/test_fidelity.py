@@ -42,7 +42,7 @@ REAL_WEIGHT_MODELS = [spec.name for spec in list_specs() if spec.weights is not 
 LABELLED_SUBSET = 200
 # Random weights must separate photos: of the 6 distinct sample photos (cat and chelsea are one photo), at least 3
 # get different top-1 classes, and the logits' spread across photos (mean over classes of the std across photos)
-# is at least this share of their spread across classes. Measured with export/calibrate_bn.py on each family's
+# is at least this share of their spread across classes. Measured with export/random_init.py on each family's
 # cheapest variant: 4-6 distinct classes, spread ratio 0.68-1.06; the seeded weights before it gave 1 class and
 # ratios of 1e-8 (mobilenet_v1/v2/v3, shufflenet_v2, squeezenet).
 MIN_DISTINCT_TOP1 = 3
