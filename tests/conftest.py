@@ -4,8 +4,8 @@ marked without anyone remembering to.
 
 - ``server``: starts a real server (tests/servers.py's smallnets_server, in the test or any fixture it uses);
 - ``browser``: drives a real browser (selenium);
-- ``slow``: exports a model with torch (the ``exported`` fixture), runs on the emulated arm64 environment, or sits
-  in a module whose tests run whole stages (SLOW_MODULES).
+- ``slow``: exports a model with torch (the ``exported`` fixture), calls a stage's entry point (STAGE_NAMES), runs
+  on the emulated arm64 environment, or sits in a module whose tests run whole stages (SLOW_MODULES).
 """
 
 from __future__ import annotations
@@ -47,19 +47,24 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     return make
 
 
-# Modules whose tests run whole stages (optimize, pipeline, bench suites, Bento and image builds) without the
-# `exported` fixture.
+# Modules whose tests run whole stages (export, optimize, pipeline, bench suites, Bento and image builds), some
+# through the CLI where no name gives them away.
 SLOW_MODULES = frozenset(
     {
         "test_benchmarks",
         "test_benchmarks_peers",
         "test_cli_pipeline",
         "test_container",
+        "test_export",
+        "test_fidelity",
         "test_openvino_peer",
+        "test_optimize",
         "test_serve_packaging",
         "test_zoo",
     }
 )
+# Stage entry points: a test calling one (or a fixture it uses) is slow wherever it sits.
+STAGE_NAMES = frozenset({"export_model", "optimize_model", "run_pipeline", "run_suite", "model_rows"})
 SERVER_NAMES = frozenset({"smallnets_server"})
 BROWSER_NAMES = frozenset({"selenium", "webdriver"})
 
@@ -93,5 +98,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if names & BROWSER_NAMES:
             item.add_marker(pytest.mark.browser)
         module = item.module.__name__.rpartition(".")[2] if item.module else ""
-        if "exported" in item.fixturenames or item.get_closest_marker("arm64") or module in SLOW_MODULES:
+        heavy = "exported" in item.fixturenames or bool(names & STAGE_NAMES) or item.get_closest_marker("arm64")
+        if heavy or module in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
