@@ -116,12 +116,9 @@ class OnnxClassifier:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # The arena keeps the peak of the largest batch ever run (fp32 Lite0: ~770 MB after a batch of 64); a
-        # long-running server turns it off so its memory follows the current batch.
+        # The arena keeps the peak of the largest batch ever run; idle pool threads spin-wait for the next run and
+        # steal the CPU of work beside them: the server turns both off (docs/decisions.md#serving-sessions).
         options.enable_cpu_mem_arena = memory_arena
-        # Idle intra-op threads spin-wait for the next run by default; next to other CPU work (a server decoding
-        # uploads on the same cores) the spinning steals that work's CPU (Lite0 int8 on 2 busy cores: batch-1
-        # 12.4 -> 8.5 ms, decode+preprocess+run throughput 47 -> 71 img/s with spinning off).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         started = time.perf_counter()
         self.session = ort.InferenceSession(
@@ -146,8 +143,7 @@ class OnnxClassifier:
         pool threads neither steal the CPU that decoding needs nor slow another session on the same cores).
 
         optimize's speed gate and the bench's in-process floor time this same session, so their figures are the
-        server's. Spinning threads of the other model's session made the gate's 2-thread rounds a coin toss
-        (all-int8 Lite0 1.37x, undecided after 45 rounds; without spinning 2.03x in 9).
+        server's (docs/decisions.md#serving-sessions).
         """
         return cls(path, providers=providers, threads=threads, memory_arena=False, spinning=False)
 
