@@ -252,3 +252,31 @@ def test_infer_requests_share_the_classify_path(url: str, photos_jpeg: list[byte
     metrics = httpx.get(f"{url}/metrics", timeout=30).text
     counted = [line for line in metrics.splitlines() if line.startswith("smallnets_requests_total{")]
     assert any("/v2/models/{model}/infer" in line and 'status="200"' in line for line in counted), counted
+
+
+def test_the_model_also_answers_to_its_cards_name(client: triton.InferenceServerClient, url: str) -> None:
+    """A client that hard-codes the card's name keeps working whether int8 or fp32 is served."""
+    assert client.is_model_ready("efficientnet_lite0") and client.is_model_ready(MODEL)
+    assert client.get_model_metadata("efficientnet_lite0")["name"] == MODEL
+    assert httpx.get(f"{url}/metadata", trust_env=False).json()["model_names"] == [MODEL, "efficientnet_lite0"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/classify", 405),
+        ("GET", "/classify_batch", 405),
+        ("POST", f"/v2/models/{MODEL}/ready", 405),
+        ("GET", f"/v2/models/{MODEL}/infer", 405),
+        ("GET", f"/v2/models/{MODEL}/versions/nope/ready", 404),
+        ("GET", "/v2/models/resnet50/versions/1/ready", 404),
+        ("GET", "/v2/no/such/path", 404),
+    ],
+)
+def test_wrong_paths_and_methods_answer_json_errors(url: str, method: str, path: str, status: int) -> None:
+    """As the OpenAPI document says: every error under these routes is {"error": ...}, never plain text."""
+    response = httpx.request(method, f"{url}{path}", trust_env=False)
+    assert response.status_code == status and response.headers["content-type"] == "application/json"
+    assert isinstance(response.json()["error"], str) and response.json()["error"]
+    if status == 405:
+        assert response.headers["allow"]

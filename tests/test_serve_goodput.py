@@ -22,8 +22,10 @@ from smallnets.benchmarks.http_load import Payload, endpoint_url, run_level, war
 PEAK_CLIENTS = 16
 OVERLOAD_CLIENTS = 64
 LEVEL_S = 4.0
-# Goodput at 4x the knee's clients against the knee's own: count-based shedding measured ~0.5 here.
-KEPT_SHARE = 0.7
+# Goodput at 4x the knee's clients against the knee's own. The sharp check is "nobody refused" (count-based
+# shedding refuses past 32 whatever the wait); this one catches a collapse, loosely: other work on a shared machine
+# moves both levels (measured here: 0.6 to 1.0 under a load average of 10-15 on 2 cores).
+KEPT_SHARE = 0.5
 
 
 @pytest.fixture(scope="module")
