@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from smallnets.core.artifacts import EXPORT_NAME
-from smallnets.core.targets import CALIBRATION_METHODS, TARGETS
+from smallnets.core.targets import CALIBRATION_METHODS, TARGET_CHOICES
 from smallnets.optimize.efforts import SEARCH_EFFORTS
 
-TARGET_CHOICES = TARGETS  # core.targets is the one list of targets
 CALIBRATION_CHOICES = tuple(CALIBRATION_METHODS)
 EFFORT_CHOICES = tuple(SEARCH_EFFORTS)
 
@@ -68,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_optimize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--target", default="auto", choices=TARGET_CHOICES, help="CPU preset; auto detects this CPU (default: auto)"
+        "--target", default="auto", choices=TARGET_CHOICES, help="CPU target; auto detects this CPU (default: auto)"
     )
     parser.add_argument(
         "--calib-dir", type=Path, help="calibration images, jpg/png/webp/bmp, recursive (default: sample photos)"

@@ -24,7 +24,7 @@ from smallnets.core.labelled import EVAL_DIR_ENV, eval_dir_setting, read_labelle
 from smallnets.core.metadata import CARD_KEY, RANDOM_WEIGHTS, AccuracyStatus, ModelCard
 from smallnets.core.runtime import OnnxClassifier
 from smallnets.core.split import Part, SplitFractions, part_of
-from smallnets.core.targets import PRESETS
+from smallnets.core.targets import TARGETS
 from smallnets.export import onnx_export
 from smallnets.export.onnx_export import ExportConfig, ExportValidationError
 from smallnets.export.registry import get_spec, list_specs
@@ -250,7 +250,7 @@ def test_int8_gate_rejects_a_zeroed_weight(family: str, corrupted: Callable[[str
     only ever "unvalidated (random weights)".
     """
     case = corrupted(family)
-    rules = GateRules(max_drop=1.0, min_cosine=PRESETS[host_target()].int8_min_cosine)
+    rules = GateRules(max_drop=1.0, min_cosine=TARGETS[host_target()].int8_min_cosine)
     faithful = final_verdict(Check(compare_int8_with_fp32(case["logits"], case["logits"])), rules)
     assert (faithful.status, faithful.reason) == (Status.UNVALIDATED, Reason.NO_LABELS), faithful
     broken = final_verdict(Check(compare_int8_with_fp32(case["logits"], case["broken_logits"])), rules)

@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from smallnets.core.metadata import card_of
-from smallnets.core.targets import PRESETS
+from smallnets.core.targets import TARGETS
 from smallnets.export.registry import get_spec
 from smallnets.optimize.calibration import ImageCalibrationReader, demo_calibration_set
 from smallnets.optimize.float_ops import float_ops
@@ -38,7 +38,7 @@ def built(exported: Callable[..., Path], tmp_path_factory: pytest.TempPathFactor
     prepared = folder / "prepared.onnx"
     prepare_for_quantization(fused, prepared)
     reader = ImageCalibrationReader(demo_calibration_set(4).images, card_of(fused).preprocessing, "input")
-    options = PRESETS["x86-vnni"].quant
+    options = TARGETS["x86-vnni"].quant
     quantize_model(prepared, folder / "all-int8.onnx", options, None, folder / "cache.json", reader)
     depthwise = find_groups(onnx.load(str(prepared)))["depthwise"].nodes
     quantize_model(prepared, folder / "dw-float.onnx", options, None, folder / "cache.json", None, depthwise)

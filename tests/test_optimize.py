@@ -23,7 +23,7 @@ from smallnets.core.files import MANIFEST_NAME, OutputExistsError
 from smallnets.core.labelled import EVAL_DIR_ENV, eval_dir_setting
 from smallnets.core.metadata import MissingMetadataError, card_of
 from smallnets.core.runtime import OnnxClassifier
-from smallnets.core.targets import PRESETS, runs_here
+from smallnets.core.targets import TARGETS, runs_here
 from smallnets.export.registry import list_specs
 from smallnets.optimize.calibration import (
     CALIBRATION_PHOTOS,
@@ -172,11 +172,11 @@ def test_quantized_model_runs_and_stays_close_on_random_weights(
 
     reader = ImageCalibrationReader(demo_calibration_set(8).images, card.preprocessing, "input")
     output = tmp_path / "int8.onnx"
-    quantize_model(prepared, output, PRESETS["x86-vnni"].quant, "minmax", tmp_path / "cache.json", reader)
+    quantize_model(prepared, output, TARGETS["x86-vnni"].quant, "minmax", tmp_path / "cache.json", reader)
     ops = op_counts(onnx.load(str(output)))
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     report = compare(fused_path, output, list(photos.values()))
-    assert report.cosine_mean > PRESETS["x86-vnni"].random_weights_min_cosine, report
+    assert report.cosine_mean > TARGETS["x86-vnni"].random_weights_min_cosine, report
     size = card.preprocessing.crop
     assert OnnxClassifier(output).run(np.zeros((7, 3, size, size), np.float32)).shape == (7, 1000)
 
@@ -291,7 +291,7 @@ def test_lite0_imagenet_int8_at_the_shipping_budget(lite0_labelled: tuple[Path, 
     assert where in report.accuracy_status, "every figure names its folder and count"
     # Step 0 tried every quantization option of the target (QDQ and QOperator) and the rest used the winner's.
     tried = [trial["quant"] for trial in report.search["formats"]]
-    assert tried == [options.name for options in PRESETS[report.target].candidates_for("efficientnet_lite")]
+    assert tried == [options.name for options in TARGETS[report.target].candidates_for("efficientnet_lite")]
     assert len(tried) > 1 and report.search["quant"] in tried and report.preset["quant_name"] == report.search["quant"]
     card = OnnxClassifier(outdir / INT8_NAME).card
     assert card.quantization["quant_name"] == report.search["quant"]
@@ -323,7 +323,7 @@ def test_a_poisoned_report_part_does_not_change_the_choice(exported: Callable[..
     if folder is None or not folder.is_dir():
         pytest.skip(f"needs labelled ImageNet photos: set {EVAL_DIR_ENV} (CI: ../shared/imagenet-dev)")
     model = exported("efficientnet_lite0", weights="imagenet")
-    foreign = next(name for name, preset in PRESETS.items() if not runs_here(preset))
+    foreign = next(name for name, preset in TARGETS.items() if not runs_here(preset))
     search = {"calib_images": 16, "max_candidates": 2, "max_formats": 1, "max_repair_steps": 0, "latency_runs": 4}
     poisoned = poisoned_copy(folder, tmp_path / "poisoned-photos", OnnxClassifier(model).card.synsets)
     reports = [
@@ -356,11 +356,11 @@ def test_bench_reads_the_labelled_drop_from_report_json(lite0_labelled: tuple[Pa
 
 
 def test_presets_differ_as_documented(fused_models: Callable[[str], Any], tmp_path: Path) -> None:
-    avx2, vnni, arm = PRESETS["x86-avx2"], PRESETS["x86-vnni"], PRESETS["arm64"]
+    avx2, vnni, arm = TARGETS["x86-avx2"], TARGETS["x86-vnni"], TARGETS["arm64"]
     assert (avx2.signature, avx2.reduce_range) == ("U8S8", True)
     assert (vnni.signature, vnni.reduce_range) == ("U8S8", False)
     assert (arm.signature, arm.reduce_range) == ("S8S8", False)
-    assert all(p.per_channel and p.quant_format == "qdq" and p.rationale for p in PRESETS.values())
+    assert all(p.per_channel and p.quant_format == "qdq" and p.rationale for p in TARGETS.values())
 
     prepared = fused_models("squeezenet")[4]
     card = card_of(onnx.load(str(prepared)))
@@ -387,7 +387,7 @@ def test_presets_differ_as_documented(fused_models: Callable[[str], Any], tmp_pa
 
 def test_cross_target_int8_is_not_rejected_for_host_speed(exported: Callable[..., Path], tmp_path: Path) -> None:
     """Building for another CPU architecture (arm64 on x86): host timings are reported, not gated on."""
-    foreign = next(name for name, preset in PRESETS.items() if not runs_here(preset))
+    foreign = next(name for name, preset in TARGETS.items() if not runs_here(preset))
     config = OptimizeConfig(target=foreign, max_drop=100.0, **QUICK)
     report = optimize_model(cheapest(exported, "squeezenet"), tmp_path / "out", config)
     assert report.status is not Status.REJECTED and (tmp_path / "out" / INT8_NAME).exists(), report.detail

@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from smallnets.core.metadata import card_of
-from smallnets.core.targets import PRESETS, QuantOptions
+from smallnets.core.targets import TARGETS, QuantOptions
 from smallnets.optimize.calibration import ImageCalibrationReader, demo_calibration_set
 from smallnets.optimize.fuse import fuse, op_counts
 from smallnets.optimize.quantize import calibration_cache, prepare_for_quantization, quantize_model
@@ -40,7 +40,7 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def test_depthwise_weights_get_one_scale_per_channel(prepared: tuple[Path, Path], tmp_path: Path) -> None:
-    model = quantize(prepared[1], tmp_path, PRESETS["x86-vnni"].quant)
+    model = quantize(prepared[1], tmp_path, TARGETS["x86-vnni"].quant)
     inits = initializers(model)
     producers = {output: node for node in model.graph.node for output in node.output}
     depthwise = [

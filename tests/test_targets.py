@@ -19,7 +19,7 @@ from smallnets.core.hardware import CpuInfo, detect_cpu
 from smallnets.core.metadata import card_of, write_card
 from smallnets.core.targets import (
     EXECUTION_PROVIDERS,
-    PRESETS,
+    TARGET_CHOICES,
     TARGETS,
     ExecutionProvider,
     QuantOptions,
@@ -37,11 +37,11 @@ def fabricated(arch: str, features: tuple[str, ...] = (), cores: int = 4) -> Cpu
 
 
 def test_presets_state_the_int8_kinds_their_cpus_compute_without_overflow() -> None:
-    avx2, vnni, arm = PRESETS["x86-avx2"], PRESETS["x86-vnni"], PRESETS["arm64"]
+    avx2, vnni, arm = TARGETS["x86-avx2"], TARGETS["x86-vnni"], TARGETS["arm64"]
     assert (avx2.signature, avx2.reduce_range) == ("U8S8", True)
     assert (vnni.signature, vnni.reduce_range) == ("U8S8", False)
     assert (arm.signature, arm.reduce_range) == ("S8S8", False)
-    for target in PRESETS.values():
+    for target in TARGETS.values():
         assert target.per_channel and target.rationale and target.hardware and target.features
         assert target.candidates[0] == target.quant and len(target.candidates) > 1
         assert 0.5 < target.int8_min_cosine < 1.0
@@ -51,7 +51,7 @@ def test_presets_state_the_int8_kinds_their_cpus_compute_without_overflow() -> N
 
 def test_avx2_never_tries_full_range_u8s8_weights() -> None:
     """VPMADDUBSW saturates on full-range u8*s8 pairs: every AVX2 candidate must keep reduce_range."""
-    assert all(options.reduce_range for options in PRESETS["x86-avx2"].candidates)
+    assert all(options.reduce_range for options in TARGETS["x86-avx2"].candidates)
 
 
 def test_candidates_are_filtered_by_family() -> None:
@@ -63,10 +63,10 @@ def test_candidates_are_filtered_by_family() -> None:
     assert [o.name for o in target.candidates_for("mobilenet_v2")] == ["base"]
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", list(TARGETS))
 def test_with_quant_makes_the_search_choice_the_targets_own(name: str) -> None:
     """What optimize writes into the int8 card and report: the options the search chose, not the default's."""
-    target = PRESETS[name]
+    target = TARGETS[name]
     other = target.candidates[-1]
     chosen = target.with_quant(other)
     assert chosen.quant == other and chosen.quant_format == other.quant_format and chosen.candidates[0] == other
@@ -105,7 +105,7 @@ def test_thread_counts_are_one_and_the_serving_count(monkeypatch: pytest.MonkeyP
 
 
 def test_to_dict_carries_the_flat_keys_reports_read() -> None:
-    data = PRESETS["x86-avx2"].to_dict()
+    data = TARGETS["x86-avx2"].to_dict()
     assert data["name"] == "x86-avx2" and data["signature"] == "U8S8" and data["reduce_range"] is True
     assert data["quant_format"] in ("qdq", "qoperator") and data["candidates"][0] == data["quant_name"]
     assert data["providers"][0]["name"] == "CPUExecutionProvider"
@@ -162,7 +162,7 @@ def test_an_avx2_only_cpu_is_told_by_cpuid_not_by_the_host_cpuinfo() -> None:
 def test_int8_built_for_another_cpu_kind_is_named(
     built_for: str, arch: str, features: tuple, warned: str | None
 ) -> None:
-    note = int8_fit_note(PRESETS[built_for].to_dict(), fabricated(arch, features))
+    note = int8_fit_note(TARGETS[built_for].to_dict(), fabricated(arch, features))
     assert (note is None) if warned is None else (warned in note and built_for in note), note
     assert int8_fit_note(None, fabricated(arch, features)) is None  # fp32
 
@@ -173,7 +173,7 @@ def test_classify_warns_when_vnni_int8_runs_on_an_avx2_only_cpu(
 ) -> None:
     """The card of a model says x86-vnni int8; the same command warns under qemu -cpu Haswell and not natively."""
     model = onnx.load(str(exported("mobilenet_v3_small")))
-    card = card_of(model).with_updates(precision="int8", quantization=PRESETS["x86-vnni"].to_dict())
+    card = card_of(model).with_updates(precision="int8", quantization=TARGETS["x86-vnni"].to_dict())
     onnx.save(write_card(model, card), str(tmp_path / "model.onnx"))
     photos["chelsea"].save(tmp_path / "chelsea.jpg")
     command = [
@@ -211,9 +211,9 @@ def test_auto_from_fabricated_cpus(arch: str, features: tuple[str, ...], expecte
 
 def test_targets_know_which_cpus_they_can_be_timed_on() -> None:
     x86, arm = fabricated("x86_64"), fabricated("aarch64")
-    assert runs_here(PRESETS["x86-vnni"], x86) and runs_here(PRESETS["x86-avx2"], x86)
-    assert not runs_here(PRESETS["arm64"], x86) and runs_here(PRESETS["arm64"], arm)
-    assert not runs_here(PRESETS["x86-vnni"], arm)
+    assert runs_here(TARGETS["x86-vnni"], x86) and runs_here(TARGETS["x86-avx2"], x86)
+    assert not runs_here(TARGETS["arm64"], x86) and runs_here(TARGETS["arm64"], arm)
+    assert not runs_here(TARGETS["x86-vnni"], arm)
 
 
 def test_unknown_target_and_architecture_are_refused() -> None:
@@ -221,7 +221,7 @@ def test_unknown_target_and_architecture_are_refused() -> None:
         resolve_target("x86-avx9")
     with pytest.raises(UnknownTargetError, match="--target"):
         resolve_target("auto", fabricated("riscv64"))
-    assert TARGETS[0] == "auto" and set(TARGETS[1:]) == set(PRESETS)
+    assert TARGET_CHOICES[0] == "auto" and set(TARGET_CHOICES[1:]) == set(TARGETS)
 
 
 def test_the_runtime_takes_its_providers_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -251,7 +251,7 @@ def build_arm64_artifacts(exported: Path, outdir: Path, calibration_images: int 
     kernels. What is checked here is that the arm64 quantization computes the same on both architectures.
     """
     from smallnets.core.metadata import card_of, write_card
-    from smallnets.core.targets import PRESETS
+    from smallnets.core.targets import TARGETS
     from smallnets.optimize.calibration import ImageCalibrationReader, demo_calibration_set
     from smallnets.optimize.fuse import fuse
     from smallnets.optimize.modelio import load_model, save_model
@@ -267,7 +267,7 @@ def build_arm64_artifacts(exported: Path, outdir: Path, calibration_images: int 
     fp32 = save_model(fused, outdir / FP32_NAME)
     prepared = outdir / "prepared.onnx"
     prepare_for_quantization(fused, prepared)
-    preset = PRESETS["arm64"]
+    preset = TARGETS["arm64"]
     calibration = demo_calibration_set(calibration_images)
     reader = ImageCalibrationReader(calibration.images, card.preprocessing, model.graph.input[0].name)
     int8 = outdir / INT8_NAME

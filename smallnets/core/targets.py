@@ -29,7 +29,7 @@ ARM_DOT_FLAGS = ("asimddp", "i8mm")
 
 
 class UnknownTargetError(LookupError):
-    """``--target`` names no preset, or ``auto`` finds none for this CPU."""
+    """``--target`` names no target, or ``auto`` finds none for this CPU."""
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -238,7 +238,7 @@ ARM_CANDIDATES = (
     _options("s8s8-qoperator", activation_type="int8", quant_format="qoperator"),
 )
 
-PRESETS: dict[str, Target] = {
+TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
         Target(
@@ -286,7 +286,7 @@ PRESETS: dict[str, Target] = {
         ),
     )
 }
-TARGETS = ("auto", *PRESETS)
+TARGET_CHOICES = ("auto", *TARGETS)
 
 
 def runs_here(target: Target, cpu: CpuInfo | None = None) -> bool:
@@ -302,12 +302,12 @@ def resolve_target(name: str, cpu: CpuInfo | None = None) -> tuple[Target, str]:
     serving_threads: the CPU quota's cores shared among the default workers), so the speed gate times what a
     worker runs.
     """
-    if name != "auto" and name not in PRESETS:
-        raise UnknownTargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
+    if name != "auto" and name not in TARGETS:
+        raise UnknownTargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGET_CHOICES)}")
     cpu = cpu or detect_cpu()
     threads = serving_threads(serving_cores(cpu, cpu_quota()))
     if name != "auto":
-        return PRESETS[name].with_threads(threads), f"target {name} requested explicitly"
+        return TARGETS[name].with_threads(threads), f"target {name} requested explicitly"
     chosen, reason = _auto(cpu)
     return chosen.with_threads(threads), reason
 
@@ -316,19 +316,19 @@ def _auto(cpu: CpuInfo) -> tuple[Target, str]:
     if cpu.is_x86:
         vnni = [flag for flag in VNNI_FLAGS if cpu.has(flag)]
         if vnni:
-            return PRESETS["x86-vnni"], f"auto: {cpu.arch} CPU has {', '.join(vnni)} -> x86-vnni"
+            return TARGETS["x86-vnni"], f"auto: {cpu.arch} CPU has {', '.join(vnni)} -> x86-vnni"
         if cpu.has("avx2"):
-            return PRESETS["x86-avx2"], f"auto: {cpu.arch} CPU has avx2 but no VNNI -> x86-avx2 (reduce_range)"
-        return PRESETS["x86-avx2"], (
+            return TARGETS["x86-avx2"], f"auto: {cpu.arch} CPU has avx2 but no VNNI -> x86-avx2 (reduce_range)"
+        return TARGETS["x86-avx2"], (
             f"auto: {cpu.arch} CPU has neither VNNI nor AVX2; x86-avx2 (reduce_range) is the safe choice, "
             "but int8 may not beat fp32 here"
         )
     if cpu.is_arm64:
         dot = [flag for flag in ARM_DOT_FLAGS if cpu.has(flag)]
         detail = f"has {', '.join(dot)}" if dot else "reports no dot-product features (kernels fall back)"
-        return PRESETS["arm64"], f"auto: {cpu.arch} CPU {detail} -> arm64 (S8S8)"
+        return TARGETS["arm64"], f"auto: {cpu.arch} CPU {detail} -> arm64 (S8S8)"
     raise UnknownTargetError(
-        f"auto: no preset for CPU architecture {cpu.arch!r}; pass --target one of: {', '.join(PRESETS)}"
+        f"auto: no target for CPU architecture {cpu.arch!r}; pass --target one of: {', '.join(TARGETS)}"
     )
 
 
