@@ -5,6 +5,7 @@ predictions are shown; real weights are the default where they ship."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -179,3 +180,12 @@ def test_make_run_installs_serving_and_the_pipeline_only(tmp_path: Path) -> None
     run_installs = [line for line in recipe("run").splitlines() if "pip install" in line and "-e" in line]
     assert len(run_installs) == 1 and "'.[demo]'" in run_installs[0], run_installs
     assert "'.[dev]'" in recipe("test")
+
+
+def test_the_readme_starts_with_the_two_commands_and_its_links_resolve() -> None:
+    readme = (CHECKOUT / "README.md").read_text()
+    top = "\n".join(readme.splitlines()[:20])
+    assert "make run" in top and "make test" in top
+    for document in (CHECKOUT / "README.md", *sorted((CHECKOUT / "docs").glob("*.md"))):
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", document.read_text()):
+            assert (document.parent / target).exists(), f"{document.name} links to a missing {target}"
