@@ -245,7 +245,10 @@ def test_on_the_models_own_folder_limit_draws_from_its_report_part(many: Path, t
     choice = choose_photos(folder, 10, split.to_dict())
     assert len(choice.images) == 10 and {image.digest for image in choice.images} <= report
     assert f"of the {len(report)} report-part photos" in choice.description and choice.subset
-    assert any("calibrated this model and chose its recipe" in note for note in choice.notes)
+    assert choice.notes == (
+        "photos of many calibrated this model and chose its recipe: these photos come from its "
+        "report part, which neither saw",
+    )
     whole = choose_photos(folder, None, split.to_dict())
     assert len(whole.images) == 80 and "report-part photos only" in whole.notes[0]
     other = tmp_path / "other"

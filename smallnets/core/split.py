@@ -207,11 +207,12 @@ def choose_photos(folder: LabelledFolder, limit: int | None, split: dict[str, An
         pool = split_folders(folder, calibration_dir, calibration_limit=total, fractions=fractions).report
     if calibrated_here or own:
         uses = [*(["calibrated this model"] if calibrated_here else []), *(["chose its recipe"] if own else [])]
-        unseen = f"; --limit N draws from its {len(pool)} report-part photos only" if limit is None and own else ""
-        notes.append(
-            f"photos of {folder.root.name} {' and '.join(uses)}: figures on the photos it saw are optimistic for "
-            f"int8{unseen}"
-        )
+        if own and limit is not None:
+            effect = "these photos come from its report part, which neither saw"
+        else:
+            effect = "figures on the photos it saw are optimistic for int8"
+            effect += f"; --limit N draws from its {len(pool)} report-part photos only" if own else ""
+        notes.append(f"photos of {folder.root.name} {' and '.join(uses)}: {effect}")
     if limit is None:
         return PhotoChoice(folder.images, f"all {total} photos", tuple(notes))
     chosen = sample_evenly(pool, limit)
