@@ -25,7 +25,8 @@ from smallnets.benchmarks.arm64.compare import (
     host_target,
     run_comparison,
 )
-from smallnets.benchmarks.arm64.env import Arm64Environment, Arm64EnvironmentMissing
+from smallnets.benchmarks.arm64.env import Arm64Environment, Arm64EnvironmentMissing, cache_dir
+from smallnets.benchmarks.arm64.selfcheck import check as emulation_failures
 from smallnets.core.hardware import parse_cpuinfo
 
 pytestmark = pytest.mark.arm64
@@ -47,10 +48,16 @@ CPU revision\t: 1
 
 @pytest.fixture(scope="module")
 def arm64() -> Arm64Environment:
+    """The emulated environment, trusted only after benchmarks/arm64/selfcheck.py: a numpy top-k and a small int8
+    model give the native answers under each emulator (QEMU 7.2 got 28 of 300 top-2s wrong as a Haswell)."""
     try:
-        return Arm64Environment.load()
+        environment = Arm64Environment.load()
     except Arm64EnvironmentMissing as error:
         pytest.skip(str(error))
+    failures = emulation_failures(cache_dir())
+    if failures:
+        pytest.fail("emulated results cannot be trusted: " + "; ".join(failures))
+    return environment
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +103,10 @@ def test_aarch64_cpu_features_come_from_the_emulated_core(arm64: Arm64Environmen
     """detect_cpu inside emulation reports the guest's ISA, never the x86 host's flags."""
     probe = "import json; from smallnets.core.hardware import detect_cpu; print(json.dumps(detect_cpu().to_dict()))"
     cpu = json.loads(arm64.run(["-c", probe], capture_output=True, text=True, check=True).stdout)
-    assert cpu["arch"] == "aarch64" and "emulated" in cpu["model"]
+    assert cpu["arch"] == "aarch64"
     assert "asimd" in cpu["features"] and not {"avx2", "avx512_vnni"} & set(cpu["features"])
-    if arm64.cpu == "neoverse-n1":
-        assert "asimddp" in cpu["features"] and "sve" not in cpu["features"]
+    if arm64.cpu == "neoverse-n1":  # QEMU 10's /proc/cpuinfo carries the emulated core's MIDR
+        assert cpu["model"] == "ARM Neoverse-N1" and "asimddp" in cpu["features"] and "sve" not in cpu["features"]
 
 
 def test_auto_target_picks_arm64_on_aarch64(comparison: Comparison) -> None:
@@ -152,7 +159,7 @@ def test_int8_logits_within_the_cpu_pair_tolerance_and_top1_off_near_ties(compar
         return
     assert row.judged and row.passed, row
     assert row.max_relative_diff <= row.tolerance, row
-    assert row.decisive_agreement == 1.0, row
+    assert row.decisive_images > 0 and row.decisive_agreement == 1.0, "judged on decisive photos, not by default"
 
 
 def test_near_tie_flips_pass_and_decisive_flips_fail() -> None:

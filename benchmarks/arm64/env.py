@@ -17,81 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from smallnets.core.files import atomic_write
-
 REPO = Path(__file__).resolve().parents[2]
 SETUP_COMMAND = "bash benchmarks/arm64/setup.sh"
 ROOT_PYTHON = "usr/bin/python3.11"
-
-# MIDR_EL1 of the cores qemu-aarch64 emulates with a known identity (qemu target/arm/cpu64.c), as /proc/cpuinfo
-# splits it: implementer, variant, part, revision. "max" has no real identity, so it is not offered.
-QEMU_CPUS = {
-    "cortex-a53": ("0x41", "0x0", "0xd03", "4", "Cortex-A53"),
-    "cortex-a57": ("0x41", "0x1", "0xd07", "0", "Cortex-A57"),
-    "cortex-a72": ("0x41", "0x0", "0xd08", "3", "Cortex-A72"),
-    "cortex-a76": ("0x41", "0x4", "0xd0b", "1", "Cortex-A76"),
-    "neoverse-n1": ("0x41", "0x4", "0xd0c", "1", "Neoverse-N1"),
-}
-# Kernel names of the AT_HWCAP / AT_HWCAP2 bits, in bit order (linux arch/arm64/include/uapi/asm/hwcap.h).
-HWCAP_NAMES = [
-    "fp",
-    "asimd",
-    "evtstrm",
-    "aes",
-    "pmull",
-    "sha1",
-    "sha2",
-    "crc32",
-    "atomics",
-    "fphp",
-    "asimdhp",
-    "cpuid",
-    "asimdrdm",
-    "jscvt",
-    "fcma",
-    "lrcpc",
-    "dcpop",
-    "sha3",
-    "sm3",
-    "sm4",
-    "asimddp",
-    "sha512",
-    "sve",
-    "asimdfhm",
-    "dit",
-    "uscat",
-    "ilrcpc",
-    "flagm",
-    "ssbs",
-    "sb",
-    "paca",
-    "pacg",
-]
-HWCAP2_NAMES = [
-    "dcpodp",
-    "sve2",
-    "sveaes",
-    "svepmull",
-    "svebitperm",
-    "svesha3",
-    "svesm4",
-    "flagm2",
-    "frint",
-    "svei8mm",
-    "svef32mm",
-    "svef64mm",
-    "svebf16",
-    "i8mm",
-    "bf16",
-    "dgh",
-    "rng",
-    "bti",
-    "mte",
-]
-_HWCAP_PROBE = (
-    "import ctypes; f = ctypes.CDLL(None).getauxval; f.restype = ctypes.c_ulong; f.argtypes = [ctypes.c_ulong]; "
-    "print(f(16), f(26))"
-)
 
 
 def package_view(cache: Path) -> Path:
@@ -184,44 +112,6 @@ class Arm64Environment:
         kwargs.setdefault("cwd", package_view(cache_dir()))
         return subprocess.run(self.command(args), env=self.environ(extra_env), **kwargs)  # type: ignore[call-overload]
 
-    def write_cpuinfo(self) -> str:
-        """Give the guest an aarch64 /proc/cpuinfo (qemu 7.2 passes the host's through; qemu -L finds this one).
-
-        Features come from the emulated core's real AT_HWCAP bits, so the file and getauxval agree; one block per
-        host CPU, because onnxruntime's cpuinfo library matches this file against /sys/devices/system/cpu.
-        """
-        if self.cpu not in QEMU_CPUS:
-            raise ValueError(f"SMALLNETS_QEMU_CPU={self.cpu!r} is not supported; choose from {sorted(QEMU_CPUS)}")
-        probe = self.run(["-S", "-c", _HWCAP_PROBE], capture_output=True, text=True, check=True)
-        hwcap, hwcap2 = (int(value) for value in probe.stdout.split())
-        features = [name for bit, name in enumerate(HWCAP_NAMES) if hwcap >> bit & 1]
-        features += [name for bit, name in enumerate(HWCAP2_NAMES) if hwcap2 >> bit & 1]
-        implementer, variant, part, revision, name = QEMU_CPUS[self.cpu]
-        blocks = [
-            f"processor\t: {index}\nmodel name\t: {name} (emulated by qemu-aarch64 user mode)\n"
-            f"BogoMIPS\t: 50.00\nFeatures\t: {' '.join(features)}\nCPU implementer\t: {implementer}\n"
-            f"CPU architecture: 8\nCPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n"
-            for index in range(_host_cpu_count())
-        ]
-        text = "\n".join(blocks) + "\n"
-        target = self.root / "proc" / "cpuinfo"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(target, text)
-        return text
-
-
-def _host_cpu_count() -> int:
-    """Number of CPUs in /sys/devices/system/cpu/possible (e.g. ``0-1`` -> 2), which the guest also sees."""
-    try:
-        spec = Path("/sys/devices/system/cpu/possible").read_text().strip()
-    except OSError:
-        return os.cpu_count() or 1
-    count = 0
-    for part in spec.split(","):
-        first, _, last = part.partition("-")
-        count += int(last or first) - int(first) + 1
-    return count
-
 
 _CHECK = """
 import platform, sys
@@ -235,16 +125,13 @@ print("cpu:", detect_cpu())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``env.py ARGS...`` runs the aarch64 python with ARGS; ``--check`` / ``--write-cpuinfo`` maintain it."""
+    """``env.py ARGS...`` runs the aarch64 python with ARGS; ``--check`` checks it."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         environment = Arm64Environment.load()
     except Arm64EnvironmentMissing as error:
         print(f"arm64: error: {error}", file=sys.stderr)
         return 2
-    if args == ["--write-cpuinfo"]:
-        environment.write_cpuinfo()
-        return 0
     if args == ["--check"]:
         return environment.run(["-c", _CHECK]).returncode
     os.execve(environment.qemu, environment.command(args), environment.environ())

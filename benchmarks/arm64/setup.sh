@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Build the emulated aarch64 environment the arm64 checks run in: no Docker, no root, no binfmt registration.
 #
-#   qemu-aarch64-static (Debian's qemu-user-static for this host, extracted, not installed); its
-#   qemu-x86_64-static is kept too: it runs the venv's python as an AVX2-only Haswell (tests/test_targets.py)
+#   qemu-aarch64 and qemu-x86_64 of QEMU 10 (Debian trixie's qemu-user for this host, statically linked,
+#   extracted, not installed; kept as qemu-aarch64-static / qemu-x86_64-static). qemu-x86_64 runs the venv's
+#   python as an AVX2-only Haswell (tests/test_targets.py). Bookworm's QEMU 7.2 mis-emulated AVX2 (numpy's
+#   argpartition gave wrong top-k under -cpu Haswell), so benchmarks/arm64/selfcheck.py compares a numpy top-k
+#   and a small int8 model emulated vs native before the environment is called ready (when the host python has
+#   numpy, onnx and onnxruntime; tests/test_arm64.py runs the same check otherwise)
 #   + a Debian bookworm arm64 user space with python3.11 (Debian's .debs, unpacked with dpkg-deb -x)
 #   + the aarch64 manylinux wheels of onnxruntime, numpy, pillow (versions from constraints.txt), from PyPI.
 #
@@ -18,6 +22,7 @@ repo=$(cd "$here/../.." && pwd)
 cache=${SMALLNETS_ARM64_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/smallnets/arm64}
 cpu=${SMALLNETS_QEMU_CPU:-neoverse-n1}
 suite=bookworm
+qemu_suite=trixie  # QEMU 10
 debs=(python3.11 libstdc++6)
 # Runtime imports only: onnxruntime and its install requirements, numpy, pillow (serve/, optimize validation,
 # benchmarks/measure; tqdm for progress bars). No torch, no onnxsim, no onnx.
@@ -39,7 +44,8 @@ for name in "${wheels[@]}"; do
     [[ -n "$pin" ]] || { log "error: $name is not pinned in constraints.txt; pin it there"; exit 2; }
     pins+=("$pin")
 done
-key=$(printf '%s\n' "$suite" "$cpu" "${debs[@]}" "${pins[@]}" | cat - "$0" "$here/env.py" | sha256sum | cut -d' ' -f1)
+key=$(printf '%s\n' "$suite" "$qemu_suite" "$cpu" "${debs[@]}" "${pins[@]}" | cat - "$0" "$here/env.py" "$here/selfcheck.py" |
+    sha256sum | cut -d' ' -f1)
 if [[ -f "$cache/ready" && "$(cat "$cache/ready")" == "$key" ]]; then
     if "$host_python" "$here/env.py" --check >/dev/null; then
         finish "cached, ready"
@@ -58,49 +64,59 @@ mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sourc
     tr -d ' ' || true)
 mirror=${mirror:-http://deb.debian.org/debian}
 security=${mirror%/debian*}/debian-security
-apt_dir=$cache/apt
-mkdir -p "$apt_dir"/{lists/partial,archives/partial,etc/sources.list.d,etc/apt.conf.d,etc/preferences.d}
-rm -f "$apt_dir"/*.bin
-: >"$apt_dir/status"
-cat >"$apt_dir/etc/sources.list.d/debian.sources" <<EOF
+# private_apt DIR SUITE ARCH: a private apt configuration for SUITE's ARCH packages under DIR.
+private_apt() {
+    local dir=$1 release=$2 arch=$3
+    mkdir -p "$dir"/{lists/partial,archives/partial,etc/sources.list.d,etc/apt.conf.d,etc/preferences.d}
+    rm -f "$dir"/*.bin
+    : >"$dir/status"
+    cat >"$dir/etc/sources.list.d/debian.sources" <<EOF
 Types: deb
 URIs: ${mirror%/}
-Suites: $suite $suite-updates
+Suites: $release $release-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 URIs: $security
-Suites: $suite-security
+Suites: $release-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-cat >"$apt_dir/apt.conf" <<EOF
-Dir::State "$apt_dir";
-Dir::State::Lists "$apt_dir/lists";
-Dir::State::status "$apt_dir/status";
-Dir::Cache "$apt_dir";
-Dir::Cache::archives "$apt_dir/archives";
+    cat >"$dir/apt.conf" <<EOF
+Dir::State "$dir";
+Dir::State::Lists "$dir/lists";
+Dir::State::status "$dir/status";
+Dir::Cache "$dir";
+Dir::Cache::archives "$dir/archives";
 Dir::Cache::pkgcache "";
 Dir::Cache::srcpkgcache "";
-Dir::Etc "$apt_dir/etc";
-Dir::Etc::Parts "$apt_dir/etc/apt.conf.d";
-Dir::Etc::PreferencesParts "$apt_dir/etc/preferences.d";
-APT::Architecture "arm64";
-APT::Architectures { "arm64"; "$host_arch"; };
+Dir::Etc "$dir/etc";
+Dir::Etc::Parts "$dir/etc/apt.conf.d";
+Dir::Etc::PreferencesParts "$dir/etc/preferences.d";
+APT::Architecture "$arch";
+APT::Architectures { "$arch"; "$host_arch"; };
 APT::Sandbox::User "root";
 Acquire::Languages "none";
 Debug::NoLocking "true";
 EOF
+}
+apt_dir=$cache/apt
+qemu_apt=$cache/apt-$qemu_suite
+private_apt "$apt_dir" "$suite" arm64
+private_apt "$qemu_apt" "$qemu_suite" "$host_arch"
 export APT_CONFIG=$apt_dir/apt.conf
 log "apt lists for $suite arm64 from $mirror"
 apt-get -q -o APT::Update::Error-Mode=any update >"$cache/apt-update.log" 2>&1 ||
     { cat "$cache/apt-update.log"; log "error: apt-get update failed (see above)"; exit 1; }
-log "downloading ${debs[*]} (arm64) and qemu-user-static ($host_arch)"
+log "downloading ${debs[*]} (arm64)"
 apt-get -q -y --download-only --no-install-recommends install "${debs[@]}" >"$cache/apt-download.log" 2>&1 ||
     { cat "$cache/apt-download.log"; exit 1; }
-(cd "$apt_dir/archives" && apt-get -q download "qemu-user-static:$host_arch" >>"$cache/apt-download.log" 2>&1) ||
-    { cat "$cache/apt-download.log"; exit 1; }
+log "apt lists for $qemu_suite $host_arch; downloading qemu-user (QEMU 10, statically linked)"
+APT_CONFIG=$qemu_apt/apt.conf apt-get -q -o APT::Update::Error-Mode=any update >>"$cache/apt-update.log" 2>&1 ||
+    { cat "$cache/apt-update.log"; log "error: apt-get update ($qemu_suite) failed (see above)"; exit 1; }
+(cd "$qemu_apt/archives" && APT_CONFIG=$qemu_apt/apt.conf apt-get -q download "qemu-user:$host_arch" \
+    >>"$cache/apt-download.log" 2>&1) || { cat "$cache/apt-download.log"; exit 1; }
 
 log "unpacking the arm64 user space and qemu"
 rm -rf "$cache/root.new" "$cache/qemu.new"
@@ -108,14 +124,18 @@ mkdir -p "$cache/root.new" "$cache/qemu.new"
 for deb in "$apt_dir"/archives/*_arm64.deb "$apt_dir"/archives/*_all.deb; do
     dpkg-deb -x "$deb" "$cache/root.new"
 done
-dpkg-deb -x "$apt_dir"/archives/qemu-user-static_*_"$host_arch".deb "$cache/qemu.new/deb"
-mv "$cache/qemu.new/deb/usr/bin/qemu-aarch64-static" "$cache/qemu.new/deb/usr/bin/qemu-x86_64-static" "$cache/qemu.new/"
-rm -rf "$cache/qemu.new/deb" "$apt_dir/lists"  # the other targets' emulators and the package lists: 500 MB
+dpkg-deb -x "$qemu_apt"/archives/qemu-user_*_"$host_arch".deb "$cache/qemu.new/deb"
+mv "$cache/qemu.new/deb/usr/bin/qemu-aarch64" "$cache/qemu.new/qemu-aarch64-static"
+mv "$cache/qemu.new/deb/usr/bin/qemu-x86_64" "$cache/qemu.new/qemu-x86_64-static"
+rm -rf "$cache/qemu.new/deb" "$apt_dir/lists" "$qemu_apt/lists"  # the other targets' emulators, package lists
+for emulator in "$cache"/qemu.new/qemu-*-static; do
+    "$emulator" --version | head -n1 | grep -q -E 'version (1[0-9]|[2-9][0-9])\.' ||
+        { log "error: $emulator is not QEMU 10 or later: $("$emulator" --version | head -n1)"; exit 1; }
+done
 # qemu -L looks a path up in the root first and falls back to the host: empty site dirs shadow the host's x86
-# packages; /proc/cpuinfo is written by env.py (qemu 7.2 passes the host's x86 one through, which crashes
-# onnxruntime's cpuinfo library at import).
+# packages. QEMU 10 writes the guest's /proc/cpuinfo itself, from the emulated core (MIDR and features).
 mkdir -p "$cache/root.new/usr/lib/python3/dist-packages" "$cache/root.new/usr/local/lib/python3.11/dist-packages" \
-    "$cache/root.new/usr/lib/python3.11/dist-packages" "$cache/root.new/proc"
+    "$cache/root.new/usr/lib/python3.11/dist-packages"
 
 log "aarch64 wheels: ${pins[*]}"
 wheel_dir=$cache/wheels
@@ -134,7 +154,11 @@ mv "$cache/qemu.new" "$cache/qemu"
 cat >"$cache/env.json" <<EOF
 {"qemu": "$cache/qemu/qemu-aarch64-static", "root": "$cache/root", "site": "$cache/root/opt/smallnets/site", "cpu": "$cpu"}
 EOF
-"$host_python" "$here/env.py" --write-cpuinfo
 "$host_python" "$here/env.py" --check
+if "$host_python" -c "import numpy, onnx, onnxruntime.quantization" 2>/dev/null; then
+    "$host_python" "$here/selfcheck.py" || { log "error: emulated results disagree with native ones (see above)"; exit 1; }
+else
+    log "self-check deferred: $host_python lacks numpy/onnx/onnxruntime (tests/test_arm64.py runs it)"
+fi
 echo "$key" >"$cache/ready"
 finish "built"
