@@ -21,7 +21,7 @@ from smallnets.benchmarks.arm64.compare import (
     INT8_RELATIVE_TOLERANCE,
     Comparison,
     build_arm64_artifacts,
-    compare_logits,
+    compare_across_cpus,
     host_target,
     run_comparison,
 )
@@ -166,13 +166,13 @@ def test_near_tie_flips_pass_and_decisive_flips_fail() -> None:
     """No emulator needed: the verdict rules of compare.py on hand-made logits."""
     fp32 = np.array([[4.0, 3.9, 0.0], [4.0, 1.0, 0.0]], dtype=np.float32)  # image 0 is a near tie, image 1 is not
     near_tie_flip = np.array([[3.9, 4.0, 0.0], [4.0, 1.0, 0.0]], dtype=np.float32)
-    assert compare_logits("m", "int8", fp32, near_tie_flip, fp32, "x86-vnni").passed
+    assert compare_across_cpus("m", "int8", fp32, near_tie_flip, fp32, "x86-vnni").passed
     decisive_flip = np.array([[4.0, 3.9, 0.0], [1.0, 4.0, 0.0]], dtype=np.float32)
-    row = compare_logits("m", "int8", fp32, decisive_flip, fp32, "x86-vnni")
+    row = compare_across_cpus("m", "int8", fp32, decisive_flip, fp32, "x86-vnni")
     assert not row.passed and row.decisive_images == 1 and row.decisive_agreement == 0.0
-    assert compare_logits("m", "int8", fp32, decisive_flip, fp32, "x86-vnni", random_weights=True).passed
+    assert compare_across_cpus("m", "int8", fp32, decisive_flip, fp32, "x86-vnni", random_weights=True).passed
     with pytest.raises(ValueError, match="no measured int8 tolerance"):
-        compare_logits("m", "int8", fp32, fp32, fp32, "x86-unknown")
+        compare_across_cpus("m", "int8", fp32, fp32, fp32, "x86-unknown")
 
 
 def test_int8_files_carry_the_arm64_preset(arm64_artifacts: dict[str, dict[str, Path]]) -> None:

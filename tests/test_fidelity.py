@@ -17,8 +17,7 @@ from onnx import numpy_helper
 from PIL import Image
 from registry_choices import FAMILIES, FAMILY_IDS
 
-from smallnets.benchmarks.arm64.compare import compare_logits as compare_across_cpus
-from smallnets.benchmarks.arm64.compare import host_target
+from smallnets.benchmarks.arm64.compare import compare_across_cpus, host_target
 from smallnets.core.evaluation import predict, prepare
 from smallnets.core.labelled import EVAL_DIR_ENV, eval_dir_setting, read_labelled_folder
 from smallnets.core.metadata import CARD_KEY, RANDOM_WEIGHTS, AccuracyStatus, ModelCard

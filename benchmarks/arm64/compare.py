@@ -116,7 +116,7 @@ def decisive(fp32: np.ndarray, tolerance: float) -> np.ndarray:
     return (top2[:, 1] - top2[:, 0]) >= NEAR_TIE_FACTOR * tolerance * scale
 
 
-def compare_logits(
+def compare_across_cpus(
     model: str,
     precision: str,
     x86: np.ndarray,
@@ -210,7 +210,9 @@ def run_comparison(
         model, precision = case["id"].rsplit(".", 1)
         arm = np.load(outdir / f"{case['id']}.npy")
         fp32 = x86_logits[f"{model}.fp32"]
-        rows.append(compare_logits(model, precision, x86_logits[case["id"]], arm, fp32, host, random_weights[model]))
+        rows.append(
+            compare_across_cpus(model, precision, x86_logits[case["id"]], arm, fp32, host, random_weights[model])
+        )
     return Comparison(rows, result, elapsed, cpu)
 
 
