@@ -253,3 +253,16 @@ def test_the_readme_and_the_help_name_every_provider_of_the_registry() -> None:
         assert all(alias in option.help for alias in EXECUTION_PROVIDERS), (command, option.help)
     missing = [alias for alias in EXECUTION_PROVIDERS if alias not in readme]
     assert not missing, f"README.md does not mention the execution providers {missing}"
+
+
+def test_each_candidate_calibrates_its_own_way_unless_told() -> None:
+    """QuantOptions.calibration takes effect: optimize's config overrides it only when --calibration is given."""
+    from smallnets.cli import build_parser
+    from smallnets.core.targets import CALIBRATION_METHODS
+    from smallnets.optimize.cli import optimize_config
+
+    parser = build_parser()
+    assert optimize_config(parser.parse_args(["optimize", "m.onnx"])).calibration is None
+    for method in CALIBRATION_METHODS:
+        assert optimize_config(parser.parse_args(["optimize", "m.onnx", "--calibration", method])).calibration == method
+        assert QuantOptions("q", calibration=method).calibration == method
