@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import re
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from servers import smallnets_server
+from servers import free_port, smallnets_server
 
 from smallnets.cli import EXIT_PORT_IN_USE, EXIT_USAGE
 
@@ -73,7 +74,15 @@ def test_a_port_in_use_is_one_line_naming_the_port(exported) -> None:
     assert result.stderr.count("\n") == 1 and f"port {port}" in result.stderr and "--port" in result.stderr
 
 
-@pytest.mark.parametrize(("args", "fragment"), [(["--port", "99999"], "1 to 65535"), (["--port", "0"], "1 to 65535")])
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--port", "99999"], "--port must be from 1 to 65535"),
+        (["--port", "0"], "--port must be from 1 to 65535"),
+        (["--grpc-port", "70000"], "--grpc-port must be from 1 to 65535"),
+        (["--port", "3999", "--grpc-port", "3999"], "--grpc-port must differ from --port"),
+    ],
+)
 def test_a_bad_port_is_refused_before_starting(exported, args: list[str], fragment: str) -> None:
     result = serve(str(exported("squeezenet1_1")), *args)
     assert result.returncode == EXIT_USAGE and fragment in result.stderr and result.stderr.count("\n") == 1
@@ -87,3 +96,30 @@ def test_an_unknown_host_is_one_line(exported) -> None:
 def test_help_states_the_default_host() -> None:
     result = serve("--help")
     assert "127.0.0.1" in result.stdout and "0.0.0.0" in result.stdout
+
+
+def test_a_grpc_port_in_use_is_one_line_naming_the_option(exported) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = serve(str(exported("squeezenet1_1")), "--port", str(free_port()), "--grpc-port", str(port))
+    assert result.returncode == EXIT_PORT_IN_USE, result.stderr
+    assert result.stderr.count("\n") == 1 and f"port {port}" in result.stderr and "--grpc-port" in result.stderr
+
+
+def test_the_grpc_and_access_log_flags_reach_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--grpc-port (on --host) and --access-log travel to the workers as their settings variables; off by default."""
+    from smallnets.serve.cli import serve_environment
+
+    for name in ("SMALLNETS_GRPC_PORT", "SMALLNETS_GRPC_HOST", "SMALLNETS_ACCESS_LOG"):
+        monkeypatch.delenv(name, raising=False)
+    limits = {"workers": None, "threads": None, "providers": None, "max_upload_mb": None, "host": "0.0.0.0"}
+    env = serve_environment(argparse.Namespace(**limits, grpc_port=8001, access_log=True))
+    assert (env["SMALLNETS_GRPC_PORT"], env["SMALLNETS_GRPC_HOST"], env["SMALLNETS_ACCESS_LOG"]) == (
+        "8001",
+        "0.0.0.0",
+        "1",
+    )
+    quiet = serve_environment(argparse.Namespace(**limits, grpc_port=0, access_log=False))
+    assert not {"SMALLNETS_GRPC_PORT", "SMALLNETS_ACCESS_LOG"} & set(quiet)
