@@ -205,6 +205,11 @@ def test_classifier_page_in_a_browser(
     browser.execute_script("renderCard(arguments[0])", unvalidated)
     accuracy = browser.find_element(By.ID, "card-accuracy").text
     assert accuracy.startswith("unvalidated") and "SMALLNETS_EVAL_DIR" not in accuracy and "cosine" not in accuracy
+    verdict = "imagenet-dev, 248 photos; not validated: --max-drop 1.0 needs about 798 labelled report photos"
+    measured = {**metadata, "accuracy": {"status": "measured", "top1": 89.516, "source": f"optimize, {verdict}"}}
+    browser.execute_script("renderCard(arguments[0])", measured)
+    accuracy = browser.find_element(By.ID, "card-accuracy").text
+    assert accuracy == "top-1 89.5% measured (optimize, imagenet-dev, 248 photos)", accuracy
     browser.execute_script("renderCard(arguments[0])", metadata)
 
     browser.find_element(By.ID, "file-input").send_keys(str(photo))

@@ -30,6 +30,10 @@ function accuracyText(meta) {
   const accuracy = meta.accuracy;
   if (accuracy && typeof accuracy === "object") {
     const status = accuracy.status || "unvalidated";
+    if (status === "measured" && accuracy.top1 != null) {  // the figure and where it was measured, not the verdict
+      const where = String(accuracy.source || "").split(";")[0];
+      return `top-1 ${Number(accuracy.top1).toFixed(1)}% measured${where ? ` (${where})` : ""}`;
+    }
     if (!accuracy.top1 && !status.startsWith("published")) return `${status}: not measured on labelled photos`;
     return accuracy.source ? `${status} (source: ${accuracy.source})` : status;
   }
