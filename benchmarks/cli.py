@@ -196,7 +196,8 @@ def run_bench(args: argparse.Namespace) -> int:
     check_output_dir(output, args.force)  # before the build and the measurements: never overwrite silently
     config = bench_config(args)  # unknown models fail here, before any warning about their weights
     randoms = [c.label for c in config.models if default_weights(c.name, c.overrides, args.weights) == "random"]
-    warn_if_random("random" if randoms else "", randoms)
+    if randoms:
+        warn_if_random("random", randoms)
     result = run_suite(config, output)
     replace_own_files(output, result.files)
     print_summary(result.rows, config, output)
