@@ -362,6 +362,9 @@ async def run_level(
                     timings[name].append(milliseconds)
             wait_s = retry_after_s(response.status, response.headers)
             if wait_s:
+                # Backing off for seconds outlasts a server's keep-alive: come back on a fresh connection, as a
+                # client would, instead of counting the server's idle close against it.
+                await connection.close()
                 await asyncio.sleep(min(wait_s, max(0.0, deadline - time.perf_counter())))
         await connection.close()
 

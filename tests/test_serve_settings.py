@@ -43,7 +43,7 @@ def test_this_machine_gets_a_consistent_default_sizing() -> None:
     settings = ServeSettings.from_env({})
     assert settings.cores == serving_cores(quota=cpu_quota())
     assert settings.workers >= 1 and settings.workers * settings.threads <= settings.cores
-    assert settings.latency_target_s == pytest.approx(0.8 * settings.request_timeout_s) and settings.grpc_port == 0
+    assert settings.latency_target_s == pytest.approx(0.5 * settings.request_timeout_s) and settings.grpc_port == 0
 
 
 def test_explicit_settings_win_and_bad_ones_name_the_variable() -> None:
