@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from smallnets.optimize.groups import COMPUTE_OPS
 
@@ -58,11 +58,17 @@ def _correctable(model: onnx.ModelProto, skip: Collection[str]) -> list[_Layer]:
     return layers
 
 
-def _session(model: onnx.ModelProto, outputs: list[str], folder: Path) -> ort.InferenceSession:
+def _session(
+    model: onnx.ModelProto, outputs: list[str], folder: Path, fed: Collection[str] = ()
+) -> ort.InferenceSession:
+    """A session that also outputs ``outputs`` and takes the initializers named in ``fed`` as inputs."""
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     present = {output.name for output in exposed.graph.output}
     exposed.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs if name not in present)
+    for init in [init for init in exposed.graph.initializer if init.name in fed]:
+        exposed.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        exposed.graph.initializer.remove(init)
     path = folder / "exposed.onnx"
     onnx.save(exposed, str(path))
     options = ort.SessionOptions()
@@ -71,21 +77,27 @@ def _session(model: onnx.ModelProto, outputs: list[str], folder: Path) -> ort.In
 
 
 def _channel_means(
-    session: ort.InferenceSession, names: list[str], inputs: np.ndarray, axes: list[int]
+    session: ort.InferenceSession,
+    names: list[str],
+    inputs: np.ndarray,
+    axes: list[int],
+    feeds: dict[str, np.ndarray] | None = None,
 ) -> list[tuple[np.ndarray, float]]:
     """Per tensor of ``names``: per-channel means over images and space, and the overall standard deviation.
 
-    One picture per run, so fixed-batch models work too.
+    All pictures in one run where the batch axis is free, else one per run (fixed-batch models); ``feeds`` are
+    further inputs (the biases being corrected).
     """
-    feed = session.get_inputs()[0].name
+    feed, batch = session.get_inputs()[0].name, session.get_inputs()[0].shape[0]
+    step = len(inputs) if not isinstance(batch, int) or batch <= 0 else 1
     sums = [0.0] * len(names)
     squares = [0.0] * len(names)
     counts = [0] * len(names)
     channel_sums: list[np.ndarray | float] = [0.0] * len(names)
-    for index in range(len(inputs)):
-        for k, value in enumerate(session.run(names, {feed: inputs[index : index + 1]})):
+    for index in range(0, len(inputs), step):
+        for k, value in enumerate(session.run(names, {feed: inputs[index : index + step], **(feeds or {})})):
             flat = np.moveaxis(value.astype(np.float64), axes[k], 0).reshape(value.shape[axes[k]], -1)
-            channel_sums[k] = channel_sums[k] + flat.mean(axis=1)
+            channel_sums[k] = channel_sums[k] + flat.mean(axis=1) * value.shape[0]  # images in this run
             sums[k] += float(flat.sum())
             squares[k] += float((flat**2).sum())
             counts[k] += flat.size
@@ -120,15 +132,19 @@ def correct_biases(
         axes = [layer.channel_axis for layer in layers]
         references = [fp32_layer[layer.node.name] for layer in layers]
         targets = _channel_means(_session(reference, references, Path(folder)), references, inputs, axes)
+        # One session with the biases as inputs: each layer is measured with every correction made so far.
+        biases = {layer.bias.name: numpy_helper.to_array(layer.bias) for layer in layers}
+        session = _session(int8, [layer.node.output[0] for layer in layers], Path(folder), biases)
+        info = np.iinfo(np.int32)
         for layer, (target, spread) in zip(layers, targets, strict=True):
             name = layer.node.output[0]
-            session = _session(int8, [name], Path(folder))  # with every correction made so far
-            current, _ = _channel_means(session, [name], inputs, [layer.channel_axis])[0]
+            current, _ = _channel_means(session, [name], inputs, [layer.channel_axis], biases)[0]
             shift = target - current
             steps = np.round(shift / np.broadcast_to(layer.scale, shift.shape)).astype(np.int64)
-            info = np.iinfo(np.int32)
-            bias = np.clip(numpy_helper.to_array(layer.bias).astype(np.int64) + steps, info.min, info.max)
-            layer.bias.CopyFrom(numpy_helper.from_array(bias.astype(np.int32), layer.bias.name))
+            updated = np.clip(biases[layer.bias.name].astype(np.int64) + steps, info.min, info.max)
+            biases[layer.bias.name] = updated.astype(np.int32)
             largest = float(np.abs(shift).max())
             corrections.append(BiasCorrection(layer.node.name, len(shift), largest, largest / (spread or 1.0)))
+    for layer in layers:
+        layer.bias.CopyFrom(numpy_helper.from_array(biases[layer.bias.name], layer.bias.name))
     return int8, corrections

@@ -18,11 +18,11 @@ BIAS = RNG.standard_normal(6).astype(np.float32)
 X_SCALE, W_SCALE = 0.02, np.abs(WEIGHT).reshape(6, -1).max(axis=1) / 127
 
 
-def fp32_model(path: Path) -> Path:
+def fp32_model(path: Path, batch: int | str = 1) -> Path:
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])],
         "fp32",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(WEIGHT, "w"), numpy_helper.from_array(BIAS, "b")],
     )
@@ -30,7 +30,7 @@ def fp32_model(path: Path) -> Path:
     return path
 
 
-def qdq_model(bias_error_steps: np.ndarray) -> onnx.ModelProto:
+def qdq_model(bias_error_steps: np.ndarray, batch: int | str = 1) -> onnx.ModelProto:
     """The conv in QDQ form as ORT's quantizer writes it (u8 input, per-channel s8 weights, int32 bias with scale
     x_scale * w_scale), its int32 bias off by ``bias_error_steps`` per channel."""
     bias_scale = (X_SCALE * W_SCALE).astype(np.float32)
@@ -56,7 +56,7 @@ def qdq_model(bias_error_steps: np.ndarray) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "qdq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         inits,
     )
@@ -75,10 +75,13 @@ def inputs() -> np.ndarray:
     return np.random.default_rng(1).uniform(-2.5, 2.5, (6, 4, 8, 8)).astype(np.float32)
 
 
-def test_a_deliberately_biased_channel_is_moved_back_onto_fp32(tmp_path: Path, inputs: np.ndarray) -> None:
-    fp32 = fp32_model(tmp_path / "fp32.onnx")
+@pytest.mark.parametrize("batch", [1, "N"])  # one picture per run, or all in one where the batch axis is free
+def test_a_deliberately_biased_channel_is_moved_back_onto_fp32(
+    tmp_path: Path, inputs: np.ndarray, batch: int | str
+) -> None:
+    fp32 = fp32_model(tmp_path / "fp32.onnx", batch)
     error = np.array([0, 0, 4000, 0, -2500, 0])  # channel 2 by about +0.5, channel 4 by about -0.4 (bias steps)
-    biased = qdq_model(error)
+    biased = qdq_model(error, batch)
     target = channel_means(fp32, inputs)
     before = np.abs(channel_means(biased, inputs) - target)
     assert before[2] > 0.2 and before[4] > 0.2
