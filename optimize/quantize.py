@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from onnxruntime.quantization import (
 )
 
 from smallnets.core.targets import CALIBRATION_METHODS, QuantOptions
+from smallnets.optimize.bias_correction import correct_biases
 from smallnets.optimize.groups import name_nodes
 from smallnets.optimize.int8_blocks import apply_after_quantization, apply_before_quantization
 from smallnets.optimize.modelio import check_model, copy_metadata, save_model
@@ -90,12 +91,39 @@ def quantize_model(
             source = Path(folder) / "rewritten.onnx"
             onnx.save(rewritten, str(source))
         _quantize_static(source, output, options, method, cache, reader, excluded, extra_options)
+    pictures = bias_pictures(cache, reader)  # kept on the first call, when the calibration cache is filled
     quantized = shield_float_nodes(onnx.load(str(output)), excluded)
+    if options.bias_correction:
+        correct_biases(prepared, quantized, pictures(), skip=excluded)
     apply_after_quantization(quantized, options.rewrites, excluded)
     copy_metadata(onnx.load(str(prepared), load_external_data=False), quantized)
     check_model(quantized, "quantized model")
     save_model(quantized, output)
     return quantized
+
+
+BIAS_PICTURES = 32  # calibration pictures bias correction measures channel means on
+
+
+def bias_pictures(cache: Path, reader: CalibrationDataReader | None) -> Callable[[], np.ndarray]:
+    """Up to BIAS_PICTURES calibration inputs for bias correction: read from ``reader`` when given (and kept beside
+    ``cache`` for the later calls, which get no reader), else loaded from that copy when asked for."""
+    kept = cache.with_name(f"{cache.stem}.bias-pictures.npy")
+    if reader is not None:
+        if hasattr(reader, "rewind"):
+            reader.rewind()
+        batches: list[np.ndarray] = []
+        while sum(len(batch) for batch in batches) < BIAS_PICTURES and (feed := reader.get_next()) is not None:
+            batches.append(next(iter(feed.values())))
+        if batches:
+            np.save(kept, np.concatenate(batches)[:BIAS_PICTURES])
+
+    def load() -> np.ndarray:
+        if not kept.exists():
+            raise ValueError(f"bias correction needs calibration data: no {kept.name} beside the calibration cache")
+        return np.load(kept)
+
+    return load
 
 
 def _quantize_static(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from smallnets.core.metadata import card_of
+from smallnets.core.targets import QuantOptions
 from smallnets.optimize.bias_correction import correct_biases
+from smallnets.optimize.calibration import ImageCalibrationReader, demo_calibration_set
+from smallnets.optimize.fuse import fuse
+from smallnets.optimize.quantize import prepare_for_quantization, quantize_model
+from smallnets.optimize.simplify import simplify
 
 RNG = np.random.default_rng(0)
 WEIGHT = RNG.standard_normal((6, 4, 3, 3)).astype(np.float32)
@@ -99,3 +106,24 @@ def test_skipped_layers_and_empty_inputs(tmp_path: Path, inputs: np.ndarray) -> 
     assert report == [] and np.array_equal(channel_means(corrected, inputs), before)
     with pytest.raises(ValueError, match="at least one calibration picture"):
         correct_biases(fp32, biased, inputs[:0])
+
+
+def test_the_quantizer_corrects_biases_when_the_options_say_so(exported: Callable[..., Path], tmp_path: Path) -> None:
+    """quantize_model with bias_correction moves the int32 biases; a later call (no reader, cached calibration)
+    reuses the calibration pictures the first call kept."""
+    fused, _ = fuse(simplify(exported("mobilenet_v1", width=0.25, resolution=128)))
+    prepared = tmp_path / "prepared.onnx"
+    prepare_for_quantization(fused, prepared)
+    reader = ImageCalibrationReader(demo_calibration_set(6).images, card_of(fused).preprocessing, "input")
+    plain = quantize_model(prepared, tmp_path / "plain.onnx", QuantOptions("p"), None, tmp_path / "c.json", reader)
+    corrected = quantize_model(
+        prepared, tmp_path / "bc.onnx", QuantOptions("b", bias_correction=True), None, tmp_path / "c.json", None
+    )
+    biases = [
+        (numpy_helper.to_array(a), numpy_helper.to_array(b))
+        for a, b in zip(plain.graph.initializer, corrected.graph.initializer, strict=True)
+        if a.data_type == TensorProto.INT32 and "zero_point" not in a.name  # the biases, not their zero points
+    ]
+    assert biases and sum(not np.array_equal(a, b) for a, b in biases) > len(biases) // 2
+    with pytest.raises(ValueError, match="needs the qdq format"):
+        QuantOptions("q", bias_correction=True, quant_format="qoperator")
