@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME
 from smallnets.core.evaluation import PreparedImages, prepare, prepare_pictures
-from smallnets.core.labelled import provenance, read_labelled_folder
-from smallnets.core.split import split_folders
 from smallnets.core.files import check_output_dir, replace_folder, write_manifest
 from smallnets.core.hardware import detect_cpu
+from smallnets.core.labelled import provenance, read_labelled_folder
 from smallnets.core.metadata import AccuracyStatus, ModelCard, write_card
+from smallnets.core.split import split_folders
 from smallnets.core.targets import QuantOptions, Target, resolve_target, runs_here
 from smallnets.optimize.calibration import (
     REPORT_PHOTOS,
@@ -51,6 +52,7 @@ from smallnets.optimize.recipe import (
     selection_summary,
 )
 from smallnets.optimize.report import OptimizeReport, Reason, Status, Verdict
+from smallnets.optimize.sensitivity import layer_errors, report_entry
 from smallnets.optimize.simplify import simplify
 from smallnets.optimize.validate import Check, GateRules, Reference, final_verdict
 
@@ -240,7 +242,7 @@ def build(
         write_card(quantized, card.with_updates(precision="int8", quantization=quantization, accuracy=accuracy))
         int8_path = save_model(quantized, final / INT8_NAME)
         int8_entry = {**artifact(int8_path, result.chosen.int8_ms), "float_ops": in_float}
-    return make_report(
+    report = make_report(
         card,
         preset,
         target_reason,
@@ -257,6 +259,10 @@ def build(
         (exported, simplified, fused),
         notes,
     )
+    if result.closest:  # where int8 loses the signal, layer by layer, on the probe photos (optimize/sensitivity.py)
+        errors = layer_errors(fp32_path, result.closest.path, np.concatenate(probe.data.batches), groups)
+        report.search["layer_sensitivity"] = report_entry(errors, result.closest.name, len(probe.data), "probe photos")
+    return report
 
 
 def decide(

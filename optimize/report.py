@@ -147,6 +147,9 @@ class OptimizeReport:
             f"- {k['group']} ({k['nodes']} nodes: {', '.join(k['op_types'])}): {k['reason']}" for k in self.kept_float
         ]
         lines += [*([] if self.kept_float else ["- nothing"]), *float_op_lines((self.int8 or {}).get("float_ops"))]
+        from smallnets.optimize.sensitivity import report_lines  # imports onnx: not at module level (aarch64 guest)
+
+        lines += report_lines(self.search.get("layer_sensitivity"))
         lines += ["", "## Candidates tried (selection part)", ""]
         if self.search.get("formats"):
             lines += [
