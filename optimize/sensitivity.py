@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from smallnets.optimize.groups import COMPUTE_OPS, FUSABLE_ACTIVATIONS, NodeGroup
+from smallnets.optimize.groups import COMPUTE_OPS, NodeGroup
 
 
 @dataclass(frozen=True)
@@ -108,55 +108,37 @@ def layer_errors(
 ) -> list[LayerError]:
     """SQNR and cosine of every compute layer's output of ``int8`` against ``fp32`` on ``inputs`` (N, C, H, W).
 
-    A layer whose fused Relu/Clip the quantizer removed is compared after that activation; layers whose tensors the
-    int8 graph does not have at all (e.g. a QOperator kernel renamed them) are skipped.
+    Layers are matched by node name, and both sides compare the layer's own output (before any activation): where
+    the quantizer folded a Relu/Clip into a conv, the int8 conv writes the activation's tensor name but still holds
+    pre-activation values. Layers the int8 graph has no node of (e.g. renamed QOperator kernels) are skipped.
     """
     reference = onnx.load(str(fp32), load_external_data=False)
-    quantized_tensors = {output for node in onnx.load(str(int8)).graph.node for output in node.output}
-    compared = _compared_tensors(reference, quantized_tensors)
-    layers = [node for node in compute_layers(reference) if node.name in compared]
-    names = [compared[node.name] for node in layers]
-    if not names:
+    int8_output = {node.name: node.output[0] for node in onnx.load(str(int8)).graph.node if node.op_type in COMPUTE_OPS}
+    layers = [node for node in compute_layers(reference) if node.name in int8_output]
+    if not layers:
         return []
+    fp32_names = [node.output[0] for node in layers]
+    int8_names = [int8_output[node.name] for node in layers]
     group_of = {node: name for name, group in (groups or {}).items() for node in group.nodes}
     with tempfile.TemporaryDirectory(prefix="smallnets-sensitivity-") as folder:
         (Path(folder) / "fp32").mkdir()
         (Path(folder) / "int8").mkdir()
-        ref = _run(_with_outputs(fp32, names, Path(folder) / "fp32"), names, inputs)
-        cand = _run(_with_outputs(int8, names, Path(folder) / "int8"), names, inputs)
+        ref = _run(_with_outputs(fp32, fp32_names, Path(folder) / "fp32"), fp32_names, inputs)
+        cand = _run(_with_outputs(int8, int8_names, Path(folder) / "int8"), int8_names, inputs)
     upstream = _upstream_layer(reference)
-    by_output = {node.output[0]: compared[node.name] for node in layers}
-    sqnr = {node.output[0]: sqnr_db(ref[compared[node.name]], cand[compared[node.name]]) for node in layers}
+    sqnr = {node.output[0]: sqnr_db(ref[node.output[0]], cand[int8_output[node.name]]) for node in layers}
     return [
         LayerError(
             node=node.name,
             op_type=node.op_type,
-            output=by_output[node.output[0]],
+            output=node.output[0],
             sqnr_db=sqnr[node.output[0]],
-            cosine=mean_cosine(ref[by_output[node.output[0]]], cand[by_output[node.output[0]]]),
+            cosine=mean_cosine(ref[node.output[0]], cand[int8_output[node.name]]),
             drop_db=_drop(sqnr.get(upstream.get(node.output[0], "")), sqnr[node.output[0]]),
             group=group_of.get(node.name, ""),
         )
         for node in layers
     ]
-
-
-def _compared_tensors(reference: onnx.ModelProto, quantized: set[str]) -> dict[str, str]:
-    """Compute layer -> the tensor compared: its output, or its fused Relu/Clip's when the quantizer folded that
-    activation into the layer (the int8 graph then has no pre-activation tensor)."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in reference.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    compared = {}
-    for node in compute_layers(reference):
-        if node.output[0] in quantized:
-            compared[node.name] = node.output[0]
-            continue
-        followers = consumers.get(node.output[0], [])
-        if len(followers) == 1 and followers[0].op_type in FUSABLE_ACTIVATIONS and followers[0].output[0] in quantized:
-            compared[node.name] = followers[0].output[0]
-    return compared
 
 
 def _drop(upstream: float | None, own: float) -> float:
