@@ -107,6 +107,28 @@ class EvaluationData:
         return self.report.labels is not None
 
 
+@dataclass(frozen=True)
+class OptimizeRun:
+    """What one run built, decided and measured, in the order it happened; :func:`make_report` writes it up."""
+
+    card: ModelCard
+    preset: Target
+    target_reason: str
+    config: OptimizeConfig
+    data: EvaluationData
+    graphs: tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto]  # export, simplified, fused
+    groups: dict[str, NodeGroup]
+    settings: SearchSettings
+    result: SearchResult
+    final_check: Check | None  # the report part, for the candidate the search took (or the closest)
+    verdict: Verdict
+    speed: SpeedGate | None
+    fp32: dict[str, Any]  # artifact entries of report.json
+    int8: dict[str, Any] | None
+    notes: list[str]
+    layer_sensitivity: dict[str, Any] | None = None
+
+
 def optimize_model(model: str | Path, outdir: str | Path, config: OptimizeConfig) -> OptimizeReport:
     """Simplify, fuse, quantize with a measured recipe, validate, and write OUTDIR (see module docstring)."""
     source, outdir = Path(model), Path(outdir)
@@ -123,7 +145,7 @@ def optimize_model(model: str | Path, outdir: str | Path, config: OptimizeConfig
     outdir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
-        report = build(exported, card, preset, target_reason, config, data, staging, notes)
+        report = make_report(build(exported, card, preset, target_reason, config, data, staging, notes))
         report.outdir = outdir
         report.write(staging / "final")
         write_manifest(staging / "final", "optimize")
@@ -169,7 +191,9 @@ def build(
     data: EvaluationData,
     staging: Path,
     notes: list[str],
-) -> OptimizeReport:
+) -> OptimizeRun:
+    """Simplify, fuse, search the recipe, judge it and write the artifacts into ``staging/final``; the report is
+    made from the returned run by :func:`make_report`."""
     final, scratch = staging / "final", staging / "scratch"
     final.mkdir()
     scratch.mkdir()
@@ -242,27 +266,28 @@ def build(
         write_card(quantized, card.with_updates(precision="int8", quantization=quantization, accuracy=accuracy))
         int8_path = save_model(quantized, final / INT8_NAME)
         int8_entry = {**artifact(int8_path, result.chosen.int8_ms), "float_ops": in_float}
-    report = make_report(
+    layers = None
+    if result.closest:  # where int8 loses the signal, layer by layer, on the probe photos (optimize/sensitivity.py)
+        errors = layer_errors(fp32_path, result.closest.path, np.concatenate(probe.data.batches), groups)
+        layers = report_entry(errors, result.closest.name, len(probe.data), "probe photos")
+    return OptimizeRun(
         card,
         preset,
         target_reason,
         config,
         data,
+        (exported, simplified, fused),
         groups,
-        result,
-        verdict,
-        final_check,
         settings,
+        result,
+        final_check,
+        verdict,
         speed,
         artifact(fp32_path, fp32_ms),
         int8_entry,
-        (exported, simplified, fused),
         notes,
+        layers,
     )
-    if result.closest:  # where int8 loses the signal, layer by layer, on the probe photos (optimize/sensitivity.py)
-        errors = layer_errors(fp32_path, result.closest.path, np.concatenate(probe.data.batches), groups)
-        report.search["layer_sensitivity"] = report_entry(errors, result.closest.name, len(probe.data), "probe photos")
-    return report
 
 
 def decide(
@@ -349,65 +374,50 @@ def kept_float(trial: Trial | None, groups: dict[str, NodeGroup]) -> list[dict[s
     ]
 
 
-def make_report(
-    card: ModelCard,
-    preset: Target,
-    target_reason: str,
-    config: OptimizeConfig,
-    data: EvaluationData,
-    groups: dict[str, NodeGroup],
-    result: SearchResult,
-    verdict: Verdict,
-    final_check: Check | None,
-    settings: SearchSettings,
-    speed: SpeedGate | None,
-    fp32: dict[str, Any],
-    int8: dict[str, Any] | None,
-    graphs: tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto],
-    notes: list[str],
-) -> OptimizeReport:
-    exported, simplified, fused = graphs
-    written = result.chosen if int8 else None
-    measured = final_check.agreement if final_check else None
+def make_report(run: OptimizeRun) -> OptimizeReport:
+    """report.json / report.md of one run (see :class:`OptimizeReport`)."""
+    exported, simplified, fused = run.graphs
+    written = run.result.chosen if run.int8 else None
+    measured = run.final_check.agreement if run.final_check else None
     evaluation = {
         "part": "report",
-        "candidate": result.closest.name if result.closest else None,
-        "candidate_speedup": result.closest.speedup if result.closest else None,
+        "candidate": run.result.closest.name if run.result.closest else None,
+        "candidate_speedup": run.result.closest.speedup if run.result.closest else None,
         "agreement": measured.to_dict() if measured else None,
-        "labelled": final_check.paired.to_dict() if final_check and final_check.paired else None,
+        "labelled": run.final_check.paired.to_dict() if run.final_check and run.final_check.paired else None,
     }
     return OptimizeReport(
         outdir=Path("."),
-        status=verdict.status,
-        reason=verdict.reason,
-        detail=verdict.detail,
-        output=INT8_NAME if int8 else FP32_NAME,
-        target=preset.name,
-        target_reason=target_reason,
-        preset=preset.to_dict(),
-        fp32=fp32,
-        int8=int8,
+        status=run.verdict.status,
+        reason=run.verdict.reason,
+        detail=run.verdict.detail,
+        output=INT8_NAME if run.int8 else FP32_NAME,
+        target=run.preset.name,
+        target_reason=run.target_reason,
+        preset=run.preset.to_dict(),
+        fp32=run.fp32,
+        int8=run.int8,
         speedup=written.speedup if written else None,
-        speed_gated=settings.gate_on_speed,
-        accuracy_status=accuracy_status(settings.rules, final_check, data),
+        speed_gated=run.settings.gate_on_speed,
+        accuracy_status=accuracy_status(run.settings.rules, run.final_check, run.data),
         agreement_top1=measured.agreement_top1 if measured else None,
         top5_overlap=measured.top5_overlap if measured else None,
         cosine_mean=measured.cosine_mean if measured else None,
         evaluation=evaluation,
-        gate=settings.rules.to_dict(),
-        split=data.split,
+        gate=run.settings.rules.to_dict(),
+        split=run.data.split,
         budget={
-            "max_drop": config.max_drop,
+            "max_drop": run.config.max_drop,
             "metric": "upper end of the 95% interval of the paired top-1 drop (points), labelled report part"
-            if data.labelled and not settings.rules.random_weights
+            if run.data.labelled and not run.settings.rules.random_weights
             else "none without labels: top-1 agreement over all images and logit cosine floors",
         },
-        kept_float=kept_float(written, groups),
-        calibration_images=len(data.calibration),
-        calibration_source=data.calibration.source,
-        calibration_method=config.calibration or preset.quant.calibration,
-        eval_images=len(data.report),
-        eval_source=data.report.source,
+        kept_float=kept_float(written, run.groups),
+        calibration_images=len(run.data.calibration),
+        calibration_source=run.data.calibration.source,
+        calibration_method=run.config.calibration or run.preset.quant.calibration,
+        eval_images=len(run.data.report),
+        eval_source=run.data.report.source,
         node_counts={
             "export": op_counts(exported),
             "simplified": op_counts(simplified),
@@ -417,22 +427,23 @@ def make_report(
         },
         search={
             "settings": {
-                "max_candidates": settings.max_candidates,
-                "max_formats": settings.max_formats,
-                "max_repair_steps": settings.max_repair_steps,
-                "latency_runs": settings.latency_runs,
-                "gate_on_speed": settings.gate_on_speed,
+                "max_candidates": run.settings.max_candidates,
+                "max_formats": run.settings.max_formats,
+                "max_repair_steps": run.settings.max_repair_steps,
+                "latency_runs": run.settings.latency_runs,
+                "gate_on_speed": run.settings.gate_on_speed,
             },
-            "selection_images": len(data.selection),
-            "groups": {name: {"nodes": len(g.nodes), "op_types": list(g.op_types)} for name, g in groups.items()},
-            "sensitivity_cosine_gain": result.sensitivity,
-            "formats": [trial.to_dict() for trial in result.formats],
-            "quant": preset.quant.name,
-            "trials": [trial.to_dict() for trial in result.trials],
-            "speed_gate": speed.to_dict() if speed else None,
+            "selection_images": len(run.data.selection),
+            "groups": {name: {"nodes": len(g.nodes), "op_types": list(g.op_types)} for name, g in run.groups.items()},
+            "sensitivity_cosine_gain": run.result.sensitivity,
+            "formats": [trial.to_dict() for trial in run.result.formats],
+            "quant": run.preset.quant.name,
+            "trials": [trial.to_dict() for trial in run.result.trials],
+            "speed_gate": run.speed.to_dict() if run.speed else None,
+            **({"layer_sensitivity": run.layer_sensitivity} if run.layer_sensitivity else {}),
         },
-        notes=notes,
-        config=config.to_dict(),
+        notes=run.notes,
+        config=run.config.to_dict(),
         cpu=detect_cpu().to_dict(),
         versions={"onnxruntime": ort.__version__, "onnx": onnx.__version__},
     )
