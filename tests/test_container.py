@@ -319,6 +319,11 @@ def test_a_missing_or_broken_engine_is_one_line(
 
 
 ARM64_OPT_IN = "SMALLNETS_TEST_ARM64_IMAGE"
+NEOVERSE_N1_CPUINFO = (
+    "processor\t: {index}\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp "
+    "asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+    "CPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n"
+)
 
 
 @pytest.mark.skipif(
@@ -344,9 +349,13 @@ def test_the_arm64_image_classifies_under_emulation(
         assert built.returncode == 0, built.stderr[-3000:]
         assert engine.image_architecture(fields["image"]) == "arm64"
         port = free_port()
+        # qemu-user before 8.0 (Debian bookworm's 7.2) shows the host's x86 /proc/cpuinfo, on which onnxruntime's
+        # cpuinfo crashes at import (SIGSEGV); an aarch64 one (two Neoverse-N1 cores) is mounted over it.
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text("".join(NEOVERSE_N1_CPUINFO.format(index=index) for index in range(2)))
         run = engine.run(
             "run", "--detach", "--name", name, "--platform", "linux/arm64", "-p", f"127.0.0.1:{port}:3000",
-            *engine.ulimit_flags(), fields["image"], timeout=120,
+            "-v", f"{cpuinfo}:/proc/cpuinfo:ro", *engine.ulimit_flags(), fields["image"], timeout=120,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
         url = f"http://127.0.0.1:{port}"
