@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import shlex
 import sys
 import tempfile
@@ -77,6 +78,7 @@ class ContainerImage:
             "--security-opt",
             "no-new-privileges",
             *self.run_flags,
+            *(["--platform", self.platform] if PLATFORM_ARCH[self.platform] != platform.machine() else []),
             self.tag,
         ]
 
