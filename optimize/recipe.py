@@ -4,9 +4,10 @@ Bounded and greedy, not a sweep, in named steps, all judged on the SELECTION par
 the report part, whose figures would otherwise be the best of many tries: the winner's curse):
 0. :func:`choose_format` -- the target's quantization options (e.g. QDQ and QOperator) each quantize everything;
    the fastest passing one carries on (the most faithful where speed is not gated); ties keep the default.
-1. :func:`speed_candidates` -- from most to least quantized: everything; smooth activations float; + squeeze-
-   excite float; + grouped convs float; + depthwise float (the usual reasons int8 loses time on x86: Q/DQ pairs
-   around unfusable ops, kernels without a fast int8 path). Groups absent from the model are skipped.
+1. :func:`speed_candidates` -- from most to least quantized: everything; smooth activations float; the stem conv
+   float; smooth activations + squeeze-excite float; + grouped convs float; + depthwise float (the usual reasons int8
+   loses time on x86: Q/DQ pairs around unfusable ops, kernels without a fast int8 path). Groups absent from the
+   model are skipped.
 2. :func:`evaluate_candidate` / :func:`repair` -- build and check a candidate with the gate's rule on the
    selection part (:func:`passes_selection`: not significantly over the budget); if it is significantly over,
    keep the most sensitive groups (measured on probe images) float one at a time until it passes or the step
@@ -30,11 +31,14 @@ from smallnets.optimize.latency import MIN_MARGIN, measure_latency
 from smallnets.optimize.report import Reason
 from smallnets.optimize.validate import Check, GateRules, Reference, drop_finding, labels_count, passes_selection
 
-# Cumulative: each step keeps one more group float that costs int8 time on x86 (Q/DQ around unfusable
-# activations, tiny 1x1 SE convs, grouped convs without a fast MLAS int8 path, depthwise convs).
+# Cumulative but for the stem: each step keeps one more group float that costs int8 time on x86 (Q/DQ around
+# unfusable activations, tiny 1x1 SE convs, grouped convs without a fast MLAS int8 path, depthwise convs).
 SPEED_STEPS: tuple[tuple[str, ...], ...] = (
     (),
     ("activations",),
+    # The stem alone: MLAS's int8 conv on 3 input channels is slower than fp32's (Lite0 0.66 vs 0.42 ms at 1 thread);
+    # Lite0 at 1 thread 2.29x -> 2.47x of fp32 with the stem float (AVX-512 VNNI, interleaved, benchmarks/results).
+    ("stem",),
     ("activations", "squeeze_excite"),
     ("activations", "squeeze_excite", "grouped"),
     ("activations", "squeeze_excite", "grouped", "depthwise"),

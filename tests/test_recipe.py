@@ -243,10 +243,11 @@ def test_candidate_names_list_exactly_the_float_groups() -> None:
 
 def test_speed_candidates_skip_absent_groups_and_duplicates() -> None:
     groups = {name: GROUPS[name] for name in ("stem", "depthwise")}
-    assert speed_candidates(groups) == [(), ("depthwise",)]
+    assert speed_candidates(groups) == [(), ("stem",), ("depthwise",)]
     assert speed_candidates(GROUPS) == [
         (),
         ("activations",),
+        ("stem",),
         ("activations", "squeeze_excite"),
         ("activations", "squeeze_excite", "depthwise"),
     ]
