@@ -26,6 +26,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
 # Where a Bento's int8 kernels run: an int8 model tuned for one architecture is mistuned (or slow) on the other.
 PLATFORM_ARCH = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+MAKE_RUN_ENV = "SMALLNETS_MAKE_RUN"  # set by the Makefile's `run`: its user changes PORT=, not --port
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -293,7 +294,7 @@ def check_listen_address(host: str, port: int, option: str = "--port") -> None:
                 raise OSError(
                     errno.EADDRINUSE,
                     f"port {port} on {host} is already in use (another server?): stop it or pick a free one with "
-                    f"{option} {port + 1 if port < 65535 else 3000}",
+                    f"{port_fix(option, port + 1 if port < 65535 else 3000)}",
                 ) from None
             if error.errno == errno.EADDRNOTAVAIL:
                 raise ValueError(
@@ -302,6 +303,11 @@ def check_listen_address(host: str, port: int, option: str = "--port") -> None:
             raise OSError(
                 error.errno, f"cannot listen on {host}:{port} ({error.strerror}); try another {option}"
             ) from None
+
+
+def port_fix(option: str, free: int) -> str:
+    """How to pick another port: the make variable when `make run` started us (it sets MAKE_RUN_ENV), else the flag."""
+    return f"make run PORT={free}" if option == "--port" and os.environ.get(MAKE_RUN_ENV) else f"{option} {free}"
 
 
 def warn_if_other_arch(card: Any, platform: str) -> None:
