@@ -8,6 +8,7 @@ Runtime cannot fuse into an int8 conv and so pay a DequantizeLinear/QuantizeLine
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
@@ -38,93 +39,148 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def find_groups(model: onnx.ModelProto) -> dict[str, NodeGroup]:
-    """Non-empty groups of the graph, by name, in the order the recipe search considers them."""
-    graph = model.graph
+def node_links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], defaultdict[str, list[onnx.NodeProto]]]:
+    """Who writes each tensor and who reads it: the two lookups every walk over the graph's edges needs."""
     producers = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    consumers: defaultdict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
-    weights = {init.name: init for init in graph.initializer}
-    graph_inputs = {value.name for value in graph.input} - set(weights)
+    return producers, consumers
 
-    def conv_groups(node: onnx.NodeProto) -> int:
-        return next((attr.i for attr in node.attribute if attr.name == "group"), 1)
 
-    def depthwise(node: onnx.NodeProto) -> bool:
-        weight = weights.get(node.input[1]) if len(node.input) > 1 else None
-        return conv_groups(node) > 1 and weight is not None and list(weight.dims)[1] == 1
+@dataclass(frozen=True)
+class GraphView:
+    """The lookups the group rules share, built once per graph."""
 
-    stem = [n.name for n in graph.node if n.op_type == "Conv" and any(i in graph_inputs for i in n.input)]
+    graph: onnx.GraphProto
+    producers: dict[str, onnx.NodeProto]
+    consumers: dict[str, list[onnx.NodeProto]]
+    weights: dict[str, onnx.TensorProto]
+    by_name: dict[str, onnx.NodeProto]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> GraphView:
+        graph = model.graph
+        producers, consumers = node_links(graph)
+        weights = {init.name: init for init in graph.initializer}
+        return cls(graph, producers, consumers, weights, {node.name: node for node in graph.node})
+
+    @property
+    def graph_inputs(self) -> set[str]:
+        """The graph's real inputs (initializers listed as inputs are weights)."""
+        return {value.name for value in self.graph.input} - set(self.weights)
+
+    def depthwise(self, node: onnx.NodeProto) -> bool:
+        """One filter per channel: grouped, with one input channel per filter."""
+        weight = self.weights.get(node.input[1]) if len(node.input) > 1 else None
+        return _conv_groups(node) > 1 and weight is not None and list(weight.dims)[1] == 1
+
+
+def _conv_groups(node: onnx.NodeProto) -> int:
+    return next((attr.i for attr in node.attribute if attr.name == "group"), 1)
+
+
+def _stem(view: GraphView) -> list[str]:
+    """Convs reading a graph input: they see raw pixels, whose range int8 handles worst."""
+    inputs = view.graph_inputs
+    return [n.name for n in view.graph.node if n.op_type == "Conv" and any(i in inputs for i in n.input)]
+
+
+def _classifier(view: GraphView) -> list[str]:
+    """The compute node behind each output, walking back through reshapes, pools and fusable activations."""
     classifier: list[str] = []
-    for output in graph.output:
-        node = producers.get(output.name)
+    for output in view.graph.output:
+        node = view.producers.get(output.name)
         while node is not None and node.op_type not in COMPUTE_OPS:
             passthrough = (*RESHAPE_OPS, *POOL_OPS, *FUSABLE_ACTIVATIONS, "AveragePool")
-            node = producers.get(node.input[0]) if node.op_type in passthrough else None
+            node = view.producers.get(node.input[0]) if node.op_type in passthrough else None
         if node is not None:
             classifier.append(node.name)
+    return classifier
 
-    # A squeeze-excite scale is Mul(x, gate(pool(x))): the pool reads the very tensor the Mul scales. Without that
-    # check a SiLU's Mul (x * Sigmoid(x)) walks back through the block into the previous block's pool.
+
+def _depthwise(view: GraphView) -> list[str]:
+    """Depthwise convs other than the stem (few weights per scale)."""
+    stem = _stem(view)
+    return [n.name for n in view.graph.node if n.op_type == "Conv" and view.depthwise(n) and n.name not in stem]
+
+
+def _grouped(view: GraphView) -> list[str]:
+    """Grouped convs that are not depthwise."""
+    return [n.name for n in view.graph.node if n.op_type == "Conv" and _conv_groups(n) > 1 and not view.depthwise(n)]
+
+
+def _squeeze_excite(view: GraphView) -> list[str]:
+    """Pool, FCs, gate and scale of each squeeze-excite branch, sorted.
+
+    A squeeze-excite scale is Mul(x, gate(pool(x))): the pool reads the very tensor the Mul scales. Without that
+    check a SiLU's Mul (x * Sigmoid(x)) walks back through the block into the previous block's pool.
+    """
     squeeze_excite: set[str] = set()
-    for node in graph.node:
+    for node in view.graph.node:
         if node.op_type != "Mul" or len(node.input) != 2:
             continue
         for name, other in (node.input, reversed(node.input)):
-            gate = producers.get(name)
-            branch = _branch_from_pool(gate, other, producers) if gate and gate.op_type in GATE_OPS else None
+            gate = view.producers.get(name)
+            branch = _branch_from_pool(gate, other, view.producers) if gate and gate.op_type in GATE_OPS else None
             if branch:
                 squeeze_excite.update([*branch, node.name])
+    return sorted(squeeze_excite)
 
-    activations = [
+
+def _activations(view: GraphView) -> list[str]:
+    """Smooth activations outside squeeze-excite branches (a Mul/Div by a constant is a rescale, not one)."""
+    squeeze_excite = set(_squeeze_excite(view))
+    return [
         n.name
-        for n in graph.node
-        if n.op_type in SMOOTH_ACTIVATION_OPS and n.name not in squeeze_excite and not _is_constant_scale(n, weights)
+        for n in view.graph.node
+        if n.op_type in SMOOTH_ACTIVATION_OPS
+        and n.name not in squeeze_excite
+        and not _is_constant_scale(n, view.weights)
     ]
-    by_op = [
-        ("residual_add", "residual additions", "Add"),
-        ("concat", "concatenations (channel shuffle, fire modules)", "Concat"),
-    ]
-    candidates = [
-        ("stem", "first conv, sees raw normalized pixels", stem),
-        ("classifier", "last Gemm/MatMul/Conv producing the logits", classifier),
-        (
-            "depthwise",
-            "depthwise convs (one filter per channel: few weights per scale)",
-            [n.name for n in graph.node if n.op_type == "Conv" and depthwise(n) and n.name not in stem],
-        ),
-        (
-            "grouped",
-            "grouped (non-depthwise) convs",
-            [n.name for n in graph.node if n.op_type == "Conv" and conv_groups(n) > 1 and not depthwise(n)],
-        ),
-        ("squeeze_excite", "squeeze-excite branches (pool, 1x1 FCs, gate, scale)", sorted(squeeze_excite)),
-        ("activations", "smooth activations (SiLU, HardSwish): unfusable into int8 conv, extra Q/DQ each", activations),
-        *((name, text, [n.name for n in graph.node if n.op_type == op]) for name, text, op in by_op),
-    ]
-    op_of = {node.name: node.op_type for node in graph.node}
-    by_name = {node.name: node for node in graph.node}
 
-    def with_trailing_activation(nodes: list[str]) -> tuple[str, ...]:
-        """A float conv keeps its trailing Relu/Clip float too: quantizing the clip's *input* would use the
-        conv's raw (unclipped) range and waste most of the 256 levels."""
-        result = list(nodes)
-        for name in nodes:
-            node = by_name[name]
-            if node.op_type not in COMPUTE_OPS:
-                continue
-            followers = consumers.get(node.output[0], [])
-            if len(followers) == 1 and followers[0].op_type in FUSABLE_ACTIVATIONS:
-                result.append(followers[0].name)
-        return tuple(dict.fromkeys(result))
 
+def _of_op(op_type: str) -> Callable[[GraphView], list[str]]:
+    """Every node of one op type."""
+    return lambda view: [n.name for n in view.graph.node if n.op_type == op_type]
+
+
+# (name, description, rule): the groups in the order the recipe search considers them.
+GROUP_RULES: tuple[tuple[str, str, Callable[[GraphView], list[str]]], ...] = (
+    ("stem", "first conv, sees raw normalized pixels", _stem),
+    ("classifier", "last Gemm/MatMul/Conv producing the logits", _classifier),
+    ("depthwise", "depthwise convs (one filter per channel: few weights per scale)", _depthwise),
+    ("grouped", "grouped (non-depthwise) convs", _grouped),
+    ("squeeze_excite", "squeeze-excite branches (pool, 1x1 FCs, gate, scale)", _squeeze_excite),
+    ("activations", "smooth activations (SiLU, HardSwish): unfusable into int8 conv, extra Q/DQ each", _activations),
+    ("residual_add", "residual additions", _of_op("Add")),
+    ("concat", "concatenations (channel shuffle, fire modules)", _of_op("Concat")),
+)
+
+
+def find_groups(model: onnx.ModelProto) -> dict[str, NodeGroup]:
+    """Non-empty groups of the graph, by name, in the order the recipe search considers them."""
+    view = GraphView.of(model)
     return {
-        name: NodeGroup(name, text, members, tuple(sorted({op_of[node] for node in members})))
-        for name, text, nodes in candidates
-        if (members := with_trailing_activation(nodes))
+        name: NodeGroup(name, text, members, tuple(sorted({view.by_name[node].op_type for node in members})))
+        for name, text, rule in GROUP_RULES
+        if (members := _with_trailing_activation(rule(view), view))
     }
+
+
+def _with_trailing_activation(nodes: list[str], view: GraphView) -> tuple[str, ...]:
+    """A float conv keeps its trailing Relu/Clip float too: quantizing the clip's *input* would use the
+    conv's raw (unclipped) range and waste most of the 256 levels."""
+    result = list(nodes)
+    for name in nodes:
+        node = view.by_name[name]
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        followers = view.consumers.get(node.output[0], [])
+        if len(followers) == 1 and followers[0].op_type in FUSABLE_ACTIVATIONS:
+            result.append(followers[0].name)
+    return tuple(dict.fromkeys(result))
 
 
 def _is_constant_scale(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
