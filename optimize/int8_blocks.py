@@ -20,12 +20,13 @@ Which of the two forms is faster is measured per model by the search (the "activ
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Collection, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from smallnets.optimize.groups import node_links
 
 SPATIAL_AXES = ({2, 3}, {-2, -1})
 MS_DOMAIN = "com.microsoft"
@@ -83,60 +84,17 @@ def hard_sigmoid_as_qlinear_add(model: onnx.ModelProto, keep_float: Collection[s
     A DequantizeLinear whose output has other readers stays for them; HardSigmoids named in ``keep_float`` stay.
     """
     graph = model.graph
-    producers = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    producers, consumers = node_links(graph)
     constants = {init.name: init for init in graph.initializer}
     rewritten, dropped = 0, set()
     for node in list(graph.node):
         if node.op_type != "HardSigmoid" or node.name in keep_float:
             continue
-        dequantize, readers = producers.get(node.input[0]), consumers.get(node.output[0], [])
-        if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(readers) != 1:
+        match = _quantized_hard_sigmoid(node, producers, consumers, constants)
+        if match is None:
             continue
-        quantize = readers[0]
-        if quantize.op_type != "QuantizeLinear" or len(dequantize.input) < 3 or len(quantize.input) < 3:
-            continue
-        scale, zero_point = constants.get(dequantize.input[1]), constants.get(dequantize.input[2])
-        if scale is None or zero_point is None or numpy_helper.to_array(scale).size != 1:
-            continue
-        zero = numpy_helper.to_array(zero_point)
-        if zero.dtype != numpy_helper.to_array(constants[quantize.input[2]]).dtype:
-            continue
-        alpha, beta = float(_attribute(node, "alpha", 0.2)), float(_attribute(node, "beta", 0.5))
-        prefix = f"{node.name}_qadd"
-        beta_scale, beta_zero, beta_value = (abs(beta), 0, 1) if beta else (1.0, 0, 0)
-        if beta < 0:
-            beta_zero, beta_value = 1, 0
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(
-                    np.array(float(numpy_helper.to_array(scale)) * alpha, np.float32), f"{prefix}_a_scale"
-                ),
-                numpy_helper.from_array(np.array(beta_value, zero.dtype), f"{prefix}_b"),
-                numpy_helper.from_array(np.array(beta_scale, np.float32), f"{prefix}_b_scale"),
-                numpy_helper.from_array(np.array(beta_zero, zero.dtype), f"{prefix}_b_zero_point"),
-            ]
-        )
-        add = helper.make_node(
-            "QLinearAdd",
-            [
-                dequantize.input[0],
-                f"{prefix}_a_scale",
-                dequantize.input[2],
-                f"{prefix}_b",
-                f"{prefix}_b_scale",
-                f"{prefix}_b_zero_point",
-                quantize.input[1],
-                quantize.input[2],
-            ],
-            [quantize.output[0]],
-            name=prefix,
-            domain=MS_DOMAIN,
-        )
-        graph.node.insert(list(graph.node).index(node), add)
+        dequantize, quantize = match
+        graph.node.insert(list(graph.node).index(node), _qlinear_add(graph, node, dequantize, quantize, constants))
         graph.node.remove(node)
         graph.node.remove(quantize)
         consumers[dequantize.output[0]].remove(node)
@@ -145,9 +103,80 @@ def hard_sigmoid_as_qlinear_add(model: onnx.ModelProto, keep_float: Collection[s
         rewritten += 1
     for node in [node for node in graph.node if node.name in dropped]:
         graph.node.remove(node)
-    if rewritten and not any(opset.domain == MS_DOMAIN for opset in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    if rewritten:
+        _declare_ms_domain(model)
     return rewritten
+
+
+def _quantized_hard_sigmoid(
+    node: onnx.NodeProto,
+    producers: dict[str, onnx.NodeProto],
+    consumers: dict[str, list[onnx.NodeProto]],
+    constants: dict[str, onnx.TensorProto],
+) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
+    """The DequantizeLinear and QuantizeLinear around a HardSigmoid, when it is their only reader and writer and
+    the QLinearAdd can stand in: a one-element input scale and input and output zero points of one integer type."""
+    dequantize, readers = producers.get(node.input[0]), consumers.get(node.output[0], [])
+    if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(readers) != 1:
+        return None
+    quantize = readers[0]
+    if quantize.op_type != "QuantizeLinear" or len(dequantize.input) < 3 or len(quantize.input) < 3:
+        return None
+    scale, zero_point = constants.get(dequantize.input[1]), constants.get(dequantize.input[2])
+    if scale is None or zero_point is None or numpy_helper.to_array(scale).size != 1:
+        return None
+    if numpy_helper.to_array(zero_point).dtype != numpy_helper.to_array(constants[quantize.input[2]]).dtype:
+        return None
+    return dequantize, quantize
+
+
+def _qlinear_add(
+    graph: onnx.GraphProto,
+    node: onnx.NodeProto,
+    dequantize: onnx.NodeProto,
+    quantize: onnx.NodeProto,
+    constants: dict[str, onnx.TensorProto],
+) -> onnx.NodeProto:
+    """The QLinearAdd computing the HardSigmoid on the integers, its constants (alpha * s, beta) added to GRAPH.
+
+    beta is one integer over scale |beta|: (1 - 0) when positive, (0 - 1) when negative, and 0 (scale 1) when 0.
+    """
+    scale, zero = (numpy_helper.to_array(constants[name]) for name in dequantize.input[1:3])
+    alpha, beta = float(_attribute(node, "alpha", 0.2)), float(_attribute(node, "beta", 0.5))
+    prefix = f"{node.name}_qadd"
+    beta_scale, beta_zero, beta_value = (abs(beta), 0, 1) if beta else (1.0, 0, 0)
+    if beta < 0:
+        beta_zero, beta_value = 1, 0
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(float(scale) * alpha, np.float32), f"{prefix}_a_scale"),
+            numpy_helper.from_array(np.array(beta_value, zero.dtype), f"{prefix}_b"),
+            numpy_helper.from_array(np.array(beta_scale, np.float32), f"{prefix}_b_scale"),
+            numpy_helper.from_array(np.array(beta_zero, zero.dtype), f"{prefix}_b_zero_point"),
+        ]
+    )
+    return helper.make_node(
+        "QLinearAdd",
+        [
+            dequantize.input[0],
+            f"{prefix}_a_scale",
+            dequantize.input[2],
+            f"{prefix}_b",
+            f"{prefix}_b_scale",
+            f"{prefix}_b_zero_point",
+            quantize.input[1],
+            quantize.input[2],
+        ],
+        [quantize.output[0]],
+        name=prefix,
+        domain=MS_DOMAIN,
+    )
+
+
+def _declare_ms_domain(model: onnx.ModelProto) -> None:
+    """Import the com.microsoft opset the contrib ops need, once."""
+    if not any(opset.domain == MS_DOMAIN for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
 
 def float_silu_as_quick_gelu(model: onnx.ModelProto, keep_float: Collection[str] = ()) -> int:
@@ -159,11 +188,7 @@ def float_silu_as_quick_gelu(model: onnx.ModelProto, keep_float: Collection[str]
     DequantizeLinear, not the Sigmoid), so int8 SiLUs are left as they are; ``keep_float`` is not consulted.
     """
     graph = model.graph
-    producers = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    producers, consumers = node_links(graph)
     fused = 0
     for node in list(graph.node):
         if node.op_type != "Mul" or len(node.input) != 2:
@@ -180,8 +205,8 @@ def float_silu_as_quick_gelu(model: onnx.ModelProto, keep_float: Collection[str]
             graph.node.remove(gate)
             fused += 1
             break
-    if fused and not any(opset.domain == MS_DOMAIN for opset in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    if fused:
+        _declare_ms_domain(model)
     return fused
 
 
