@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,86 +197,36 @@ def build(
     final, scratch = staging / "final", staging / "scratch"
     final.mkdir()
     scratch.mkdir()
-    write_card(exported, card)
-    simplified = simplify(exported)
-    fused, _ = fuse(simplified)
-    fp32_path = save_model(fused, final / FP32_NAME)
-    prepared_path = scratch / "prepared.onnx"
-    groups = find_groups(prepare_for_quantization(fused, prepared_path))
-
+    fp32_path, prepared_path = final / FP32_NAME, scratch / "prepared.onnx"
+    graphs, groups = simplify_and_fuse(exported, card, fp32_path, prepared_path)
     cache = scratch / "calibration.json"
     reader = ImageCalibrationReader(data.calibration.images, card.preprocessing, exported.graph.input[0].name)
-
-    def quantizer(options: QuantOptions) -> Callable[[Path, Sequence[str]], None]:
-        def quantize(output: Path, exclude: Sequence[str]) -> None:
-            quantize_model(
-                prepared_path, output, options, config.calibration, cache, None if cache.exists() else reader, exclude
-            )
-
-        return quantize
-
-    random_weights = card.weights.startswith("random")
-    min_cosine = preset.random_weights_min_cosine if random_weights else preset.int8_min_cosine
-    rules = GateRules(config.max_drop, min_cosine, random_weights=random_weights)
-    settings = SearchSettings(
-        rules,
-        config.max_candidates,
-        config.max_formats,
-        config.max_repair_steps,
-        config.latency_runs,
-        gate_on_speed=runs_here(preset),
-    )
+    settings = search_settings(preset, card, config)
     if not settings.gate_on_speed:
         notes.append(
             f"target {preset.name} is for {preset.arch} CPUs and this machine is not: latencies here are host "
             "figures, not device ones, and int8 was not rejected for them"
         )
-    selection = Reference(fp32_path, data.selection, "selection")
-    probe_images = data.calibration.images[:PROBE_IMAGES]
-    probe = Reference(fp32_path, prepare_pictures(probe_images, card.preprocessing, "probe"), "probe")
+    probe_images = prepare_pictures(data.calibration.images[:PROBE_IMAGES], card.preprocessing, "probe")
+    references = Reference(fp32_path, data.selection, "selection"), Reference(fp32_path, probe_images, "probe")
     options = {option.name: option for option in preset.candidates_for(card.family)}
-    builders = {name: CandidateBuilder(groups, quantizer(option), scratch / name) for name, option in options.items()}
-    for builder in builders.values():
-        builder.workdir.mkdir()
-    chosen_format, formats = choose_format(fp32_path, builders, selection, settings)
-    preset = preset.with_quant(options[chosen_format])
-    result = search_recipe(
-        fp32_path, builders[chosen_format], selection, probe, settings, measure_latency, formats=formats
-    )
+    quantizers = {
+        name: candidate_quantizer(prepared_path, option, config.calibration, cache, reader)
+        for name, option in options.items()
+    }
+    builders = {name: CandidateBuilder(groups, quantize, scratch / name) for name, quantize in quantizers.items()}
+    preset, result = search(fp32_path, preset, options, builders, *references, settings)
 
     final_check = Reference(fp32_path, data.report, "report").check(result.closest.path) if result.closest else None
-    verdict, speed = decide(result, final_check, rules, settings, fp32_path, preset)
+    verdict, speed = decide(result, final_check, settings.rules, settings, fp32_path, preset)
     fp32_ms = result.chosen.fp32_ms if result.chosen else measure_latency([fp32_path], runs=config.latency_runs)[0]
-    int8_entry = None
-    if result.chosen and verdict.writes_int8:
-        quantized = onnx.load(str(result.chosen.path))
-        kept = {name: groups[name].nodes for name in result.chosen.float_groups}
-        in_float = float_ops(result.chosen.path, (1, 3, card.preprocessing.crop, card.preprocessing.crop), kept)
-        quantization = {
-            **preset.to_dict(),
-            "calibration": config.calibration or preset.quant.calibration,
-            "calibration_images": len(data.calibration),
-            "recipe": result.chosen.name,
-            "float_groups": list(result.chosen.float_groups),
-            "accuracy_status": verdict.status.value,
-            "int8_mac_share": in_float["int8_mac_share"],
-            "float_ops": in_float["float_ops"],
-        }
-        accuracy = int8_accuracy(rules, final_check, verdict, data)
-        write_card(quantized, card.with_updates(precision="int8", quantization=quantization, accuracy=accuracy))
-        int8_path = save_model(quantized, final / INT8_NAME)
-        int8_entry = {**artifact(int8_path, result.chosen.int8_ms), "float_ops": in_float}
-    layers = None
-    if result.closest:  # where int8 loses the signal, layer by layer, on the probe photos (optimize/sensitivity.py)
-        errors = layer_errors(fp32_path, result.closest.path, np.concatenate(probe.data.batches), groups)
-        layers = report_entry(errors, result.closest.name, len(probe.data), "probe photos")
-    return OptimizeRun(
+    run = OptimizeRun(
         card,
         preset,
         target_reason,
         config,
         data,
-        (exported, simplified, fused),
+        graphs,
         groups,
         settings,
         result,
@@ -284,10 +234,102 @@ def build(
         verdict,
         speed,
         artifact(fp32_path, fp32_ms),
-        int8_entry,
+        None,
         notes,
-        layers,
     )
+    int8_entry = write_int8(run, result.chosen, final) if result.chosen and verdict.writes_int8 else None
+    layers = probe_layer_errors(fp32_path, result.closest, references[1], groups)
+    return replace(run, int8=int8_entry, layer_sensitivity=layers)
+
+
+def simplify_and_fuse(
+    exported: onnx.ModelProto, card: ModelCard, fp32: Path, prepared: Path
+) -> tuple[tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto], dict[str, NodeGroup]]:
+    """The export (its card written in), simplified and fused (saved as FP32), and the fused graph's groups, named
+    as in its copy prepared for the quantizer (saved as PREPARED)."""
+    write_card(exported, card)
+    simplified = simplify(exported)
+    fused, _ = fuse(simplified)
+    save_model(fused, fp32)
+    return (exported, simplified, fused), find_groups(prepare_for_quantization(fused, prepared))
+
+
+def candidate_quantizer(
+    prepared: Path, options: QuantOptions, calibration: str | None, cache: Path, reader: ImageCalibrationReader
+) -> Callable[[Path, Sequence[str]], None]:
+    """Quantize PREPARED in one int8 format, leaving the named nodes float: the first call of any format
+    calibrates and caches the ranges, every later call reuses them."""
+
+    def quantize(output: Path, exclude: Sequence[str]) -> None:
+        quantize_model(prepared, output, options, calibration, cache, None if cache.exists() else reader, exclude)
+
+    return quantize
+
+
+def search_settings(preset: Target, card: ModelCard, config: OptimizeConfig) -> SearchSettings:
+    """The gate's rules (random weights have their own cosine floor) and the search's bounds; the speed gate is
+    on only where the target's CPU is this machine's."""
+    random_weights = card.weights.startswith("random")
+    min_cosine = preset.random_weights_min_cosine if random_weights else preset.int8_min_cosine
+    return SearchSettings(
+        GateRules(config.max_drop, min_cosine, random_weights=random_weights),
+        config.max_candidates,
+        config.max_formats,
+        config.max_repair_steps,
+        config.latency_runs,
+        gate_on_speed=runs_here(preset),
+    )
+
+
+def search(
+    fp32: Path,
+    preset: Target,
+    options: dict[str, QuantOptions],
+    builders: dict[str, CandidateBuilder],
+    selection: Reference,
+    probe: Reference,
+    settings: SearchSettings,
+) -> tuple[Target, SearchResult]:
+    """Choose the int8 format on the selection part, then search the recipe within it; the preset returned
+    carries the chosen format."""
+    for builder in builders.values():
+        builder.workdir.mkdir()
+    chosen_format, formats = choose_format(fp32, builders, selection, settings)
+    preset = preset.with_quant(options[chosen_format])
+    result = search_recipe(fp32, builders[chosen_format], selection, probe, settings, measure_latency, formats=formats)
+    return preset, result
+
+
+def write_int8(run: OptimizeRun, chosen: Trial, final: Path) -> dict[str, Any]:
+    """Write model.int8.onnx with its own card (recipe, float ops, its accuracy status); its report.json entry."""
+    quantized = onnx.load(str(chosen.path))
+    kept = {name: run.groups[name].nodes for name in chosen.float_groups}
+    crop = run.card.preprocessing.crop
+    in_float = float_ops(chosen.path, (1, 3, crop, crop), kept)
+    quantization = {
+        **run.preset.to_dict(),
+        "calibration": run.config.calibration or run.preset.quant.calibration,
+        "calibration_images": len(run.data.calibration),
+        "recipe": chosen.name,
+        "float_groups": list(chosen.float_groups),
+        "accuracy_status": run.verdict.status.value,
+        "int8_mac_share": in_float["int8_mac_share"],
+        "float_ops": in_float["float_ops"],
+    }
+    accuracy = int8_accuracy(run.settings.rules, run.final_check, run.verdict, run.data)
+    write_card(quantized, run.card.with_updates(precision="int8", quantization=quantization, accuracy=accuracy))
+    int8_path = save_model(quantized, final / INT8_NAME)
+    return {**artifact(int8_path, chosen.int8_ms), "float_ops": in_float}
+
+
+def probe_layer_errors(
+    fp32: Path, closest: Trial | None, probe: Reference, groups: dict[str, NodeGroup]
+) -> dict[str, Any] | None:
+    """Where int8 loses the signal, layer by layer, on the probe photos (optimize/sensitivity.py)."""
+    if not closest:
+        return None
+    errors = layer_errors(fp32, closest.path, np.concatenate(probe.data.batches), groups)
+    return report_entry(errors, closest.name, len(probe.data), "probe photos")
 
 
 def decide(
