@@ -9,18 +9,16 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME
-from smallnets.core.evaluation import PreparedImages, prepare, prepare_pictures
+from smallnets.core.evaluation import prepare, prepare_pictures
 from smallnets.core.files import check_output_dir, replace_folder, write_manifest
-from smallnets.core.hardware import detect_cpu
 from smallnets.core.labelled import provenance, read_labelled_folder
 from smallnets.core.metadata import AccuracyStatus, ModelCard, write_card
 from smallnets.core.split import split_folders
@@ -29,15 +27,14 @@ from smallnets.optimize.calibration import (
     REPORT_PHOTOS,
     SELECTION_PHOTOS,
     ImageCalibrationReader,
-    ImageSet,
     demo_calibration_set,
     demo_evaluation_set,
     folder_set,
     images_from,
 )
-from smallnets.optimize.card import PreprocessingFlags, resolve_card
+from smallnets.optimize.card import resolve_card
 from smallnets.optimize.float_ops import float_ops
-from smallnets.optimize.fuse import count_diff, fuse, op_counts
+from smallnets.optimize.fuse import fuse
 from smallnets.optimize.groups import NodeGroup, find_groups
 from smallnets.optimize.latency import SpeedGate, measure_latency, speed_gate
 from smallnets.optimize.modelio import load_model, save_model
@@ -52,81 +49,13 @@ from smallnets.optimize.recipe import (
     selection_summary,
 )
 from smallnets.optimize.report import OptimizeReport, Reason, Status, Verdict
+from smallnets.optimize.run import EvaluationData, OptimizeConfig, OptimizeRun, make_report
 from smallnets.optimize.sensitivity import layer_errors, report_entry
 from smallnets.optimize.simplify import simplify
 from smallnets.optimize.validate import Check, GateRules, Reference, final_verdict
 
 # Calibration pictures used to rank group sensitivity in the repair step (never selection or report images).
 PROBE_IMAGES = 16
-
-
-@dataclass(frozen=True)
-class OptimizeConfig:
-    """Everything that decides the artifacts; saved in report.json.
-
-    ``eval_dir`` is a labelled ImageFolder (SYNSET/photo.JPEG): it is split by content hash into calibration,
-    selection and report parts (``calib_dir``, when given, supplies the calibration photos instead; photos in
-    both are kept on one side). Without it the unlabelled demo photos stand in and int8 is never "validated".
-    ``max_candidates``/``max_formats``/``max_repair_steps``/``latency_runs`` bound the recipe search (tests
-    shrink them; the defaults run the full procedure). ``calib_images`` caps the calibration part,
-    ``eval_per_photo`` sizes the demo grid (crops per demo photo).
-    """
-
-    target: str = "auto"
-    calibration: str | None = None  # None: each candidate's own (QuantOptions.calibration)
-    max_drop: float = 1.0
-    calib_dir: Path | None = None
-    eval_dir: Path | None = None
-    force: bool = False
-    calib_images: int = 64
-    eval_per_photo: int = 32
-    preprocessing: PreprocessingFlags = field(default_factory=PreprocessingFlags)
-    max_candidates: int | None = None
-    max_formats: int | None = None
-    max_repair_steps: int = 3
-    latency_runs: int = 60
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            key: (str(value) if isinstance(value, Path) else value.__dict__ if key == "preprocessing" else value)
-            for key, value in self.__dict__.items()
-        }
-
-
-@dataclass(frozen=True)
-class EvaluationData:
-    """Calibration pictures and the two evaluation parts, disjoint; ``split`` records how (for report.json)."""
-
-    calibration: ImageSet
-    selection: PreparedImages
-    report: PreparedImages
-    split: dict[str, Any]
-
-    @property
-    def labelled(self) -> bool:
-        return self.report.labels is not None
-
-
-@dataclass(frozen=True)
-class OptimizeRun:
-    """What one run built, decided and measured, in the order it happened; :func:`make_report` writes it up."""
-
-    card: ModelCard
-    preset: Target
-    target_reason: str
-    config: OptimizeConfig
-    data: EvaluationData
-    graphs: tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto]  # export, simplified, fused
-    groups: dict[str, NodeGroup]
-    settings: SearchSettings
-    result: SearchResult
-    final_check: Check | None  # the report part, for the candidate the search took (or the closest)
-    verdict: Verdict
-    speed: SpeedGate | None
-    fp32: dict[str, Any]  # artifact entries of report.json
-    int8: dict[str, Any] | None
-    notes: list[str]
-    layer_sensitivity: dict[str, Any] | None = None
 
 
 def optimize_model(model: str | Path, outdir: str | Path, config: OptimizeConfig) -> OptimizeReport:
@@ -382,110 +311,4 @@ def int8_accuracy(rules: GateRules, check: Check | None, verdict: Verdict, data:
         "measured",
         top1=100 * paired.candidate.top1,
         source=f"optimize, report part of {where} ({verdict.status}): {verdict.detail}",
-    )
-
-
-def accuracy_status(rules: GateRules, check: Check | None, data: EvaluationData) -> str:
-    """The one line to show beside any accuracy figure of this build."""
-    if rules.random_weights:
-        return "unvalidated (random weights)"
-    paired = check.paired if check else None
-    if paired is None:
-        return "not validated on labelled photos: demo photos only (set SMALLNETS_EVAL_DIR or --eval-dir)"
-    low, high = paired.drop_interval_points.to_list()
-    return (
-        f"measured on the labelled report part of {provenance(data.split.get('evaluation_source', ''), paired.images)}"
-        f": fp32 top-1 {paired.reference.top1:.1%}, int8 top-1 {paired.candidate.top1:.1%}, drop "
-        f"{paired.drop_points:+.2f} points (95% CI {low:+.2f} to {high:+.2f})"
-    )
-
-
-def kept_float(trial: Trial | None, groups: dict[str, NodeGroup]) -> list[dict[str, Any]]:
-    """Each float group of the chosen trial with why: accuracy (a repair step) or speed (the candidate's base)."""
-    if trial is None:
-        return []
-    return [
-        {
-            "group": name,
-            "op_types": list(groups[name].op_types),
-            "nodes": len(groups[name].nodes),
-            "reason": trial.repairs.get(name)
-            or f"speed: part of the fastest in-budget candidate {trial.name} ({groups[name].description})",
-        }
-        for name in trial.float_groups
-    ]
-
-
-def make_report(run: OptimizeRun) -> OptimizeReport:
-    """report.json / report.md of one run (see :class:`OptimizeReport`)."""
-    exported, simplified, fused = run.graphs
-    written = run.result.chosen if run.int8 else None
-    measured = run.final_check.agreement if run.final_check else None
-    evaluation = {
-        "part": "report",
-        "candidate": run.result.closest.name if run.result.closest else None,
-        "candidate_speedup": run.result.closest.speedup if run.result.closest else None,
-        "agreement": measured.to_dict() if measured else None,
-        "labelled": run.final_check.paired.to_dict() if run.final_check and run.final_check.paired else None,
-    }
-    return OptimizeReport(
-        outdir=Path("."),
-        status=run.verdict.status,
-        reason=run.verdict.reason,
-        detail=run.verdict.detail,
-        output=INT8_NAME if run.int8 else FP32_NAME,
-        target=run.preset.name,
-        target_reason=run.target_reason,
-        preset=run.preset.to_dict(),
-        fp32=run.fp32,
-        int8=run.int8,
-        speedup=written.speedup if written else None,
-        speed_gated=run.settings.gate_on_speed,
-        accuracy_status=accuracy_status(run.settings.rules, run.final_check, run.data),
-        agreement_top1=measured.agreement_top1 if measured else None,
-        top5_overlap=measured.top5_overlap if measured else None,
-        cosine_mean=measured.cosine_mean if measured else None,
-        evaluation=evaluation,
-        gate=run.settings.rules.to_dict(),
-        split=run.data.split,
-        budget={
-            "max_drop": run.config.max_drop,
-            "metric": "upper end of the 95% interval of the paired top-1 drop (points), labelled report part"
-            if run.data.labelled and not run.settings.rules.random_weights
-            else "none without labels: top-1 agreement over all images and logit cosine floors",
-        },
-        kept_float=kept_float(written, run.groups),
-        calibration_images=len(run.data.calibration),
-        calibration_source=run.data.calibration.source,
-        calibration_method=run.config.calibration or run.preset.quant.calibration,
-        eval_images=len(run.data.report),
-        eval_source=run.data.report.source,
-        node_counts={
-            "export": op_counts(exported),
-            "simplified": op_counts(simplified),
-            "fused": op_counts(fused),
-            "total": {"export": len(exported.graph.node), "fused": len(fused.graph.node)},
-            "fusion": count_diff(op_counts(exported), op_counts(fused)),
-        },
-        search={
-            "settings": {
-                "max_candidates": run.settings.max_candidates,
-                "max_formats": run.settings.max_formats,
-                "max_repair_steps": run.settings.max_repair_steps,
-                "latency_runs": run.settings.latency_runs,
-                "gate_on_speed": run.settings.gate_on_speed,
-            },
-            "selection_images": len(run.data.selection),
-            "groups": {name: {"nodes": len(g.nodes), "op_types": list(g.op_types)} for name, g in run.groups.items()},
-            "sensitivity_cosine_gain": run.result.sensitivity,
-            "formats": [trial.to_dict() for trial in run.result.formats],
-            "quant": run.preset.quant.name,
-            "trials": [trial.to_dict() for trial in run.result.trials],
-            "speed_gate": run.speed.to_dict() if run.speed else None,
-            **({"layer_sensitivity": run.layer_sensitivity} if run.layer_sensitivity else {}),
-        },
-        notes=run.notes,
-        config=run.config.to_dict(),
-        cpu=detect_cpu().to_dict(),
-        versions={"onnxruntime": ort.__version__, "onnx": onnx.__version__},
     )
