@@ -1,7 +1,8 @@
 """The Open Inference Protocol over gRPC, tested with clients the project did not write: ``tritonclient.grpc``
 unchanged, and its own copy of the protocol's messages sent through its stub (typed ``contents``, malformed
 requests). One real `smallnets serve` with gRPC on (SMALLNETS_GRPC_PORT), a 2 MB message cap and a tight latency
-target (0.5 s: one request at a time always gets in; a crowd of requests of 3 rows fills it).
+target (0.05 s: a request arriving alone always gets in; a crowd of requests of 3 rows fills it as soon as about
+6 of them are held, even at 2.5 ms an image, this machine's quiet batched figure, however fast they are drained).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -25,8 +26,8 @@ from tritonclient.utils import InferenceServerException
 MODEL = "efficientnet_lite0"  # the card's name; the store name adds the precision
 MAX_UPLOAD_MB = 2
 MAX_REQUEST_PIXELS = 3_000_000
-LATENCY_TARGET_S = 0.5
-HEAVY_REQUESTS = 30
+LATENCY_TARGET_S = 0.05
+HEAVY_REQUESTS = 60
 HEAVY_ROWS = 3  # 1.8 MB of FP32: under the message cap
 
 
@@ -192,30 +193,32 @@ def test_an_oversized_message_is_refused_before_decoding(
 def test_a_predicted_wait_over_the_target_is_unavailable_with_retry_after(
     client: triton_grpc.InferenceServerClient, photo: bytes
 ) -> None:
-    """Thirty requests of 3 preprocessed rows at once: those past the target are refused (as is a newcomer while
-    they are held), the others answered."""
-    heavy = triton_grpc.InferInput("input", [HEAVY_ROWS, 3, 224, 224], "FP32")
-    heavy.set_data_from_numpy(np.zeros((HEAVY_ROWS, 3, 224, 224), dtype=np.float32))
-    refused: grpc.RpcError | None = None
+    """Sixty requests of 3 preprocessed rows at once, and photos sent while they are held: those that would wait past
+    the target are refused with UNAVAILABLE and a Retry-After (whichever they are: how many of the crowd are held at
+    once depends on how fast the machine drains them), the others answered."""
+    rows = np.zeros((HEAVY_ROWS, 3, 224, 224), dtype=np.float32).tobytes()
+    heavy = _tensor([HEAVY_ROWS, 3, 224, 224], rows)
+    stub = client._client_stub
     with ThreadPoolExecutor(HEAVY_REQUESTS) as pool:
-        held = [pool.submit(client.infer, MODEL, [heavy], client_timeout=120) for _ in range(HEAVY_REQUESTS)]
+        held = [pool.submit(_outcome, stub, heavy) for _ in range(HEAVY_REQUESTS)]
+        probes = []
         deadline = time.monotonic() + 60
-        while refused is None and time.monotonic() < deadline and not all(future.done() for future in held):
-            try:
-                client._client_stub.ModelInfer(_images(photo), timeout=60)
-            except grpc.RpcError as error:
-                refused = error
-        outcomes = [_outcome(future) for future in held]
-    assert refused is not None, "no request was refused while the crowd was held"
-    assert refused.code() == grpc.StatusCode.UNAVAILABLE, (refused.code(), refused.details())
-    assert "SMALLNETS_LATENCY_TARGET_S" in refused.details()
-    retry_after = dict(refused.trailing_metadata() or ())["retry-after"]
-    assert 1 <= int(retry_after) <= 30
-    assert (HEAVY_ROWS, 1000) in outcomes and set(outcomes) <= {(HEAVY_ROWS, 1000), "StatusCode.UNAVAILABLE"}
+        while time.monotonic() < deadline and not all(future.done() for future in held):
+            probes.append(_outcome(stub, _images(photo)))
+        outcomes = [future.result() for future in held]
+    refusals = [outcome for outcome in outcomes + probes if isinstance(outcome, grpc.RpcError)]
+    assert refusals, "nothing was refused while the crowd was held"
+    for refused in refusals:
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE, (refused.code(), refused.details())
+        assert "SMALLNETS_LATENCY_TARGET_S" in refused.details()
+        assert 1 <= int(dict(refused.trailing_metadata() or ())["retry-after"]) <= 30
+    answered = [outcome for outcome in outcomes if not isinstance(outcome, grpc.RpcError)]
+    assert answered and set(answered) == {(HEAVY_ROWS, 1000)}, answered
 
 
-def _outcome(future: Future) -> tuple[int, ...] | str:
+def _outcome(stub: object, request: service_pb2.ModelInferRequest) -> tuple[int, ...] | grpc.RpcError:
+    """The logits' shape of an answered request, or the error it was refused with."""
     try:
-        return future.result().as_numpy("logits").shape
-    except InferenceServerException as error:
-        return error.status()
+        return tuple(stub.ModelInfer(request, timeout=120).outputs[0].shape)
+    except grpc.RpcError as error:
+        return error
