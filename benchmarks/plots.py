@@ -52,7 +52,7 @@ INT8_VARIANTS = ("onnx-int8", "openvino-nncf-int8")
 # Where a point's name may go, in points from the point (x, y, horizontal alignment), tried in this order.
 LABEL_OFFSETS = ((4, 4, "left"), (4, -11, "left"), (-4, 4, "right"), (-4, -11, "right"), (4, 13, "left"),
                  (4, -20, "left"), (-4, 13, "right"), (-4, -20, "right"))  # fmt: skip
-# The int8 goal the speedup figure draws (issue 3): 2x the fused fp32 model at batch 1 on an x86-vnni CPU.
+# The int8 goal the speedup figure draws: 2x the fused fp32 model at batch 1 on an x86-vnni CPU.
 SPEEDUP_GOAL = 2.0
 
 

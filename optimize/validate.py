@@ -48,9 +48,7 @@ MIN_LABELLED_IMAGES = 200
 # The largest count of labelled photos :func:`photos_needed` will name (beyond it: "no feasible number").
 MAX_PHOTOS_NAMED = 10_000_000
 # The drop cannot see an int8 model that breaks as many photos as it fixes, nor one that changes wrong answers
-# into other wrong answers; agreement can. A faithful int8 changes few top-1 predictions: Lite0 all-int8 keeps
-# 97.9% (x86-vnni) and 96.1% (x86-avx2, 7-bit weights) on 436 imagenet-dev photos, while onnxruntime's naive
-# static int8 that loses 10.4 points on an AVX2 CPU (issue 11) changes far more than one prediction in ten.
+# into other wrong answers; agreement can (why 90%: docs/decisions.md#labelled-agreement-floor).
 LABELLED_AGREEMENT_FLOOR = 0.90
 # Without labels agreement is a sanity check, not an accuracy figure: the demo crops are full of near-ties that any
 # perturbation flips (faithful Lite0 int8, cosine >= 0.97, agrees on 69-100% of a demo photo group's crops), so the
