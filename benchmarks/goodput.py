@@ -51,22 +51,28 @@ def running(command: list[str], port: int, env: dict[str, str], log: Path) -> It
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not _ready(url):
+        while not is_ready(url):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{command[:4]} did not get ready; its log: {log}")
             time.sleep(0.5)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
-def _ready(url: str) -> bool:
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a server started in its own session, workers included: SIGTERM to its group, SIGKILL after 30 s."""
+    with contextlib.suppress(ProcessLookupError):  # it may have been stopped already
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def is_ready(url: str) -> bool:
+    """Whether the server at ``url`` answers /readyz with 200 (not yet listening counts as not ready)."""
     try:
         return httpx.get(f"{url}/readyz", timeout=2, trust_env=False).status_code == 200
     except httpx.TransportError:

@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import httpx
 import pytest
+
+from smallnets.benchmarks.goodput import free_port, is_ready, stop_group
 
 READY_TIMEOUT_S = 180
 # Base URL -> pid of the `smallnets serve` process behind it (for tests that watch the worker processes).
 SERVER_PIDS: dict[str, int] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def is_ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2, trust_env=False).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @contextlib.contextmanager
@@ -66,13 +52,7 @@ def smallnets_server(model: Path, workdir: Path, env: Mapping[str, str] | None =
         yield url
     finally:
         SERVER_PIDS.pop(url, None)
-        with contextlib.suppress(ProcessLookupError):  # a test may have stopped it already
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)  # a test may have stopped it already
 
 
 def worker_pids(url: str) -> list[int]:

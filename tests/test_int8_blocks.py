@@ -67,6 +67,24 @@ def test_other_means_stay(axes: list[int], keepdims: int) -> None:
     assert model.graph.node[0].op_type == "ReduceMean"
 
 
+def qdq_model(nodes: list[onnx.NodeProto], name: str, output_type: int) -> onnx.ModelProto:
+    """A one-input graph of ``nodes`` with the input's and the gate's quantization parameters as initializers."""
+    inits = [
+        const("s_in", 0.05, np.float32),
+        const("z_in", 120, np.uint8),
+        const("s_h", 1.0 / 255, np.float32),
+        const("z_h", 0, np.uint8),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info("y", output_type, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
 def hard_swish_model(alpha: float, beta: float) -> onnx.ModelProto:
     """x -> Q -> DQ -> (HardSigmoid -> Q -> DQ) * DQ -> Q: a quantized HardSwish as ORT's quantizer writes it."""
     nodes = [
@@ -77,20 +95,7 @@ def hard_swish_model(alpha: float, beta: float) -> onnx.ModelProto:
         helper.make_node("DequantizeLinear", ["hq", "s_h", "z_h"], ["hf"], name="dq_h"),
         helper.make_node("Mul", ["xf", "hf"], ["y"], name="swish"),
     ]
-    inits = [
-        const("s_in", 0.05, np.float32),
-        const("z_in", 120, np.uint8),
-        const("s_h", 1.0 / 255, np.float32),
-        const("z_h", 0, np.uint8),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "hswish",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return qdq_model(nodes, "hswish", TensorProto.FLOAT)
 
 
 @pytest.mark.parametrize(("alpha", "beta"), [(1.0 / 6, 0.5), (0.2, -0.1), (0.25, 0.0)])
@@ -167,20 +172,7 @@ def silu_model(quantized_gate: bool) -> onnx.ModelProto:
         helper.make_node("Mul", ["xf", gate], ["m"], name="silu"),
         helper.make_node("QuantizeLinear", ["m", "s_in", "z_in"], ["y"], name="q_out"),
     ]
-    inits = [
-        const("s_in", 0.05, np.float32),
-        const("z_in", 120, np.uint8),
-        const("s_h", 1.0 / 255, np.float32),
-        const("z_h", 0, np.uint8),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "silu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return qdq_model(nodes, "silu", TensorProto.UINT8)
 
 
 def test_a_float_silu_becomes_one_quick_gelu_with_the_same_output() -> None:
