@@ -31,16 +31,17 @@ CONVERSIONS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeL
 
 @dataclass(frozen=True)
 class Kernel:
-    """One executed kernel: its name, op, the type of its first input, and the graph node it runs (if found)."""
+    """One executed kernel: its name, op, the types of its inputs, and the graph node it runs (if found)."""
 
     name: str
     op: str
-    input_type: str
+    input_types: tuple[str, ...]
     node: GraphNode | None
 
     @property
     def is_float(self) -> bool:
-        return self.op not in CONVERSIONS and self.input_type not in INT8_TYPES
+        """No int8 input: QLinearConcat's first input is a float scale, its tensors come after."""
+        return self.op not in CONVERSIONS and not INT8_TYPES & set(self.input_types)
 
     @property
     def macs(self) -> int | None:
@@ -121,8 +122,8 @@ def profile_kernels(model: Path, input_shape: Sequence[int]) -> list[Kernel]:
             continue
         inputs = event["args"].get("input_type_shape", [])
         name = event["name"].removesuffix("_kernel_time")
-        first = next(iter(inputs[0])) if inputs else ""
-        kernels.append(Kernel(name, event["args"]["op_name"], first, node_of(name, nodes)))
+        types = tuple(next(iter(value)) for value in inputs)
+        kernels.append(Kernel(name, event["args"]["op_name"], types, node_of(name, nodes)))
     return kernels
 
 

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
 from smallnets.core.metadata import card_of
@@ -75,3 +77,26 @@ def test_a_group_kept_float_is_named_with_its_share(built: dict[str, Any]) -> No
     total = listing["macs"]["int8"] + listing["macs"]["float"]
     assert total == float_ops(built["fp32"], SHAPE, {})["macs"]["float"]
     assert 0.5 < listing["int8_mac_share"] < 1.0, "depthwise convs are a small share of MobileNet's MACs"
+
+
+def test_an_int8_op_whose_first_input_is_a_float_scale_is_int8(tmp_path: Path) -> None:
+    """QLinearConcat(y_scale, y_zero_point, x1, x1_scale, ...): it once counted as float, by its first input."""
+    scale, zero = onnx.numpy_helper.from_array(np.float32(0.1), "s"), onnx.numpy_helper.from_array(np.uint8(128), "z")
+    nodes = [
+        onnx.helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        onnx.helper.make_node(
+            "QLinearConcat", ["s", "z", "q", "s", "z", "q", "s", "z"], ["c"], domain="com.microsoft", axis=1
+        ),
+        onnx.helper.make_node("DequantizeLinear", ["c", "s", "z"], ["y"]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "concat",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 4, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [scale, zero],
+    )
+    opsets = [onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.microsoft", 1)]
+    onnx.save(onnx.helper.make_model(graph, opset_imports=opsets), str(tmp_path / "concat.onnx"))
+    listing = float_ops(tmp_path / "concat.onnx", (1, 2, 4, 4), {})
+    assert listing["float_ops"] == [], listing["float_ops"]
