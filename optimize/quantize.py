@@ -27,6 +27,7 @@ from onnxruntime.quantization import (
 
 from smallnets.core.targets import CALIBRATION_METHODS, QuantOptions
 from smallnets.optimize.bias_correction import correct_biases
+from smallnets.optimize.equalization import equalize
 from smallnets.optimize.groups import name_nodes
 from smallnets.optimize.int8_blocks import apply_after_quantization, apply_before_quantization
 from smallnets.optimize.modelio import check_model, copy_metadata, save_model
@@ -57,9 +58,11 @@ def prepare_for_quantization(model: onnx.ModelProto, output: Path) -> onnx.Model
     return prepared
 
 
-def calibration_cache(cache: Path, method: str) -> Path:
-    """The cache file of one calibration method: ranges from min-max and from percentiles differ."""
-    return cache if method == "minmax" else cache.with_name(f"{cache.stem}.{method}{cache.suffix}")
+def calibration_cache(cache: Path, method: str, equalized: bool = False) -> Path:
+    """The cache file of one calibration method: ranges from min-max and from percentiles differ, and so do the
+    ranges of an equalized model (the tensors between each equalized conv pair are rescaled per channel)."""
+    parts = [part for part, wanted in ((method, method != "minmax"), ("equalized", equalized)) if wanted]
+    return cache.with_name(".".join([cache.stem, *parts]) + cache.suffix)
 
 
 def quantize_model(
@@ -78,28 +81,41 @@ def quantize_model(
     """
     excluded = set(exclude_nodes)
     method = calibration or options.calibration
-    cache = calibration_cache(cache, method)
+    cache = calibration_cache(cache, method, options.equalization)
     if not cache.exists() and reader is None:
-        raise ValueError(f"the first quantization with {method} calibration needs calibration data")
+        kind = f"{method}{' (equalized)' if options.equalization else ''}"
+        raise ValueError(f"the first quantization with {kind} calibration needs calibration data")
     extra_options: dict[str, object] = {"WeightSymmetric": True}
     if method == "percentile":
         extra_options["CalibPercentile"] = options.percentile
-    source = prepared
     with tempfile.TemporaryDirectory(prefix="smallnets-rewrite-") as folder:
-        rewritten = onnx.load(str(prepared))
+        # The fp32 model int8 approximates: bias correction matches its layers' channel means.
+        reference = equalized_copy(prepared, Path(folder)) if options.equalization else prepared
+        source = reference
+        rewritten = onnx.load(str(reference))
         if apply_before_quantization(rewritten, options.rewrites):
             source = Path(folder) / "rewritten.onnx"
             onnx.save(rewritten, str(source))
         _quantize_static(source, output, options, method, cache, reader, excluded, extra_options)
-    pictures = bias_pictures(cache, reader)  # kept on the first call, when the calibration cache is filled
-    quantized = shield_float_nodes(onnx.load(str(output)), excluded)
-    if options.bias_correction:
-        correct_biases(prepared, quantized, pictures(), skip=excluded)
+        pictures = bias_pictures(cache, reader)  # kept on the first call, when the calibration cache is filled
+        quantized = shield_float_nodes(onnx.load(str(output)), excluded)
+        if options.bias_correction:
+            correct_biases(reference, quantized, pictures(), skip=excluded)
     apply_after_quantization(quantized, options.rewrites, excluded)
     copy_metadata(onnx.load(str(prepared), load_external_data=False), quantized)
     check_model(quantized, "quantized model")
     save_model(quantized, output)
     return quantized
+
+
+def equalized_copy(prepared: Path, folder: Path) -> Path:
+    """``prepared`` with its conv pairs equalized (optimize/equalization.py), saved in ``folder``: the same function
+    in fp32, with channel ranges one int8 scale per tensor covers better."""
+    model = onnx.load(str(prepared))
+    equalize(model)
+    path = folder / "equalized.onnx"
+    onnx.save(model, str(path))
+    return path
 
 
 BIAS_PICTURES = 32  # calibration pictures bias correction measures channel means on

@@ -42,6 +42,8 @@ class QuantOptions:
     ``families`` limits a candidate to the model families it is worth trying on (empty: every family).
     ``rewrites`` name the graph rewrites that keep whole blocks int8 (every one by default: each is exact and made
     mobilenet_v3_large and efficientnet_b0 faster on AVX-512 VNNI; see optimize/int8_blocks.py).
+    ``equalization`` rescales Conv(-Relu)-Conv pairs (exact in fp32) so one weight scale wastes fewer levels on
+    unbalanced channels; off by default (measured in benchmarks/results/avx512_vnni/equalization.md).
     """
 
     name: str
@@ -55,6 +57,7 @@ class QuantOptions:
     families: tuple[str, ...] = ()
     rewrites: tuple[str, ...] = INT8_BLOCK_REWRITES
     bias_correction: bool = False  # per-channel bias correction on calibration pictures (optimize/bias_correction.py)
+    equalization: bool = False  # cross-layer equalization of conv pairs before calibration (optimize/equalization.py)
 
     def __post_init__(self) -> None:
         if self.activation_type not in INT8_TYPES or self.weight_type not in INT8_TYPES:
