@@ -16,16 +16,22 @@ a feature map each (DequantizeLinear -> op -> QuantizeLinear):
 SiLU (x * Sigmoid(x), EfficientNet) is int8 already (QLinearSigmoid, a lookup table, then QLinearMul). Where the
 recipe search keeps it float instead, :func:`float_silu_as_quick_gelu` makes it one QuickGelu between the DQ and Q.
 Which of the two forms is faster is measured per model by the search (the "activations" group).
+
+Depthwise convs whose channel count MLAS's fast int8 kernels do not take are padded with zero channels before
+quantization (optimize/channel_padding.py).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from smallnets.core.targets import ARM_CHANNEL_PADDING, X86_CHANNEL_PADDING
+from smallnets.optimize.channel_padding import pad_depthwise_channels
 from smallnets.optimize.groups import node_links
 
 SPATIAL_AXES = ({2, 3}, {-2, -1})
@@ -210,7 +216,11 @@ def float_silu_as_quick_gelu(model: onnx.ModelProto, keep_float: Collection[str]
     return fused
 
 
-BEFORE_QUANTIZATION = {"spatial-mean-as-global-pool": spatial_mean_as_global_pool}
+BEFORE_QUANTIZATION = {  # in this order: padding walks through the pools the first rewrite makes
+    "spatial-mean-as-global-pool": spatial_mean_as_global_pool,
+    X86_CHANNEL_PADDING: functools.partial(pad_depthwise_channels, multiple=16),
+    ARM_CHANNEL_PADDING: functools.partial(pad_depthwise_channels, multiple=8),
+}
 AFTER_QUANTIZATION = {
     "hard-sigmoid-as-qlinear-add": hard_sigmoid_as_qlinear_add,
     "float-silu-as-quick-gelu": float_silu_as_quick_gelu,
@@ -219,7 +229,7 @@ AFTER_QUANTIZATION = {
 
 def apply_before_quantization(model: onnx.ModelProto, rewrites: Sequence[str]) -> int:
     """The float-graph rewrites among ``rewrites`` (names as in ``QuantOptions.rewrites``), in place; nodes changed."""
-    return sum(BEFORE_QUANTIZATION[name](model) for name in rewrites if name in BEFORE_QUANTIZATION)
+    return sum(rewrite(model) for name, rewrite in BEFORE_QUANTIZATION.items() if name in rewrites)
 
 
 def apply_after_quantization(model: onnx.ModelProto, rewrites: Sequence[str], keep_float: Collection[str] = ()) -> int:

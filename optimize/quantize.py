@@ -100,7 +100,7 @@ def quantize_model(
         pictures = bias_pictures(cache, reader)  # kept on the first call, when the calibration cache is filled
         quantized = shield_float_nodes(onnx.load(str(output)), excluded)
         if options.bias_correction:
-            correct_biases(reference, quantized, pictures(), skip=excluded)
+            correct_biases(source, quantized, pictures(), skip=excluded)  # as quantized: padded, equalized
     apply_after_quantization(quantized, options.rewrites, excluded)
     copy_metadata(onnx.load(str(prepared), load_external_data=False), quantized)
     check_model(quantized, "quantized model")

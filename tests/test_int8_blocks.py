@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from smallnets.core.metadata import card_of
-from smallnets.core.targets import INT8_BLOCK_REWRITES, QuantOptions
+from smallnets.core.targets import KNOWN_REWRITES, QuantOptions
 from smallnets.optimize.calibration import ImageCalibrationReader, demo_calibration_set
 from smallnets.optimize.fuse import fuse
 from smallnets.optimize.int8_blocks import (
@@ -120,7 +120,7 @@ def test_hard_sigmoid_kept_float_is_not_rewritten() -> None:
 
 
 def test_every_rewrite_a_target_can_name_exists() -> None:
-    assert set(INT8_BLOCK_REWRITES) == set(BEFORE_QUANTIZATION) | set(AFTER_QUANTIZATION)
+    assert set(KNOWN_REWRITES) == set(BEFORE_QUANTIZATION) | set(AFTER_QUANTIZATION)
     with pytest.raises(ValueError, match="unknown rewrites"):
         QuantOptions("x", rewrites=("lookup-table",))
 

@@ -24,6 +24,10 @@ QUANT_FORMATS = ("qdq", "qoperator")
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # Graph rewrites that keep ops onnxruntime leaves float inside int8 (optimize/int8_blocks.py; exact, measured faster).
 INT8_BLOCK_REWRITES = ("spatial-mean-as-global-pool", "hard-sigmoid-as-qlinear-add", "float-silu-as-quick-gelu")
+# Depthwise convs padded to the channel multiple of MLAS's fast int8 depthwise kernels (optimize/channel_padding.py):
+# 16 on x86, 8 on ARM64 (MlasConvSymPackWSize's GroupAlign). Exact; a target's candidates name the one for its CPU.
+X86_CHANNEL_PADDING, ARM_CHANNEL_PADDING = "pad-depthwise-channels-16", "pad-depthwise-channels-8"
+KNOWN_REWRITES = (*INT8_BLOCK_REWRITES, X86_CHANNEL_PADDING, ARM_CHANNEL_PADDING)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 ARM_DOT_FLAGS = ("asimddp", "i8mm")
 
@@ -71,8 +75,8 @@ class QuantOptions:
             raise ValueError(
                 f"{self.name}: bias correction needs the qdq format (it edits the int32 bias of a QDQ conv)"
             )
-        if unknown := set(self.rewrites) - set(INT8_BLOCK_REWRITES):
-            raise ValueError(f"{self.name}: unknown rewrites {sorted(unknown)}; known: {INT8_BLOCK_REWRITES}")
+        if unknown := set(self.rewrites) - set(KNOWN_REWRITES):
+            raise ValueError(f"{self.name}: unknown rewrites {sorted(unknown)}; known: {KNOWN_REWRITES}")
         if self.calibration not in CALIBRATION_METHODS:
             raise ValueError(
                 f"unknown calibration method {self.calibration!r}; choose one of: {', '.join(CALIBRATION_METHODS)}"
@@ -233,19 +237,21 @@ def _options(name: str, **fields: Any) -> QuantOptions:
 # x86 without VNNI: VPMADDUBSW's int16 pair sums saturate on full-range u8*s8, so weights keep 7 bits.
 # Bias correction takes back what the 7th bit costs: Lite0 on 423 held-out imagenet-dev photos -0.47 -> +0.47 points
 # against fp32 (14 -> 6 changed answers; VNNI full range 6 -> 3), at ~30-45 s of build time per candidate. QDQ only.
+X86_REWRITES = (*INT8_BLOCK_REWRITES, X86_CHANNEL_PADDING)
 AVX2_CANDIDATES = (
-    _options("u8s8-rr-qdq", reduce_range=True, bias_correction=True),
-    _options("u8s8-rr-qoperator", reduce_range=True, quant_format="qoperator"),
+    _options("u8s8-rr-qdq", reduce_range=True, bias_correction=True, rewrites=X86_REWRITES),
+    _options("u8s8-rr-qoperator", reduce_range=True, quant_format="qoperator", rewrites=X86_REWRITES),
 )
 # x86 with VNNI: VPDPBUSD accumulates u8*s8 straight into int32, so full-range weights are safe.
 VNNI_CANDIDATES = (
-    _options("u8s8-qdq"),
-    _options("u8s8-qoperator", quant_format="qoperator"),
+    _options("u8s8-qdq", rewrites=X86_REWRITES),
+    _options("u8s8-qoperator", quant_format="qoperator", rewrites=X86_REWRITES),
 )
 # AArch64: S8S8 maps onto SDOT/SMMLA.
+ARM_REWRITES = (*INT8_BLOCK_REWRITES, ARM_CHANNEL_PADDING)
 ARM_CANDIDATES = (
-    _options("s8s8-qdq", activation_type="int8"),
-    _options("s8s8-qoperator", activation_type="int8", quant_format="qoperator"),
+    _options("s8s8-qdq", activation_type="int8", rewrites=ARM_REWRITES),
+    _options("s8s8-qoperator", activation_type="int8", quant_format="qoperator", rewrites=ARM_REWRITES),
 )
 
 TARGETS: dict[str, Target] = {

@@ -1,0 +1,121 @@
+"""optimize/channel_padding.py: depthwise convs padded to 16 channels compute exactly what they computed before.
+
+A block like MobileNet V3's (expand, HardSwish, depthwise, squeeze-excite, project) on 12 channels must come out on
+16 with the same outputs; regions the rewrite cannot pad through stay as they were; and every family of the
+registry keeps its logits when padded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from registry_choices import FAMILIES, FAMILY_IDS
+
+from smallnets.optimize.channel_padding import pad_depthwise_channels
+from smallnets.optimize.fuse import fuse
+from smallnets.optimize.simplify import simplify
+
+RNG = np.random.default_rng(0)
+
+
+def weight(name: str, *shape: int) -> onnx.TensorProto:
+    return numpy_helper.from_array(RNG.normal(size=shape).astype(np.float32), name)
+
+
+def se_block(tail: str = "project") -> onnx.ModelProto:
+    """x (8) -> expand 1x1 (12) -> HardSwish -> depthwise 3x3 (12) -> Relu -> SE (pool, fc 4, Relu, fc 12,
+    HardSigmoid, Mul) -> ``tail``: "project" (1x1 to 8), "output" (the block's output), "concat" (with itself),
+    "channel-constant" (Mul by a per-channel constant, then project)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "we", "be"], ["e"], name="expand"),
+        helper.make_node("HardSwish", ["e"], ["ea"], name="expand_act"),
+        helper.make_node("Conv", ["ea", "wd", "bd"], ["d"], name="depthwise", group=12, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["d"], ["da"], name="depthwise_act"),
+        helper.make_node("GlobalAveragePool", ["da"], ["p"], name="se_pool"),
+        helper.make_node("Conv", ["p", "w1", "b1"], ["f1"], name="se_fc1"),
+        helper.make_node("Relu", ["f1"], ["f1a"], name="se_act"),
+        helper.make_node("Conv", ["f1a", "w2", "b2"], ["f2"], name="se_fc2"),
+        helper.make_node("HardSigmoid", ["f2"], ["g"], name="se_gate", alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["da", "g"], ["s"], name="se_scale"),
+    ]
+    weights = [weight("we", 12, 8, 1, 1), weight("be", 12), weight("wd", 12, 1, 3, 3), weight("bd", 12)]
+    weights += [weight("w1", 4, 12, 1, 1), weight("b1", 4), weight("w2", 12, 4, 1, 1), weight("b2", 12)]
+    weights += [weight("wp", 8, 12, 1, 1), weight("k", 1, 12, 1, 1)]
+    output = {
+        "project": [helper.make_node("Conv", ["s", "wp"], ["y"], name="project")],
+        "output": [helper.make_node("Identity", ["s"], ["y"], name="out")],
+        "concat": [helper.make_node("Concat", ["s", "s"], ["y"], name="concat", axis=1)],
+        "channel-constant": [
+            helper.make_node("Mul", ["s", "k"], ["sk"], name="rescale"),
+            helper.make_node("Conv", ["sk", "wp"], ["y"], name="project"),
+        ],
+    }[tail]
+    graph = helper.make_graph(
+        nodes + output,
+        "se-block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        weights,
+    )
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def run(model: onnx.ModelProto, feed: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: feed})[0]
+
+
+def depthwise_channels(model: onnx.ModelProto) -> list[int]:
+    weights = {init.name: init for init in model.graph.initializer}
+    return [
+        int(weights[node.input[1]].dims[0])
+        for node in model.graph.node
+        if node.op_type == "Conv" and weights[node.input[1]].dims[1] == 1 and weights[node.input[1]].dims[0] > 1
+    ]
+
+
+def test_a_squeeze_excite_block_is_padded_to_16_channels_with_the_same_outputs() -> None:
+    model, feed = se_block(), RNG.normal(size=(1, 8, 10, 10)).astype(np.float32)
+    before = run(model, feed)
+    assert pad_depthwise_channels(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert depthwise_channels(model) == [16]
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    assert shapes["we"] == [16, 8, 1, 1] and shapes["w1"] == [4, 16, 1, 1] and shapes["w2"] == [16, 4, 1, 1]
+    assert shapes["wp"] == [8, 16, 1, 1], "the project conv reads the padded channels with zero weights"
+    np.testing.assert_allclose(run(model, feed), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tail", ["output", "concat", "channel-constant"])
+def test_a_region_that_meets_what_cannot_be_padded_is_left_alone(tail: str) -> None:
+    model = se_block(tail)
+    original = model.SerializeToString()
+    assert pad_depthwise_channels(model) == 0
+    assert model.SerializeToString() == original
+
+
+def test_channels_already_a_multiple_are_left_alone() -> None:
+    model = se_block()
+    assert pad_depthwise_channels(model, multiple=4) == 0 and depthwise_channels(model) == [12]
+    assert pad_depthwise_channels(model, multiple=8) == 1 and depthwise_channels(model) == [16]
+
+
+@pytest.mark.parametrize("family", FAMILY_IDS)
+def test_every_family_keeps_its_logits_when_padded(family: str, exported: Callable[..., Path]) -> None:
+    name, variant = FAMILIES[family]
+    model, _ = fuse(simplify(exported(name, **variant)))
+    shape = [dim.dim_value or 1 for dim in model.graph.input[0].type.tensor_type.shape.dim]
+    feed = RNG.normal(size=shape).astype(np.float32)
+    before, unaligned = run(model, feed), sum(channels % 16 != 0 for channels in depthwise_channels(model))
+    padded = pad_depthwise_channels(model)
+    onnx.checker.check_model(model)
+    np.testing.assert_allclose(run(model, feed), before, rtol=1e-4, atol=1e-5 * float(np.abs(before).max()))
+    left = sum(channels % 16 != 0 for channels in depthwise_channels(model))
+    assert left == unaligned - padded, "each padded depthwise conv now has a multiple of 16 channels"
+    print(f"{name} {variant}: {padded} of {unaligned} unaligned depthwise convs padded")
