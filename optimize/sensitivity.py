@@ -125,6 +125,8 @@ def layer_errors(
         (Path(folder) / "int8").mkdir()
         ref = _run(_with_outputs(fp32, fp32_names, Path(folder) / "fp32"), fp32_names, inputs)
         cand = _run(_with_outputs(int8, int8_names, Path(folder) / "int8"), int8_names, inputs)
+    for node in layers:  # compared on the fp32 channels: padding's zero channels are not the model's
+        cand[int8_output[node.name]] = _real_channels(cand[int8_output[node.name]], ref[node.output[0]])
     upstream = _upstream_layer(reference)
     sqnr = {node.output[0]: sqnr_db(ref[node.output[0]], cand[int8_output[node.name]]) for node in layers}
     return [
@@ -139,6 +141,11 @@ def layer_errors(
         )
         for node in layers
     ]
+
+
+def _real_channels(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The candidate's channels the reference has: channel padding (optimize/channel_padding.py) appends zero ones."""
+    return candidate[:, : reference.shape[1]] if candidate.ndim > 1 and reference.ndim > 1 else candidate
 
 
 def _drop(upstream: float | None, own: float) -> float:

@@ -19,6 +19,7 @@ from registry_choices import FAMILIES, FAMILY_IDS
 
 from smallnets.optimize.channel_padding import pad_depthwise_channels
 from smallnets.optimize.fuse import fuse
+from smallnets.optimize.sensitivity import layer_errors
 from smallnets.optimize.simplify import simplify
 
 RNG = np.random.default_rng(0)
@@ -119,3 +120,15 @@ def test_every_family_keeps_its_logits_when_padded(family: str, exported: Callab
     left = sum(channels % 16 != 0 for channels in depthwise_channels(model))
     assert left == unaligned - padded, "each padded depthwise conv now has a multiple of 16 channels"
     print(f"{name} {variant}: {padded} of {unaligned} unaligned depthwise convs padded")
+
+
+def test_per_layer_evidence_compares_the_real_channels_of_a_padded_model(tmp_path: Path) -> None:
+    """optimize/sensitivity.py reads a padded int8 file's layers beside fp32's: the padded float model is exact."""
+    fp32, padded = tmp_path / "fp32.onnx", tmp_path / "padded.onnx"
+    model = se_block()
+    onnx.save(model, str(fp32))
+    pad_depthwise_channels(model)
+    onnx.save(model, str(padded))
+    errors = layer_errors(fp32, padded, RNG.normal(size=(4, 8, 10, 10)).astype(np.float32))
+    assert {error.node for error in errors} == {"expand", "depthwise", "se_fc1", "se_fc2", "project"}
+    assert all(error.sqnr_db > 100 and error.cosine > 0.999999 for error in errors), errors
