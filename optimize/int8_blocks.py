@@ -6,8 +6,8 @@ a feature map each (DequantizeLinear -> op -> QuantizeLinear):
 
 - ``ReduceMean`` over H and W, how torch.onnx exports ``adaptive_avg_pool2d(x, 1)`` and ``x.mean((2, 3))`` (the
   squeeze-excite squeeze and the head pool of MobileNetV3 and EfficientNet). With ``keepdims`` it is exactly
-  ``GlobalAveragePool``, which ORT runs as QLinearGlobalAveragePool: :func:`spatial_mean_as_global_pool`, before
-  quantization.
+  ``GlobalAveragePool`` (without, a Flatten follows), which ORT runs as QLinearGlobalAveragePool:
+  :func:`spatial_mean_as_global_pool`, before quantization.
 - ``HardSigmoid`` (MobileNetV3's gate, and half of its HardSwish = x * HardSigmoid(x)). On a quantized input it is
   an affine map then a clip to [0, 1]; the clip is the output quantizer's saturation (its range always holds 0 and
   lies within [0, 1]), so DQ -> HardSigmoid -> Q is one com.microsoft QLinearAdd of the input re-scaled by alpha and
@@ -55,9 +55,10 @@ def _attribute(node: onnx.NodeProto, name: str, default: float | int) -> float |
 
 
 def spatial_mean_as_global_pool(model: onnx.ModelProto) -> int:
-    """Replace each ReduceMean over H, W of a 4-D tensor (keepdims) by GlobalAveragePool, in place; returns how many.
+    """Replace each ReduceMean over H, W of a 4-D tensor by GlobalAveragePool, in place; returns how many.
 
-    Only 4-D inputs whose rank is known are rewritten (GlobalAveragePool pools every axis after the second).
+    Without keepdims (ShuffleNet's head, ``x.mean([2, 3])``) a Flatten follows the pool. Only 4-D inputs whose rank
+    is known are rewritten (GlobalAveragePool pools every axis after the second).
     """
     ranks = {
         value.name: len(value.type.tensor_type.shape.dim)
@@ -65,17 +66,22 @@ def spatial_mean_as_global_pool(model: onnx.ModelProto) -> int:
         if value.type.tensor_type.HasField("shape")
     }
     rewritten = 0
-    for node in model.graph.node:
+    for index, node in reversed(list(enumerate(model.graph.node))):  # backwards: a Flatten inserted moves no one
         if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx"):
             continue
         axes = _ints(model, node)
-        if axes is None or set(axes) not in SPATIAL_AXES or not _attribute(node, "keepdims", 1):
+        if axes is None or set(axes) not in SPATIAL_AXES or ranks.get(node.input[0]) != 4:
             continue
-        if ranks.get(node.input[0]) != 4:
-            continue
+        keepdims = _attribute(node, "keepdims", 1)
         node.op_type = "GlobalAveragePool"
         del node.input[1:]
         del node.attribute[:]
+        if not keepdims:
+            flat = node.output[0]
+            node.output[0] = f"{flat}_pooled"
+            model.graph.node.insert(
+                index + 1, helper.make_node("Flatten", [node.output[0]], [flat], f"{node.name}_flat")
+            )
         rewritten += 1
     return rewritten
 
