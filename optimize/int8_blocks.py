@@ -17,8 +17,8 @@ SiLU (x * Sigmoid(x), EfficientNet) is int8 already (QLinearSigmoid, a lookup ta
 recipe search keeps it float instead, :func:`float_silu_as_quick_gelu` makes it one QuickGelu between the DQ and Q.
 Which of the two forms is faster is measured per model by the search (the "activations" group).
 
-Depthwise convs whose channel count MLAS's fast int8 kernels do not take are padded with zero channels before
-quantization (optimize/channel_padding.py).
+Depthwise convs whose channel count MLAS's fast int8 kernels do not take, and on x86 the RGB input of the stem, are
+padded with zero channels before quantization (optimize/channel_padding.py).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from smallnets.core.targets import ARM_CHANNEL_PADDING, X86_CHANNEL_PADDING
-from smallnets.optimize.channel_padding import pad_depthwise_channels
+from smallnets.core.targets import ARM_CHANNEL_PADDING, STEM_CHANNEL_PADDING, X86_CHANNEL_PADDING
+from smallnets.optimize.channel_padding import pad_depthwise_channels, pad_stem_channels
 from smallnets.optimize.groups import node_links
 
 SPATIAL_AXES = ({2, 3}, {-2, -1})
@@ -226,6 +226,7 @@ BEFORE_QUANTIZATION = {  # in this order: padding walks through the pools the fi
     "spatial-mean-as-global-pool": spatial_mean_as_global_pool,
     X86_CHANNEL_PADDING: functools.partial(pad_depthwise_channels, multiple=16),
     ARM_CHANNEL_PADDING: functools.partial(pad_depthwise_channels, multiple=8),
+    STEM_CHANNEL_PADDING: pad_stem_channels,
 }
 AFTER_QUANTIZATION = {
     "hard-sigmoid-as-qlinear-add": hard_sigmoid_as_qlinear_add,

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from registry_choices import FAMILIES, FAMILY_IDS
 
-from smallnets.optimize.channel_padding import pad_depthwise_channels
+from smallnets.optimize.channel_padding import pad_depthwise_channels, pad_stem_channels
 from smallnets.optimize.fuse import fuse
 from smallnets.optimize.sensitivity import layer_errors
 from smallnets.optimize.simplify import simplify
@@ -115,6 +115,7 @@ def test_every_family_keeps_its_logits_when_padded(family: str, exported: Callab
     feed = RNG.normal(size=shape).astype(np.float32)
     before, unaligned = run(model, feed), sum(channels % 16 != 0 for channels in depthwise_channels(model))
     padded = pad_depthwise_channels(model)
+    assert pad_stem_channels(model) >= 1, "every family's stem reads the RGB input"
     onnx.checker.check_model(model)
     np.testing.assert_allclose(run(model, feed), before, rtol=1e-4, atol=1e-5 * float(np.abs(before).max()))
     left = sum(channels % 16 != 0 for channels in depthwise_channels(model))
@@ -132,3 +133,45 @@ def test_per_layer_evidence_compares_the_real_channels_of_a_padded_model(tmp_pat
     errors = layer_errors(fp32, padded, RNG.normal(size=(4, 8, 10, 10)).astype(np.float32))
     assert {error.node for error in errors} == {"expand", "depthwise", "se_fc1", "se_fc2", "project"}
     assert all(error.sqnr_db > 100 and error.cosine > 0.999999 for error in errors), errors
+
+
+def stem(groups: int = 1, second_reader: str = "Conv") -> onnx.ModelProto:
+    """RGB input -> 3x3 stride-2 conv to 6 channels (``groups``) -> Relu; ``second_reader`` reads the input too."""
+    nodes = [
+        helper.make_node("Conv", ["x", "ws"], ["s"], name="stem", group=groups, strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["s"], ["y"], name="stem_act"),
+    ]
+    weights = [weight("ws", 6, 3 // groups, 3, 3), weight("wo", 2, 3, 1, 1)]
+    other = {"Conv": ["x", "wo"], "ReduceMean": ["x"]}[second_reader]
+    nodes.append(helper.make_node(second_reader, other, ["z"], name="second_reader"))
+    graph = helper.make_graph(
+        nodes,
+        "stem",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
+        ],
+        weights,
+    )
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_the_stems_rgb_input_gets_a_zero_fourth_channel_with_the_same_outputs() -> None:
+    model, feed = stem(), RNG.normal(size=(1, 3, 16, 16)).astype(np.float32)
+    before = run(model, feed)
+    assert pad_stem_channels(model) == 2, "both convs reading the input"
+    onnx.checker.check_model(model)
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    assert shapes["ws"] == [6, 4, 3, 3] and shapes["wo"] == [2, 4, 1, 1]
+    assert model.graph.node[0].op_type == "Pad", "the input is padded once, before its readers"
+    assert model.graph.input[0].type.tensor_type.shape.dim[1].dim_value == 3, "callers still send RGB"
+    np.testing.assert_allclose(run(model, feed), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("groups", "second_reader"), [(3, "Conv"), (1, "ReduceMean")])
+def test_an_input_read_by_anything_but_plain_convs_stays_rgb(groups: int, second_reader: str) -> None:
+    model = stem(groups, second_reader)
+    original = model.SerializeToString()
+    assert pad_stem_channels(model) == 0
+    assert model.SerializeToString() == original

@@ -27,7 +27,9 @@ INT8_BLOCK_REWRITES = ("spatial-mean-as-global-pool", "hard-sigmoid-as-qlinear-a
 # Depthwise convs padded to the channel multiple of MLAS's fast int8 depthwise kernels (optimize/channel_padding.py):
 # 16 on x86, 8 on ARM64 (MlasConvSymPackWSize's GroupAlign). Exact; a target's candidates name the one for its CPU.
 X86_CHANNEL_PADDING, ARM_CHANNEL_PADDING = "pad-depthwise-channels-16", "pad-depthwise-channels-8"
-KNOWN_REWRITES = (*INT8_BLOCK_REWRITES, X86_CHANNEL_PADDING, ARM_CHANNEL_PADDING)
+# x86 only: an RGB input read by convs gets a zero fourth channel (MLAS's x86 int8 conv takes input channels in fours).
+STEM_CHANNEL_PADDING = "pad-stem-channels-4"
+KNOWN_REWRITES = (*INT8_BLOCK_REWRITES, X86_CHANNEL_PADDING, ARM_CHANNEL_PADDING, STEM_CHANNEL_PADDING)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 ARM_DOT_FLAGS = ("asimddp", "i8mm")
 
@@ -237,7 +239,7 @@ def _options(name: str, **fields: Any) -> QuantOptions:
 # x86 without VNNI: VPMADDUBSW's int16 pair sums saturate on full-range u8*s8, so weights keep 7 bits.
 # Bias correction takes back what the 7th bit costs: Lite0 on 423 held-out imagenet-dev photos -0.47 -> +0.47 points
 # against fp32 (14 -> 6 changed answers; VNNI full range 6 -> 3), at ~30-45 s of build time per candidate. QDQ only.
-X86_REWRITES = (*INT8_BLOCK_REWRITES, X86_CHANNEL_PADDING)
+X86_REWRITES = (*INT8_BLOCK_REWRITES, X86_CHANNEL_PADDING, STEM_CHANNEL_PADDING)
 AVX2_CANDIDATES = (
     _options("u8s8-rr-qdq", reduce_range=True, bias_correction=True, rewrites=X86_REWRITES),
     _options("u8s8-rr-qoperator", reduce_range=True, quant_format="qoperator", rewrites=X86_REWRITES),
