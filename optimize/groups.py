@@ -87,44 +87,6 @@ def _stem(view: GraphView) -> list[str]:
     return [n.name for n in view.graph.node if n.op_type == "Conv" and any(i in inputs for i in n.input)]
 
 
-def _stem_block(view: GraphView) -> list[str]:
-    """The stem and the convs after it that keep its full-resolution map no wider than the stem made it.
-
-    int8 gains least there: few channels leave MLAS's int8 kernels mostly idle (its AVX-512 depthwise kernel works
-    on 64 channels at a time; Lite0's first depthwise has 32). Keeping the run float moves the int8 boundary to the
-    narrowest map (Lite0: 16 channels), where onnxruntime's NCHW -> NHWC uint8 Transpose is cheap: on the 32-channel
-    map it took 98 us at 2 threads against 18 us at 1 (AVX-512 VNNI x86). Empty when nothing follows the stem.
-    """
-    block: list[str] = []
-    for stem in _stem(view):
-        width, node = _out_channels(stem, view), view.by_name[stem]
-        chain = [stem]
-        while (follower := _sole_conv_after(node, view)) is not None and _keeps_map(follower, width, view):
-            chain.append(follower.name)
-            node = follower
-        block += chain if len(chain) > 1 else []
-    return block
-
-
-def _sole_conv_after(node: onnx.NodeProto, view: GraphView) -> onnx.NodeProto | None:
-    """The one Conv reading ``node``'s output, through one fusable activation; None if anything else reads it."""
-    readers = view.consumers.get(node.output[0], [])
-    if len(readers) == 1 and readers[0].op_type in FUSABLE_ACTIVATIONS:
-        readers = view.consumers.get(readers[0].output[0], [])
-    return readers[0] if len(readers) == 1 and readers[0].op_type == "Conv" else None
-
-
-def _keeps_map(conv: onnx.NodeProto, width: int, view: GraphView) -> bool:
-    """Stride 1 and no more output channels than ``width``."""
-    strides = next((list(attr.ints) for attr in conv.attribute if attr.name == "strides"), [])
-    return all(stride == 1 for stride in strides) and _out_channels(conv.name, view) <= width
-
-
-def _out_channels(conv: str, view: GraphView) -> int:
-    weight = view.weights.get(view.by_name[conv].input[1])
-    return int(weight.dims[0]) if weight is not None else 0
-
-
 def _classifier(view: GraphView) -> list[str]:
     """The compute node behind each output, walking back through reshapes, pools and fusable activations."""
     classifier: list[str] = []
@@ -187,7 +149,6 @@ def _of_op(op_type: str) -> Callable[[GraphView], list[str]]:
 # (name, description, rule): the groups in the order the recipe search considers them.
 GROUP_RULES: tuple[tuple[str, str, Callable[[GraphView], list[str]]], ...] = (
     ("stem", "first conv, sees raw normalized pixels", _stem),
-    ("stem_block", "the stem and the convs after it on its map, no wider (few channels, largest map)", _stem_block),
     ("classifier", "last Gemm/MatMul/Conv producing the logits", _classifier),
     ("depthwise", "depthwise convs (one filter per channel: few weights per scale)", _depthwise),
     ("grouped", "grouped (non-depthwise) convs", _grouped),

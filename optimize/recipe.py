@@ -39,9 +39,6 @@ SPEED_STEPS: tuple[tuple[str, ...], ...] = (
     # The stem alone: MLAS's int8 conv on 3 input channels is slower than fp32's (Lite0 0.66 vs 0.42 ms at 1 thread);
     # Lite0 at 1 thread 2.29x -> 2.47x of fp32 with the stem float (AVX-512 VNNI, interleaved, benchmarks/results).
     ("stem",),
-    # The stem's block (optimize/groups.py): Lite0 at 1 thread 2.48x (stem) -> 2.51x, at 2 threads 2.00x -> 2.25x
-    # (interleaved, AVX-512 VNNI x86; the int8 boundary moves to a 16-channel map, see docs/decisions.md).
-    ("stem_block",),
     ("activations", "squeeze_excite"),
     ("activations", "squeeze_excite", "grouped"),
     ("activations", "squeeze_excite", "grouped", "depthwise"),
