@@ -86,6 +86,51 @@ def spatial_mean_as_global_pool(model: onnx.ModelProto) -> int:
     return rewritten
 
 
+def average_pool_as_depthwise_conv(model: onnx.ModelProto) -> int:
+    """Replace each 2-D AveragePool that counts its padding (or has none) by a depthwise Conv of constant weights
+    1 / (kh * kw), in place; returns how many.
+
+    onnxruntime's QLinearAveragePool is a generic kernel: ShuffleNet V1's three 3x3 stride-2 shortcut pools took 460 us
+    of its 2470 us int8 run (19%, AVX-512 VNNI, 1 thread) against under 60 us in fp32. As a depthwise conv they run on
+    MLAS's int8 depthwise kernels. Exact: with count_include_pad every window divides by kh * kw, as the conv does.
+    """
+    channels = {
+        value.name: value.type.tensor_type.shape.dim[1].dim_value
+        for value in (*model.graph.value_info, *model.graph.input)
+        if len(value.type.tensor_type.shape.dim) == 4
+    }
+    rewritten = 0
+    for node in model.graph.node:
+        kernel = list(_attribute(node, "kernel_shape", []) or []) if node.op_type == "AveragePool" else []
+        pads = list(_attribute(node, "pads", []) or [])
+        counted = _attribute(node, "count_include_pad", 0) or not any(pads)
+        unsupported = _attribute(node, "ceil_mode", 0) or _attribute(node, "auto_pad", b"NOTSET") not in (
+            b"NOTSET",
+            "NOTSET",
+        )
+        count = channels.get(node.input[0], 0) if node.input else 0
+        if len(kernel) != 2 or not counted or unsupported or not count or node.domain not in ("", "ai.onnx"):
+            continue
+        weight = numpy_helper.from_array(
+            np.full((count, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), np.float32), f"{node.name}_mean_weight"
+        )
+        model.graph.initializer.append(weight)
+        strides = list(_attribute(node, "strides", []) or [1, 1])
+        node.op_type = "Conv"
+        node.input.append(weight.name)
+        del node.attribute[:]
+        node.attribute.extend(
+            [
+                helper.make_attribute("group", count),
+                helper.make_attribute("kernel_shape", kernel),
+                helper.make_attribute("strides", strides),
+                helper.make_attribute("pads", pads or [0, 0, 0, 0]),
+            ]
+        )
+        rewritten += 1
+    return rewritten
+
+
 def hard_sigmoid_as_qlinear_add(model: onnx.ModelProto, keep_float: Collection[str] = ()) -> int:
     """Turn every DequantizeLinear -> HardSigmoid -> QuantizeLinear into one QLinearAdd, in place; returns how many.
 
@@ -224,6 +269,7 @@ def float_silu_as_quick_gelu(model: onnx.ModelProto, keep_float: Collection[str]
 
 BEFORE_QUANTIZATION = {  # in this order: padding walks through the pools the first rewrite makes
     "spatial-mean-as-global-pool": spatial_mean_as_global_pool,
+    "average-pool-as-depthwise-conv": average_pool_as_depthwise_conv,
     X86_CHANNEL_PADDING: functools.partial(pad_depthwise_channels, multiple=16),
     ARM_CHANNEL_PADDING: functools.partial(pad_depthwise_channels, multiple=8),
     STEM_CHANNEL_PADDING: pad_stem_channels,

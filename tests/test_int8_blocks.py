@@ -19,6 +19,7 @@ from smallnets.optimize.fuse import fuse
 from smallnets.optimize.int8_blocks import (
     AFTER_QUANTIZATION,
     BEFORE_QUANTIZATION,
+    average_pool_as_depthwise_conv,
     float_silu_as_quick_gelu,
     hard_sigmoid_as_qlinear_add,
     spatial_mean_as_global_pool,
@@ -202,3 +203,39 @@ def test_an_int8_silu_is_left_alone() -> None:
     model = silu_model(quantized_gate=True)
     assert float_silu_as_quick_gelu(model) == 0
     assert "QuickGelu" not in {node.op_type for node in model.graph.node}
+
+
+def pool_model(count_include_pad: int, pads: list[int]) -> onnx.ModelProto:
+    node = helper.make_node(
+        "AveragePool",
+        ["x"],
+        ["y"],
+        name="pool",
+        kernel_shape=[3, 3],
+        strides=[2, 2],
+        pads=pads,
+        count_include_pad=count_include_pad,
+    )
+    graph = helper.make_graph(
+        [node],
+        "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize(("count_include_pad", "pads"), [(1, [1, 1, 1, 1]), (0, [0, 0, 0, 0])])
+def test_average_pool_becomes_a_depthwise_conv_with_the_same_output(count_include_pad: int, pads: list[int]) -> None:
+    model = pool_model(count_include_pad, pads)
+    x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+    before = run(model, {"x": x})
+    assert average_pool_as_depthwise_conv(model) == 1
+    conv = model.graph.node[0]
+    assert conv.op_type == "Conv" and helper.get_attribute_value(conv.attribute[0]) == SHAPE[1], "one group per channel"
+    np.testing.assert_allclose(run(model, {"x": x}), before, rtol=1e-5, atol=1e-6)
+
+
+def test_average_pool_that_leaves_padding_out_of_its_count_stays() -> None:
+    model = pool_model(0, [1, 1, 1, 1])
+    assert average_pool_as_depthwise_conv(model) == 0 and model.graph.node[0].op_type == "AveragePool"

@@ -23,7 +23,12 @@ QUANT_FORMATS = ("qdq", "qoperator")
 # QuantOptions, optimize's --calibration and the quantizer read.
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # Graph rewrites that keep ops onnxruntime leaves float inside int8 (optimize/int8_blocks.py; exact, measured faster).
-INT8_BLOCK_REWRITES = ("spatial-mean-as-global-pool", "hard-sigmoid-as-qlinear-add", "float-silu-as-quick-gelu")
+INT8_BLOCK_REWRITES = (
+    "spatial-mean-as-global-pool",
+    "average-pool-as-depthwise-conv",
+    "hard-sigmoid-as-qlinear-add",
+    "float-silu-as-quick-gelu",
+)
 # Depthwise convs padded to the channel multiple of MLAS's fast int8 depthwise kernels (optimize/channel_padding.py):
 # 16 on x86, 8 on ARM64 (MlasConvSymPackWSize's GroupAlign). Exact; a target's candidates name the one for its CPU.
 X86_CHANNEL_PADDING, ARM_CHANNEL_PADDING = "pad-depthwise-channels-16", "pad-depthwise-channels-8"
