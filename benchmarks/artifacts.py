@@ -32,6 +32,7 @@ from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, PEER_VARIANTS, Mo
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME, REPORT_JSON
 from smallnets.core.files import atomic_write
 from smallnets.core.metadata import ModelCard
+from smallnets.core.version import code_digest
 from smallnets.optimize.efforts import MEASURABLE_EFFORTS, SEARCH_EFFORTS
 
 # Recipe-search bounds handed to optimize (optimize/efforts.py): "bounded" by default, so `--models all-default`
@@ -139,7 +140,7 @@ class ModelArtifacts:
         """optimize finished here, with the settings a build would use now.
 
         report.json is written last; int8 may be absent only when optimize rejected it; a build made with other
-        settings (optimize's defaults or this effort changed since) does not count.
+        settings (optimize's defaults or this effort changed since) or by other code does not count.
         """
         outdir, report = self.optimized_dir, self.optimize_report()
         if outdir is None or report is None or not (outdir / OPTIMIZED_FILES["onnx-opt"]).is_file():
@@ -148,6 +149,8 @@ class ModelArtifacts:
         used = report.get("config") or {}
         if expected is not None and any(used.get(key) != value for key, value in expected.items() if key != "force"):
             return False
+        if expected is not None and (report.get("versions") or {}).get("code") != code_digest():
+            return False  # built by other code: a benchmark must time what the code builds now
         return report.get("status") == "rejected" or (outdir / OPTIMIZED_FILES["onnx-int8"]).is_file()
 
     def optimize_config(self) -> dict[str, Any] | None:

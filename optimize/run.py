@@ -19,6 +19,7 @@ from smallnets.core.hardware import detect_cpu
 from smallnets.core.labelled import provenance
 from smallnets.core.metadata import ModelCard
 from smallnets.core.targets import Target
+from smallnets.core.version import code_digest
 from smallnets.optimize.calibration import ImageSet
 from smallnets.optimize.card import PreprocessingFlags
 from smallnets.optimize.fuse import count_diff, op_counts
@@ -165,7 +166,7 @@ def make_report(run: OptimizeRun) -> OptimizeReport:
         notes=run.notes,
         config=run.config.to_dict(),
         cpu=detect_cpu().to_dict(),
-        versions={"onnxruntime": ort.__version__, "onnx": onnx.__version__},
+        versions={"onnxruntime": ort.__version__, "onnx": onnx.__version__, "code": code_digest()},
     )
 
 

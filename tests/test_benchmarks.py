@@ -317,7 +317,7 @@ def test_measuring_interpreter_can_be_overridden(monkeypatch: pytest.MonkeyPatch
         bare_interpreter_rss_mb()
 
 
-def test_half_built_optimize_output_is_not_taken_for_a_cache_hit(
+def test_half_built_or_older_optimize_output_is_not_taken_for_a_cache_hit(
     suite: SuiteRun, cache_dir: Path, tmp_path: Path
 ) -> None:
     target = suite.result.machine["target"]
@@ -330,6 +330,10 @@ def test_half_built_optimize_output_is_not_taken_for_a_cache_hit(
     changed = json.loads(original)
     changed["config"]["calib_images"] += 1  # built with other bounds than this effort's
     report_path.write_text(json.dumps(changed))
+    assert not copy.optimized_complete()
+    other_code = json.loads(original)
+    other_code["versions"]["code"] = "0" * 64  # built by other code (the int8 rewrites changed since)
+    report_path.write_text(json.dumps(other_code))
     assert not copy.optimized_complete()
     report_path.write_text(original)
     status = copy.optimize_report()["status"]

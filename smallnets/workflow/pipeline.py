@@ -7,7 +7,6 @@ the folder comes from and the versions of the libraries that shape it; the folde
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from smallnets.core.artifacts import EXPORT_NAME
 from smallnets.core.files import check_output_dir, is_up_to_date, sha256_file
 from smallnets.core.targets import resolve_target
+from smallnets.core.version import code_digest
 
 if TYPE_CHECKING:
     from smallnets.export.onnx_export import ExportResult
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 # Libraries whose version changes what a pipeline folder holds.
 KEY_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxsim")
-# The stages whose source a pipeline folder comes from.
-KEY_SOURCES = ("smallnets.core", "smallnets.export", "smallnets.optimize")
 
 
 @dataclass(frozen=True)
@@ -90,14 +88,3 @@ def inputs_key(config: PipelineConfig) -> str:
         "versions": {package: metadata.version(package) for package in KEY_PACKAGES},
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def code_digest() -> str:
-    """SHA-256 over the source of the stages a pipeline folder comes from (core, export, optimize)."""
-    digest = hashlib.sha256()
-    for package in KEY_SOURCES:
-        spec = importlib.util.find_spec(package)
-        for folder in spec.submodule_search_locations or () if spec else ():
-            for path in sorted(Path(folder).rglob("*.py")):
-                digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
