@@ -284,7 +284,8 @@ def load_results(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]
 def merge_results(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of several runs on one machine as one report (e.g. real-weight and random-weight models run apart).
 
-    The machine block is the first run's, with the sources listed; runs from different CPUs are refused.
+    The machine block is the first run's, with the sources listed; runs from different CPUs are refused. A row
+    measured again by a later run (same model, variant, weights, batch and threads) replaces the earlier one.
     """
     loaded = [load_results(path) for path in paths]
     machine = dict(loaded[0][1])
@@ -294,7 +295,12 @@ def merge_results(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], di
         machine["labelled"] = machine.get("labelled") or other.get("labelled")
     if len(paths) > 1:
         machine["merged_from"] = [str(path) for path in paths]
-    return [row for rows, _ in loaded for row in rows], machine
+    latest = {_measurement(row): row for rows, _ in loaded for row in rows}
+    return list(latest.values()), machine
+
+
+def _measurement(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(row.get(key) for key in ("model", "variant", "weights", "batch", "threads"))
 
 
 HTTP_COLUMNS = (

@@ -129,5 +129,9 @@ def test_redraw_merges_runs_of_one_machine_and_refuses_others(tmp_path: Path) ->
     foreign.write_text(json.dumps({"machine": other, "results": [row]}))
     rows, merged = merge_results([first, second])
     assert [r["model"] for r in rows] == ["m", "n"] and merged["merged_from"] == [str(first), str(second)]
+    again = tmp_path / "again.json"  # m measured again later: its new row replaces the old one
+    again.write_text(json.dumps({"machine": machine, "results": [{**row, "p50_ms": 0.5}]}))
+    rows, _ = merge_results([first, second, again])
+    assert [(r["model"], r["p50_ms"]) for r in rows] == [("m", 0.5), ("n", 1.0)]
     with pytest.raises(ValueError, match="another CPU"):
         merge_results([first, foreign])
