@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -49,7 +50,7 @@ def _ints(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:
     return None
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: float | int) -> float | int:
+def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
     value = next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
     return value
 
@@ -101,34 +102,38 @@ def average_pool_as_depthwise_conv(model: onnx.ModelProto) -> int:
     }
     rewritten = 0
     for node in model.graph.node:
-        kernel = list(_attribute(node, "kernel_shape", []) or []) if node.op_type == "AveragePool" else []
-        pads = list(_attribute(node, "pads", []) or [])
-        counted = _attribute(node, "count_include_pad", 0) or not any(pads)
-        unsupported = _attribute(node, "ceil_mode", 0) or _attribute(node, "auto_pad", b"NOTSET") not in (
-            b"NOTSET",
-            "NOTSET",
-        )
-        count = channels.get(node.input[0], 0) if node.input else 0
-        if len(kernel) != 2 or not counted or unsupported or not count or node.domain not in ("", "ai.onnx"):
+        count = channels.get(node.input[0], 0) if node.op_type == "AveragePool" and node.input else 0
+        if not count or not _is_plain_mean_window(node):
             continue
+        kernel, pads = list(_attribute(node, "kernel_shape", [])), list(_attribute(node, "pads", [0, 0, 0, 0]))
         weight = numpy_helper.from_array(
             np.full((count, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), np.float32), f"{node.name}_mean_weight"
         )
         model.graph.initializer.append(weight)
-        strides = list(_attribute(node, "strides", []) or [1, 1])
+        strides = list(_attribute(node, "strides", [1, 1]))
         node.op_type = "Conv"
         node.input.append(weight.name)
         del node.attribute[:]
         node.attribute.extend(
-            [
-                helper.make_attribute("group", count),
-                helper.make_attribute("kernel_shape", kernel),
-                helper.make_attribute("strides", strides),
-                helper.make_attribute("pads", pads or [0, 0, 0, 0]),
-            ]
+            helper.make_attribute(name, value)
+            for name, value in (("group", count), ("kernel_shape", kernel), ("strides", strides), ("pads", pads))
         )
         rewritten += 1
     return rewritten
+
+
+def _is_plain_mean_window(pool: onnx.NodeProto) -> bool:
+    """A 2-D window whose every output divides by kh * kw: padding counted (or none), no ceil mode, auto-padding
+    or dilation."""
+    padded = any(_attribute(pool, "pads", []))
+    return (
+        pool.domain in ("", "ai.onnx")
+        and len(_attribute(pool, "kernel_shape", [])) == 2
+        and (bool(_attribute(pool, "count_include_pad", 0)) or not padded)
+        and not _attribute(pool, "ceil_mode", 0)
+        and _attribute(pool, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+        and all(dilation == 1 for dilation in _attribute(pool, "dilations", []))
+    )
 
 
 def hard_sigmoid_as_qlinear_add(model: onnx.ModelProto, keep_float: Collection[str] = ()) -> int:
