@@ -33,19 +33,20 @@ def test_clock_is_the_mean_reported_mhz() -> None:
 
 
 @pytest.mark.parametrize(
-    ("features", "model", "fp32", "int8"),
+    ("features", "model", "family", "fp32", "int8"),
     [
-        (("avx2", "fma", "avx512f", "avx512_vnni"), "Intel Xeon", 32, 128),
-        (("avx2", "fma", "avx512f", "avx512_vnni"), "AMD EPYC 9R14", 16, 64),  # Zen 4: 256-bit halves
-        (("avx2", "fma"), "AMD EPYC 7B13", 16, 32),
-        (("asimd", "asimddp"), "ARM Neoverse-N1", 8, 32),
+        (("avx2", "fma", "avx512f", "avx512_vnni"), "Intel Xeon", 6, 32, 128),
+        (("avx2", "fma", "avx512f", "avx512_vnni"), "AMD EPYC 9R14", 25, 16, 64),  # Zen 4: 256-bit halves
+        (("avx2", "fma", "avx512f", "avx512_vnni"), "AMD EPYC", 26, 32, 128),  # Zen 5: full 512-bit datapaths
+        (("avx2", "fma"), "AMD EPYC 7B13", 25, 16, 32),
+        (("asimd", "asimddp"), "ARM Neoverse-N1", None, 8, 32),
     ],
 )
 def test_peak_macs_per_cycle_from_isa(
-    tmp_path: Path, features: tuple[str, ...], model: str, fp32: int, int8: int
+    tmp_path: Path, features: tuple[str, ...], model: str, family: int | None, fp32: int, int8: int
 ) -> None:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("cpu MHz : 2450.0\n")
+    cpuinfo.write_text(("" if family is None else f"cpu family\t: {family}\n") + "cpu MHz : 2450.0\n")
     peak = peak_compute(features, model, cpuinfo)
     assert (peak.fp32_macs_per_cycle, peak.int8_macs_per_cycle) == (fp32, int8)
     assert peak.peak_macs_per_s(2) == pytest.approx(2 * fp32 * 2.45e9)
