@@ -222,3 +222,24 @@ def _outcome(stub: object, request: service_pb2.ModelInferRequest) -> tuple[int,
         return tuple(stub.ModelInfer(request, timeout=120).outputs[0].shape)
     except grpc.RpcError as error:
         return error
+
+
+def test_a_random_weight_model_says_so_in_every_grpc_answer(
+    client: triton_grpc.InferenceServerClient, photo: bytes, exported, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The gRPC twin of REST's `Warning: 299` header: trailing metadata "warning" on a random-weight model's answers,
+    none on a real-weight model's."""
+    _, real = client._client_stub.ModelInfer.with_call(_images(photo), timeout=60)
+    assert "warning" not in dict(real.trailing_metadata() or ())
+    port = free_port()
+    model = exported("mobilenet_v2", width=0.35, resolution=96)  # random weights, the cheapest MobileNet
+    settings = {"SMALLNETS_GRPC_PORT": str(port)}
+    with (
+        smallnets_server(model, tmp_path_factory.mktemp("grpc-random"), settings),
+        triton_grpc.InferenceServerClient(f"127.0.0.1:{port}") as random_client,
+    ):
+        request = service_pb2.ModelInferRequest(model_name="mobilenet_v2")
+        request.inputs.add(name="images", datatype="BYTES", shape=[1]).contents.bytes_contents.append(photo)
+        answer, call = random_client._client_stub.ModelInfer.with_call(request, timeout=60)
+    assert list(answer.outputs[0].shape)[:1] == [1]
+    assert "random weights" in dict(call.trailing_metadata() or ())["warning"]
