@@ -36,8 +36,9 @@ from smallnets.optimize.validate import Check, GateRules, Reference, drop_findin
 SPEED_STEPS: tuple[tuple[str, ...], ...] = (
     (),
     ("activations",),
-    # The stem alone: MLAS's int8 conv on 3 input channels is slower than fp32's (Lite0 0.66 vs 0.42 ms at 1 thread);
-    # Lite0 at 1 thread 2.29x -> 2.47x of fp32 with the stem float (AVX-512 VNNI, interleaved, benchmarks/results).
+    # The stem alone: MLAS's int8 conv on 3 input channels was slower than fp32's (Lite0 0.66 vs 0.42 ms at 1 thread).
+    # x86 now pads the stem's input to 4 channels (docs/decisions.md) and all-int8 won on every model of the AVX-512
+    # VNNI bench; the step stays for ARM64, whose stem gets no padding, and for models where it still pays.
     ("stem",),
     ("activations", "squeeze_excite"),
     ("activations", "squeeze_excite", "grouped"),
