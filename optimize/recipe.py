@@ -37,8 +37,8 @@ SPEED_STEPS: tuple[tuple[str, ...], ...] = (
     (),
     ("activations",),
     # The stem alone: MLAS's int8 conv on 3 input channels was slower than fp32's (Lite0 0.66 vs 0.42 ms at 1 thread).
-    # x86 now pads the stem's input to 4 channels (docs/decisions.md) and all-int8 won on every model of the AVX-512
-    # VNNI bench; the step stays for ARM64, whose stem gets no padding, and for models where it still pays.
+    # x86 now pads the stem's input to 4 channels (docs/decisions.md); all-int8 won on every model of the AVX-512
+    # VNNI bench but Xception (3.15x vs 3.12x, a tie); the step stays for ARM64, whose stem gets no padding.
     ("stem",),
     ("activations", "squeeze_excite"),
     ("activations", "squeeze_excite", "grouped"),
