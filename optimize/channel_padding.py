@@ -8,7 +8,8 @@ fall on the slow side. Padding a depthwise conv with zero channels, together wit
 value of a padded channel reaches anything but a zero weight. The padded channels pass through what lies between
 (activations, squeeze-excite pool, gate and scale), which work channel by channel.
 
-The rewrite runs on the float graph before quantization (``QuantOptions.rewrites``: ``pad-depthwise-channels``).
+The rewrite runs on the float graph before quantization (``QuantOptions.rewrites``: ``pad-depthwise-channels-16`` on
+x86, ``-8`` on ARM64).
 A region whose channels meet anything else (a residual Add, a Concat, a reshape, a graph output, a shared or
 per-channel constant) is left as it is.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from smallnets.optimize.groups import GraphView
+from smallnets.optimize.groups import GraphView, conv_groups
 
 CHANNEL_MULTIPLE = 16  # MLAS's symmetric depthwise kernels: x86 groups of 16 (ARM64: 8, so 16 serves both)
 PER_CHANNEL_OPS = frozenset(
@@ -47,20 +48,20 @@ class Region:
 
 def pad_depthwise_channels(model: onnx.ModelProto, multiple: int = CHANNEL_MULTIPLE) -> int:
     """Pad every depthwise conv whose channel count is not a multiple of ``multiple``, in place, where the region
-    around it allows (see the module docstring); returns how many depthwise convs were padded."""
+    around it allows (see the module docstring); returns how many depthwise convs were padded.
+
+    One view serves the whole walk: padding rewrites initializers and attributes in place, never the graph's edges,
+    and a padded region's depthwise convs then have a multiple of channels."""
+    view = GraphView.of(model)
     padded = 0
-    done: set[str] = set()
-    for name in [node.name for node in model.graph.node if node.op_type == "Conv"]:
-        view = GraphView.of(model)
-        node = view.by_name[name]
+    for node in [node for node in model.graph.node if node.op_type == "Conv"]:
         channels = _channels(node, view)
-        if name in done or not view.depthwise(node) or channels % multiple == 0:
+        if not view.depthwise(node) or channels % multiple == 0:
             continue
         try:
             region = find_region(node, view)
         except OutsideRegion:
             continue
-        done |= region.depthwise
         _pad(model, view, region, channels, -(-channels // multiple) * multiple)
         padded += len(region.depthwise)
     return padded
@@ -110,12 +111,12 @@ def _visit(node: onnx.NodeProto, tensor: str, view: GraphView, region: Region, w
 
 
 def _visit_conv(node: onnx.NodeProto, view: GraphView, region: Region, written: bool) -> list[str]:
-    if _uses_shared_weights(node, view):
-        raise OutsideRegion(f"{node.name}: its weights are shared")
+    if not view.owns_weights(node):
+        raise OutsideRegion(f"{node.name}: its weights are not its own float initializers")
     if view.depthwise(node):
         region.depthwise.add(node.name)
         return [node.input[0], node.output[0]]
-    if next((attr.i for attr in node.attribute if attr.name == "group"), 1) != 1:
+    if conv_groups(node) != 1:
         raise OutsideRegion(f"{node.name}: a grouped conv")
     (region.writers if written else region.readers).add(node.name)
     return []
@@ -129,34 +130,28 @@ def _keeps_channels(node: onnx.NodeProto, view: GraphView) -> bool:
     return bool(axes) and all(axis in (2, 3, -1, -2) for axis in axes)
 
 
-def _uses_shared_weights(node: onnx.NodeProto, view: GraphView) -> bool:
-    return any(name in view.weights and len(view.consumers.get(name, [])) > 1 for name in node.input[1:] if name)
-
-
 def _pad(model: onnx.ModelProto, view: GraphView, region: Region, channels: int, padded: int) -> None:
     """Zero-pad the region's weights and biases from ``channels`` to ``padded`` and say so in the tensor shapes."""
     extra = padded - channels
     for name in region.depthwise | region.writers:
         node = view.by_name[name]
-        _pad_initializer(model, view, node.input[1], axis=0, extra=extra)
+        _pad_initializer(view, node.input[1], axis=0, extra=extra)
         if len(node.input) > 2 and node.input[2]:
-            _pad_initializer(model, view, node.input[2], axis=0, extra=extra)
+            _pad_initializer(view, node.input[2], axis=0, extra=extra)
         if name in region.depthwise:
             next(attr for attr in node.attribute if attr.name == "group").i = padded
     for name in region.readers:
-        _pad_initializer(model, view, view.by_name[name].input[1], axis=1, extra=extra)
+        _pad_initializer(view, view.by_name[name].input[1], axis=1, extra=extra)
     for value in model.graph.value_info:
         if value.name in region.tensors and len(value.type.tensor_type.shape.dim) > 1:
             value.type.tensor_type.shape.dim[1].dim_value = padded
 
 
-def _pad_initializer(model: onnx.ModelProto, view: GraphView, name: str, axis: int, extra: int) -> None:
+def _pad_initializer(view: GraphView, name: str, axis: int, extra: int) -> None:
+    """Zero-pad the initializer ``name`` by ``extra`` along ``axis``, in place (the view holds the graph's own)."""
     array = numpy_helper.to_array(view.weights[name])
     widths = [(0, extra if index == axis else 0) for index in range(array.ndim)]
-    replacement = numpy_helper.from_array(np.pad(array, widths), name)
-    initializers = model.graph.initializer
-    index = next(i for i, init in enumerate(initializers) if init.name == name)
-    initializers[index].CopyFrom(replacement)
+    view.weights[name].CopyFrom(numpy_helper.from_array(np.pad(array, widths), name))
 
 
 STEM_CHANNEL_MULTIPLE = 4  # MLAS's x86 symmetric int8 conv takes input channels in fours (KernelInputChannelAlignment)
@@ -178,25 +173,15 @@ def pad_stem_channels(model: onnx.ModelProto, multiple: int = STEM_CHANNEL_MULTI
         channels = value.type.tensor_type.shape.dim[1].dim_value
         readers = view.consumers.get(value.name, [])
         extra = -channels % multiple if channels else 0
-        if not extra or not readers or not all(_is_plain_conv(node, view) for node in readers):
+        plain = all(view.owns_weights(node) and conv_groups(node) == 1 for node in readers)
+        if not extra or not readers or not plain:
             continue
         wide = f"{value.name}_channels_padded"
         pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), f"{wide}_pads")
         model.graph.initializer.append(pads)
         model.graph.node.insert(0, onnx.helper.make_node("Pad", [value.name, pads.name], [wide], f"{wide}_pad"))
         for node in readers:
-            _pad_initializer(model, view, node.input[1], axis=1, extra=extra)
+            _pad_initializer(view, node.input[1], axis=1, extra=extra)
             node.input[0] = wide
             padded += 1
     return padded
-
-
-def _is_plain_conv(node: onnx.NodeProto, view: GraphView) -> bool:
-    """An ungrouped Conv reading the tensor as its data input, with weights of its own."""
-    groups = next((attr.i for attr in node.attribute if attr.name == "group"), 1)
-    return (
-        node.op_type == "Conv"
-        and groups == 1
-        and node.input[1] in view.weights
-        and not _uses_shared_weights(node, view)
-    )

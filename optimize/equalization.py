@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from smallnets.optimize.groups import GraphView
+from smallnets.optimize.groups import GraphView, conv_groups
 
 HOMOGENEOUS_ACTIVATIONS = ("Relu",)  # f(s x) = s f(x) for every s > 0
 PASSES = 4  # the paper iterates to convergence; chains of 2-3 convs settle within a few passes
@@ -50,25 +50,6 @@ class EqualizationResult:
     range_ratio_after: float
 
 
-def _groups(node: onnx.NodeProto) -> int:
-    return next((attr.i for attr in node.attribute if attr.name == "group"), 1)
-
-
-def _owned_weights(view: GraphView, node: onnx.NodeProto) -> bool:
-    """A float Conv whose weight (and bias) are initializers no other node reads and no graph input overrides."""
-    if node.op_type != "Conv" or len(node.input) < 2:
-        return False
-    names = [name for name in node.input[1:3] if name]
-    readers = [len(view.consumers.get(name, [])) for name in names]
-    weights = [view.weights.get(name) for name in names]
-    overridable = {value.name for value in view.graph.input} | {value.name for value in view.graph.output}
-    return (
-        all(weight is not None and weight.data_type == onnx.TensorProto.FLOAT for weight in weights)
-        and all(count == 1 for count in readers)
-        and not overridable & set(names)
-    )
-
-
 def _sole_readers(view: GraphView, tensor: str) -> list[onnx.NodeProto]:
     """The nodes reading ``tensor``; empty when the graph also outputs it (then its values must stay as they are)."""
     if tensor in {value.name for value in view.graph.output}:
@@ -82,15 +63,15 @@ def _consumer_convs(view: GraphView, tensor: str, channels: int) -> list[onnx.No
     readers = _sole_readers(view, tensor)
     if not readers or any(list(node.input).count(tensor) != 1 or node.input[0] != tensor for node in readers):
         return None
-    if not all(_owned_weights(view, node) for node in readers):
+    if not all(view.owns_weights(node) for node in readers):
         return None
-    widths = [_groups(node) * int(view.weights[node.input[1]].dims[1]) for node in readers]
+    widths = [conv_groups(node) * int(view.weights[node.input[1]].dims[1]) for node in readers]
     return readers if all(width == channels for width in widths) else None
 
 
 def _pair_of(view: GraphView, producer: onnx.NodeProto) -> ConvPair | None:
     """The pair ``producer`` starts, through at most one homogeneous activation, or None."""
-    if not _owned_weights(view, producer):
+    if not view.owns_weights(producer):
         return None
     channels = int(view.weights[producer.input[1]].dims[0])
     readers = _sole_readers(view, producer.output[0])
@@ -143,13 +124,13 @@ def _equalize_once(pair: ConvPair, view: GraphView, arrays: dict[str, np.ndarray
     producer = view.by_name[pair.producer]
     consumers = [view.by_name[name] for name in pair.consumers]
     weight = producer.input[1]
-    incoming = np.max([input_channel_ranges(arrays[node.input[1]], _groups(node)) for node in consumers], axis=0)
+    incoming = np.max([input_channel_ranges(arrays[node.input[1]], conv_groups(node)) for node in consumers], axis=0)
     scale = balancing_scale(output_channel_ranges(arrays[weight]), incoming)
     arrays[weight] = arrays[weight] / scale.reshape(-1, *[1] * (arrays[weight].ndim - 1))
     if len(producer.input) > 2 and producer.input[2]:
         arrays[producer.input[2]] = arrays[producer.input[2]] / scale
     for node in consumers:
-        arrays[node.input[1]] = scale_input_channels(arrays[node.input[1]], _groups(node), scale)
+        arrays[node.input[1]] = scale_input_channels(arrays[node.input[1]], conv_groups(node), scale)
     return float(np.abs(np.log(scale)).max(initial=0.0))
 
 

@@ -74,10 +74,25 @@ class GraphView:
     def depthwise(self, node: onnx.NodeProto) -> bool:
         """One filter per channel: grouped, with one input channel per filter."""
         weight = self.weights.get(node.input[1]) if len(node.input) > 1 else None
-        return _conv_groups(node) > 1 and weight is not None and list(weight.dims)[1] == 1
+        return conv_groups(node) > 1 and weight is not None and list(weight.dims)[1] == 1
+
+    def owns_weights(self, node: onnx.NodeProto) -> bool:
+        """A Conv whose float weight (and bias) are initializers no other node reads and no graph input or output
+        exposes: a rewrite may change them without touching anything else."""
+        if node.op_type != "Conv" or len(node.input) < 2:
+            return False
+        names = [name for name in node.input[1:3] if name]
+        exposed = {value.name for value in (*self.graph.input, *self.graph.output)}
+        return not exposed & set(names) and all(
+            name in self.weights
+            and self.weights[name].data_type == onnx.TensorProto.FLOAT
+            and len(self.consumers.get(name, [])) == 1
+            for name in names
+        )
 
 
-def _conv_groups(node: onnx.NodeProto) -> int:
+def conv_groups(node: onnx.NodeProto) -> int:
+    """A Conv's group count (1 when the attribute is absent)."""
     return next((attr.i for attr in node.attribute if attr.name == "group"), 1)
 
 
@@ -108,7 +123,7 @@ def _depthwise(view: GraphView) -> list[str]:
 
 def _grouped(view: GraphView) -> list[str]:
     """Grouped convs that are not depthwise."""
-    return [n.name for n in view.graph.node if n.op_type == "Conv" and _conv_groups(n) > 1 and not view.depthwise(n)]
+    return [n.name for n in view.graph.node if n.op_type == "Conv" and conv_groups(n) > 1 and not view.depthwise(n)]
 
 
 def _squeeze_excite(view: GraphView) -> list[str]:
