@@ -89,10 +89,8 @@ def quantize_model(
     if method == "percentile":
         extra_options["CalibPercentile"] = options.percentile
     with tempfile.TemporaryDirectory(prefix="smallnets-rewrite-") as folder:
-        # The fp32 model int8 approximates: bias correction matches its layers' channel means.
-        reference = equalized_copy(prepared, Path(folder)) if options.equalization else prepared
-        source = reference
-        rewritten = onnx.load(str(reference))
+        source = equalized_copy(prepared, Path(folder)) if options.equalization else prepared
+        rewritten = onnx.load(str(source))
         if apply_before_quantization(rewritten, options.rewrites):
             source = Path(folder) / "rewritten.onnx"
             onnx.save(rewritten, str(source))

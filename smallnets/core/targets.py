@@ -51,8 +51,9 @@ class QuantOptions:
     """One way to quantize a model: a candidate the recipe search can try, named so reports can cite it.
 
     ``families`` limits a candidate to the model families it is worth trying on (empty: every family).
-    ``rewrites`` name the graph rewrites that keep whole blocks int8 (every one by default: each is exact and made
-    mobilenet_v3_large and efficientnet_b0 faster on AVX-512 VNNI; see optimize/int8_blocks.py).
+    ``rewrites`` name exact graph rewrites applied around quantization: by default every rewrite that keeps whole
+    blocks int8 (each made mobilenet_v3_large, efficientnet_b0 or shufflenet_v1 faster on AVX-512 VNNI; see
+    optimize/int8_blocks.py); each target's candidates add the channel padding of its CPU (optimize/channel_padding.py).
     ``equalization`` rescales Conv(-Relu)-Conv pairs (exact in fp32) so one weight scale wastes fewer levels on
     unbalanced channels; off by default (measured in benchmarks/results/avx512_vnni/equalization.md).
     """
