@@ -15,9 +15,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 from registry_choices import FAMILIES, FAMILY_IDS
 
-from smallnets.optimize.channel_padding import pad_depthwise_channels, pad_stem_channels
+from smallnets.optimize.channel_padding import pad_depthwise_channels, pad_quantized_input, pad_stem_channels
 from smallnets.optimize.fuse import fuse
 from smallnets.optimize.sensitivity import layer_errors
 from smallnets.optimize.simplify import simplify
@@ -175,3 +176,53 @@ def test_an_input_read_by_anything_but_plain_convs_stays_rgb(groups: int, second
     original = model.SerializeToString()
     assert pad_stem_channels(model) == 0
     assert model.SerializeToString() == original
+
+
+class Pictures(CalibrationDataReader):
+    def __init__(self, count: int = 4) -> None:
+        self.feeds = iter([{"x": RNG.normal(size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(count)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.feeds, None)
+
+
+def quantized_padded_stem(tmp_path: Path) -> onnx.ModelProto:
+    """The padded stem through onnxruntime's QDQ quantizer: Q -> DQ -> Pad -> Q -> DQ -> Conv."""
+    model = stem()
+    pad_stem_channels(model)
+    source, output = tmp_path / "padded.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(source))
+    quantize_static(str(source), str(output), Pictures(), quant_format=QuantFormat.QDQ, per_channel=True)
+    return onnx.load(str(output))
+
+
+def test_the_stems_pad_moves_onto_the_integers_with_the_same_outputs(tmp_path: Path) -> None:
+    model, feed = quantized_padded_stem(tmp_path), RNG.normal(size=(1, 3, 16, 16)).astype(np.float32)
+    before, quantizers = run(model, feed), op_count(model, "QuantizeLinear")
+    assert pad_quantized_input(model) == 1
+    onnx.checker.check_model(model)
+    pad = next(node for node in model.graph.node if node.op_type == "Pad")
+    producer = next(node for node in model.graph.node if pad.input[0] in node.output)
+    assert producer.op_type == "QuantizeLinear" and producer.input[0] == "x", "the Pad reads the quantized input"
+    assert op_count(model, "QuantizeLinear") == quantizers - 1
+    assert np.array_equal(run(model, feed), before), "zero on the floats is the zero point on the integers"
+
+
+@pytest.mark.parametrize("change", ["pad-value", "scale"])
+def test_a_pad_the_integers_would_change_stays_float(tmp_path: Path, change: str) -> None:
+    model = quantized_padded_stem(tmp_path)
+    pad = next(node for node in model.graph.node if node.op_type == "Pad")
+    after = next(node for node in model.graph.node if node.input and node.input[0] == pad.output[0])
+    if change == "pad-value":
+        model.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+        pad.input.append("half")
+    else:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "other_scale"))
+        after.input[1] = "other_scale"
+    original = model.SerializeToString()
+    assert pad_quantized_input(model) == 0
+    assert model.SerializeToString() == original
+
+
+def op_count(model: onnx.ModelProto, op_type: str) -> int:
+    return sum(node.op_type == op_type for node in model.graph.node)
