@@ -60,7 +60,7 @@ bench: $(STAMP)
 # Every runtime and peer side by side into benchmarks/results/<CPU kind>/ (docs/decisions.md#the-peer-benchmark).
 REAL_MODELS ?= efficientnet_lite0,efficientnet_lite1,efficientnet_lite2
 RANDOM_MODELS ?= mobilenet_v1,mobilenet_v2,mobilenet_v3_large,shufflenet_v1,shufflenet_v2_x1_0,squeezenet1_1,xception,efficientnet_b0
-PEER_VARIANTS ?= torch,onnx-fp32,onnx-opt,onnx-int8,openvino-fp32,openvino-default,openvino-nncf-int8
+PEER_VARIANTS ?= torch,onnx-fp32,onnx-opt,onnx-int8,openvino-fp32,openvino-default,openvino-nncf-int8,openvino-smallnets-int8
 EVAL_DIR ?= $(SMALLNETS_EVAL_DIR)
 PEER_BENCH = $(VENV)/bin/smallnets bench --variants $(PEER_VARIANTS) --batch 1 --threads 1,2 --effort full --repeats 5 \
 	--duration 0.5 --force

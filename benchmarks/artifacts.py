@@ -8,6 +8,7 @@ Cache layout (one folder per model + variant + weights, one sub-folder per optim
     CACHE/<model-label>--<weights>/openvino/model.fp32.xml                openvino-fp32 (+ .bin)
     CACHE/<model-label>--<weights>/openvino/model.default.xml             openvino-default (same IR, default precision)
     CACHE/<model-label>--<weights>/openvino/model.nncf-int8-cN[-labelled].xml  openvino-nncf-int8, same calibration
+    CACHE/<model-label>--<weights>/<target>[-<effort>][-labelled]/openvino/model.int8.xml  openvino-smallnets-int8
 
 A second run finds everything and builds nothing; building needs the export stage (torch), measuring does not,
 so a cache built on x86 can be copied to an ARM box and measured there.
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, PEER_VARIANTS, ModelChoice
+from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, PEER_VARIANTS, SMALLNETS_INT8_ON_OPENVINO, ModelChoice
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME, REPORT_JSON
 from smallnets.core.files import atomic_write
 from smallnets.core.metadata import ModelCard
@@ -107,6 +108,8 @@ class ModelArtifacts:
             return self.folder / "openvino" / "model.fp32.xml"
         if variant == "openvino-default":
             return self.folder / "openvino" / "model.default.xml"
+        if variant == SMALLNETS_INT8_ON_OPENVINO:
+            return self.path("onnx-int8").parent / "openvino" / "model.int8.xml"  # type: ignore[union-attr]
         return self.folder / "openvino" / f"model.nncf-int8-c{self.calib_images()}{self.calib_tag}.xml"
 
     def calib_images(self) -> int:
@@ -120,6 +123,8 @@ class ModelArtifacts:
         path = self.path(variant)
         if path is None or path.is_file():
             return None
+        if (refusal := refusal_note(path)).is_file():
+            return f"{self.choice.label} {variant}: {refusal.read_text().strip()}"
         report = self.optimize_report() or {}
         why = report.get("detail") or report.get("reason")  # detail: optimize's words for its Reason value
         return f"{self.choice.label} {variant}: not built ({why or f'{path} is missing'})"
@@ -230,7 +235,7 @@ class ArtifactCache:
         variants = set(variants)
         weights, folder = self._export(choice)
         card = self._write_input(folder)
-        target = target if variants & set(OPTIMIZED_FILES) else None
+        target = target if variants & {*OPTIMIZED_FILES, SMALLNETS_INT8_ON_OPENVINO} else None
         eval_dir = self.eval_dir if weights != "random" else None  # labelled photos mean nothing to random weights
         artifacts = ModelArtifacts(choice, weights, folder, card, target, self.effort, eval_dir, self.max_drop)
         if artifacts.optimized_dir is not None:
@@ -293,16 +298,34 @@ class ArtifactCache:
         optimize_model(artifacts.exported, outdir, artifacts.build_config())
 
     def _build_peer(self, artifacts: ModelArtifacts, variant: str) -> None:
-        """OpenVINO IR from the export; NNCF calibrates on the images optimize calibrated onnx-int8 on."""
-        from smallnets.benchmarks.openvino_peer import build_nncf_int8, build_openvino_fp32
+        """OpenVINO IR from the export; NNCF calibrates on the images optimize calibrated onnx-int8 on; our int8
+        file converted as it is (again whenever optimize rewrote it)."""
+        from smallnets.benchmarks.openvino_peer import build_nncf_int8, build_openvino_fp32, build_openvino_int8
 
         output = artifacts.peer_path(variant)
+        if variant == SMALLNETS_INT8_ON_OPENVINO:
+            int8 = artifacts.path("onnx-int8")
+            assert int8 is not None
+            if int8.is_file() and (self.rebuild or not _newer_than(output, int8)):
+                build_openvino_int8(int8, output, refusal_note(output))
+            return
         if output.is_file() and not self.rebuild:
             return
         if variant in ("openvino-fp32", "openvino-default"):
             build_openvino_fp32(artifacts.exported, output, "f32" if variant == "openvino-fp32" else "default")
             return
         build_nncf_int8(artifacts.exported, output, calibration_batches(artifacts))
+
+
+def refusal_note(ir: Path) -> Path:
+    """Where a peer build writes why OpenVINO could not read a model (instead of the IR ``ir``)."""
+    return ir.with_suffix(".refused.txt")
+
+
+def _newer_than(ir: Path, source: Path) -> bool:
+    """The IR, or the note refusing it, was made from ``source`` as it is now."""
+    made = [path for path in (ir, refusal_note(ir)) if path.is_file()]
+    return bool(made) and made[0].stat().st_mtime >= source.stat().st_mtime
 
 
 def calibration_batches(artifacts: ModelArtifacts) -> list[np.ndarray]:

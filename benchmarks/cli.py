@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from smallnets.benchmarks.http_wire import BODIES  # standard library only, like this module
+from smallnets.benchmarks.selection import DEFAULT_VARIANTS, PEER_VARIANTS  # standard library only
 from smallnets.core.targets import PROVIDERS_HELP  # standard library only too
 from smallnets.optimize.efforts import MEASURABLE_EFFORTS
 
@@ -50,9 +51,9 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--variants",
-        default="torch,onnx-fp32,onnx-opt,onnx-int8",
-        help="comma-separated subset of torch,onnx-fp32,onnx-opt,onnx-int8 and, with the peers extra, "
-        "openvino-fp32,openvino-default,openvino-nncf-int8 (default: torch,onnx-fp32,onnx-opt,onnx-int8)",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated subset of {','.join(DEFAULT_VARIANTS)} and, with the peers extra, "
+        f"{','.join(PEER_VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(
         "--eval-dir",

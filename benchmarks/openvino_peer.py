@@ -21,6 +21,7 @@ from types import ModuleType
 import numpy as np
 
 from smallnets.benchmarks.loaded import TimedModel
+from smallnets.core.files import atomic_write
 
 INSTALL_HINT = "install the peers extra: pip install 'smallnets[peers]' -c constraints.txt"
 
@@ -66,6 +67,33 @@ def build_nncf_int8(onnx_path: Path, output: Path, calibration: Sequence[np.ndar
     output.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(output), compress_to_fp16=False)
     return output
+
+
+def build_openvino_int8(int8_onnx: Path, output: Path, refusal: Path) -> Path:
+    """smallnets' own int8 ONNX as OpenVINO IR: our quantization on OpenVINO's kernels (its QDQ pairs become
+    FakeQuantize, which the CPU plugin runs in int8). Files with ops OpenVINO cannot read (onnxruntime's
+    com.microsoft QLinear* contrib ops) get ``refusal``, a one-line note naming them, and no IR."""
+    ov = import_openvino()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (output, output.with_suffix(".bin"), refusal):
+        stale.unlink(missing_ok=True)
+    from openvino.frontend import OpConversionFailure
+
+    try:
+        model = ov.convert_model(str(int8_onnx))
+    except OpConversionFailure as error:
+        atomic_write(refusal, f"OpenVINO {ov.get_version().split('-')[0]} cannot read it ({unread_ops(str(error))})\n")
+        return refusal
+    model.set_rt_info(PINNED, PRECISION_KEY)
+    ov.save_model(model, str(output), compress_to_fp16=False)
+    return output
+
+
+def unread_ops(message: str) -> str:
+    """The op lists of OpenVINO's "Model wasn't fully converted" summary, on one line (else its first line)."""
+    lines = message.splitlines()
+    found = [line.strip("- ").strip() for line in lines if "for operations:" in line or "failed for:" in line]
+    return "; ".join(found) or message.strip().splitlines()[0]
 
 
 def compile_config(threads: int, precision: str = PINNED) -> dict[str, object]:

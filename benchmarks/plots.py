@@ -48,7 +48,7 @@ def models_in_order(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(row["model"] for row in rows))
 
 
-INT8_VARIANTS = ("onnx-int8", "openvino-nncf-int8")
+INT8_VARIANTS = ("onnx-int8", "openvino-nncf-int8", "openvino-smallnets-int8")
 # Where a point's name may go, in points from the point (x, y, horizontal alignment), tried in this order.
 LABEL_OFFSETS = ((4, 4, "left"), (4, -11, "left"), (-4, 4, "right"), (-4, -11, "right"), (4, 13, "left"),
                  (4, -20, "left"), (-4, 13, "right"), (-4, -20, "right"))  # fmt: skip

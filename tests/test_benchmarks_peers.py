@@ -14,7 +14,7 @@ from PIL import Image
 from smallnets.benchmarks.accuracy import UNVALIDATED, accuracy_fields, top1
 from smallnets.benchmarks.labelled import report_batch, split_labelled
 from smallnets.benchmarks.report import cell, side_by_side
-from smallnets.benchmarks.selection import ModelChoice
+from smallnets.benchmarks.selection import PEER_VARIANTS, ModelChoice
 from smallnets.benchmarks.suite import BenchConfig, run_suite
 from smallnets.core.runtime import OnnxClassifier
 
@@ -86,7 +86,7 @@ def test_openvino_peers_are_measured_beside_onnx(tmp_path: Path) -> None:
     pytest.importorskip("nncf", reason="needs the peers extra: pip install 'smallnets[peers]'")
     config = BenchConfig(
         models=(ModelChoice.parse(TINY),),
-        variants=("onnx-fp32", "openvino-fp32", "openvino-default", "openvino-nncf-int8"),
+        variants=("onnx-fp32", "onnx-int8", *PEER_VARIANTS),
         batches=(2,),
         threads=(1,),
         iterations=3,
@@ -100,6 +100,7 @@ def test_openvino_peers_are_measured_beside_onnx(tmp_path: Path) -> None:
     assert rows["openvino-fp32"]["provider"] == rows["openvino-nncf-int8"]["provider"] == "openvino-cpu"
     assert rows["openvino-default"]["provider"].startswith("openvino-cpu-")  # names the precision OpenVINO chose
     assert rows["openvino-nncf-int8"]["model_size_mb"] < rows["openvino-fp32"]["model_size_mb"] / 2  # int8 weights
+    assert rows["openvino-smallnets-int8"]["model_size_mb"] < rows["openvino-fp32"]["model_size_mb"] / 2
     assert all(row["accuracy_note"] == UNVALIDATED for row in rows.values())
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Side by side" in report and "openvino-nncf-int8" in report
