@@ -33,6 +33,7 @@ from onnx import helper, numpy_helper
 
 from smallnets.core.targets import ARM_CHANNEL_PADDING, STEM_CHANNEL_PADDING, X86_CHANNEL_PADDING
 from smallnets.optimize.channel_padding import pad_depthwise_channels, pad_quantized_input, pad_stem_channels
+from smallnets.optimize.concat_scales import concat_inputs_at_output_scale
 from smallnets.optimize.groups import node_links
 
 SPATIAL_AXES = ({2, 3}, {-2, -1})
@@ -282,6 +283,7 @@ BEFORE_QUANTIZATION = {  # in this order: padding walks through the pools the fi
 AFTER_QUANTIZATION = {
     "hard-sigmoid-as-qlinear-add": hard_sigmoid_as_qlinear_add,
     "float-silu-as-quick-gelu": float_silu_as_quick_gelu,
+    "concat-inputs-at-output-scale": concat_inputs_at_output_scale,
     STEM_CHANNEL_PADDING: pad_quantized_input,  # the stem's Pad, now between two equal quantizers, onto the integers
 }
 

@@ -22,12 +22,14 @@ QUANT_FORMATS = ("qdq", "qoperator")
 # Range calibration of int8 activations by name, with onnxruntime's CalibrationMethod member: the one list that
 # QuantOptions, optimize's --calibration and the quantizer read.
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
-# Graph rewrites that keep ops onnxruntime leaves float inside int8 (optimize/int8_blocks.py; exact, measured faster).
+# Graph rewrites that keep ops onnxruntime leaves float inside int8 (optimize/int8_blocks.py; exact, measured faster),
+# and a Concat's inputs quantized at its output's scale (optimize/concat_scales.py; one rounding instead of two).
 INT8_BLOCK_REWRITES = (
     "spatial-mean-as-global-pool",
     "average-pool-as-depthwise-conv",
     "hard-sigmoid-as-qlinear-add",
     "float-silu-as-quick-gelu",
+    "concat-inputs-at-output-scale",
 )
 # Depthwise convs padded to the channel multiple of MLAS's fast int8 depthwise kernels (optimize/channel_padding.py):
 # 16 on x86, 8 on ARM64 (MlasConvSymPackWSize's GroupAlign). Exact; a target's candidates name the one for its CPU.
