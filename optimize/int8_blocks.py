@@ -33,6 +33,7 @@ from onnx import helper, numpy_helper
 
 from smallnets.core.targets import ARM_CHANNEL_PADDING, STEM_CHANNEL_PADDING, X86_CHANNEL_PADDING
 from smallnets.optimize.channel_padding import pad_depthwise_channels, pad_quantized_input, pad_stem_channels
+from smallnets.optimize.channel_shuffle import fold_channel_shuffles
 from smallnets.optimize.concat_scales import concat_inputs_at_output_scale
 from smallnets.optimize.groups import node_links
 
@@ -273,7 +274,8 @@ def float_silu_as_quick_gelu(model: onnx.ModelProto, keep_float: Collection[str]
     return fused
 
 
-BEFORE_QUANTIZATION = {  # in this order: padding walks through the pools the first rewrite makes
+BEFORE_QUANTIZATION = {  # in this order: padding walks through the pools the second rewrite makes
+    "fold-channel-shuffles": fold_channel_shuffles,
     "spatial-mean-as-global-pool": spatial_mean_as_global_pool,
     "average-pool-as-depthwise-conv": average_pool_as_depthwise_conv,
     X86_CHANNEL_PADDING: functools.partial(pad_depthwise_channels, multiple=16),

@@ -23,8 +23,10 @@ QUANT_FORMATS = ("qdq", "qoperator")
 # QuantOptions, optimize's --calibration and the quantizer read.
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # Graph rewrites that keep ops onnxruntime leaves float inside int8 (optimize/int8_blocks.py; exact, measured faster),
-# and a Concat's inputs quantized at its output's scale (optimize/concat_scales.py; one rounding instead of two).
+# channel shuffles folded into conv weights (optimize/channel_shuffle.py; exact) and a Concat's inputs quantized at its
+# output's scale (optimize/concat_scales.py; one rounding instead of two).
 INT8_BLOCK_REWRITES = (
+    "fold-channel-shuffles",
     "spatial-mean-as-global-pool",
     "average-pool-as-depthwise-conv",
     "hard-sigmoid-as-qlinear-add",
