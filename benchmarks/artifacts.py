@@ -8,7 +8,7 @@ Cache layout (one folder per model + variant + weights, one sub-folder per optim
     CACHE/<model-label>--<weights>/openvino/model.fp32.xml                openvino-fp32 (+ .bin)
     CACHE/<model-label>--<weights>/openvino/model.default.xml             openvino-default (same IR, default precision)
     CACHE/<model-label>--<weights>/openvino/model.nncf-int8-cN[-labelled].xml  openvino-nncf-int8, same calibration
-    CACHE/<model-label>--<weights>/<target>[-<effort>][-labelled]/openvino/model.int8.xml  openvino-smallnets-int8
+    CACHE/<model-label>--<weights>/openvino/model.smallnets-int8-<optimize folder>.xml  openvino-smallnets-int8
 
 A second run finds everything and builds nothing; building needs the export stage (torch), measuring does not,
 so a cache built on x86 can be copied to an ARM box and measured there.
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from smallnets.benchmarks.openvino_peer import int8_companions
 from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, PEER_VARIANTS, SMALLNETS_INT8_ON_OPENVINO, ModelChoice
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME, REPORT_JSON
 from smallnets.core.files import atomic_write
@@ -109,7 +110,8 @@ class ModelArtifacts:
         if variant == "openvino-default":
             return self.folder / "openvino" / "model.default.xml"
         if variant == SMALLNETS_INT8_ON_OPENVINO:
-            return self.path("onnx-int8").parent / "openvino" / "model.int8.xml"  # type: ignore[union-attr]
+            optimized = self.path("onnx-int8").parent.name  # type: ignore[union-attr]
+            return self.folder / "openvino" / f"model.smallnets-int8-{optimized}.xml"
         return self.folder / "openvino" / f"model.nncf-int8-c{self.calib_images()}{self.calib_tag}.xml"
 
     def calib_images(self) -> int:
@@ -123,7 +125,7 @@ class ModelArtifacts:
         path = self.path(variant)
         if path is None or path.is_file():
             return None
-        if (refusal := refusal_note(path)).is_file():
+        if (refusal := int8_companions(path)[1]).is_file():
             return f"{self.choice.label} {variant}: {refusal.read_text().strip()}"
         report = self.optimize_report() or {}
         why = report.get("detail") or report.get("reason")  # detail: optimize's words for its Reason value
@@ -300,14 +302,22 @@ class ArtifactCache:
     def _build_peer(self, artifacts: ModelArtifacts, variant: str) -> None:
         """OpenVINO IR from the export; NNCF calibrates on the images optimize calibrated onnx-int8 on; our int8
         file converted as it is (again whenever optimize rewrote it)."""
-        from smallnets.benchmarks.openvino_peer import build_nncf_int8, build_openvino_fp32, build_openvino_int8
+        from smallnets.benchmarks.openvino_peer import (
+            build_nncf_int8,
+            build_openvino_fp32,
+            build_openvino_int8,
+            converted_from,
+            forget_openvino_int8,
+        )
 
         output = artifacts.peer_path(variant)
         if variant == SMALLNETS_INT8_ON_OPENVINO:
             int8 = artifacts.path("onnx-int8")
             assert int8 is not None
-            if int8.is_file() and (self.rebuild or not _newer_than(output, int8)):
-                build_openvino_int8(int8, output, refusal_note(output))
+            if not int8.is_file():
+                forget_openvino_int8(output)  # optimize wrote no int8 (now): its report says why
+            elif self.rebuild or not converted_from(output, int8):
+                build_openvino_int8(int8, output)
             return
         if output.is_file() and not self.rebuild:
             return
@@ -315,17 +325,6 @@ class ArtifactCache:
             build_openvino_fp32(artifacts.exported, output, "f32" if variant == "openvino-fp32" else "default")
             return
         build_nncf_int8(artifacts.exported, output, calibration_batches(artifacts))
-
-
-def refusal_note(ir: Path) -> Path:
-    """Where a peer build writes why OpenVINO could not read a model (instead of the IR ``ir``)."""
-    return ir.with_suffix(".refused.txt")
-
-
-def _newer_than(ir: Path, source: Path) -> bool:
-    """The IR, or the note refusing it, was made from ``source`` as it is now."""
-    made = [path for path in (ir, refusal_note(ir)) if path.is_file()]
-    return bool(made) and made[0].stat().st_mtime >= source.stat().st_mtime
 
 
 def calibration_batches(artifacts: ModelArtifacts) -> list[np.ndarray]:

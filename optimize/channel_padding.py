@@ -9,7 +9,8 @@ value of a padded channel reaches anything but a zero weight. The padded channel
 (activations, squeeze-excite pool, gate and scale), which work channel by channel.
 
 The rewrites run on the float graph before quantization (``QuantOptions.rewrites``: ``pad-depthwise-channels-16`` on
-x86, ``-8`` on ARM64, ``pad-stem-channels-4`` on x86); after it, the stem's Pad moves onto the integers.
+x86, ``-8`` on ARM64, ``pad-stem-channels-4`` on x86); after it, in QDQ files, the stem's Pad moves onto the
+integers (in QOperator ones onnxruntime's quantizer leaves the first node's Pad in float before the input's Q).
 A region whose channels meet anything else (a residual Add, a Concat, a reshape, a graph output, a shared or
 per-channel constant) is left as it is.
 """
@@ -191,44 +192,63 @@ def pad_stem_channels(model: onnx.ModelProto, multiple: int = STEM_CHANNEL_MULTI
 def pad_quantized_input(model: onnx.ModelProto, keep_float: Collection[str] = ()) -> int:
     """Move each stem Pad (:func:`pad_stem_channels`) from float to the integers, in place; returns how many moved.
 
-    After quantization the padding sits between two quantizers of one scale and zero point, Q -> DQ -> Pad -> Q
-    -> DQ -> Conv, and runs in float on the whole input (with its extra Q and DQ ~4% of Lite0's int8 time at 1 thread).
-    A zero pad is the zero point on the integers, so Q -> Pad(zero point) -> DQ -> Conv computes the same values with
-    one quantizer less and a quarter of the bytes to pad. Pads named in ``keep_float`` stay.
+    After quantization the padding runs in float on the whole input, before the stem's QuantizeLinear: between two
+    quantizers of one scale and zero point in QDQ files (Q -> DQ -> Pad -> Q -> DQ -> Conv; with its extra Q and DQ
+    ~4% of Lite0's int8 time at 1 thread), on the graph input in QOperator ones (Pad -> Q -> QLinearConv). A zero pad
+    is the zero point on the integers, so Q -> Pad(zero point) computes the same values on a quarter of the bytes, and
+    in QDQ files with one quantizer pair less. Pads named in ``keep_float`` stay.
     """
     view = GraphView.of(model)
     moved = 0
     for pad in [node for node in model.graph.node if node.op_type == "Pad" and node.name not in keep_float]:
-        match = _quantizers_around(pad, view)
-        if match is None:
+        quantize = _zero_pad_quantizer(pad, view)
+        if quantize is None:
             continue
-        dequantize, quantize = match
-        pad.input[:] = [dequantize.input[0], pad.input[1], dequantize.input[2]]
-        pad.output[0] = quantize.output[0]
-        model.graph.node.remove(quantize)
-        if len(view.consumers[dequantize.output[0]]) == 1:
-            model.graph.node.remove(dequantize)
+        dequantize, padded = _same_dequantizer(pad, quantize, view), quantize.output[0]
+        if dequantize is not None:  # Q -> DQ -> Pad -> Q: the first Q's integers are the second's
+            integers = dequantize.input[0]
+            if len(view.consumers[dequantize.output[0]]) == 1:
+                model.graph.node.remove(dequantize)
+            model.graph.node.remove(quantize)
+        else:  # Pad -> Q becomes Q -> Pad
+            integers = f"{pad.input[0]}_quantized_unpadded"
+            quantize.input[0], quantize.output[0] = pad.input[0], integers
+            model.graph.node.remove(quantize)
+            model.graph.node.insert(list(model.graph.node).index(pad), quantize)
+        pad.input[:] = [integers, pad.input[1], quantize.input[2]]
+        pad.output[0] = padded
         moved += 1
     return moved
 
 
-def _quantizers_around(pad: onnx.NodeProto, view: GraphView) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
-    """The DequantizeLinear feeding a zero constant Pad and the QuantizeLinear it alone feeds, when both use the same
-    one-element scale and zero point (the quantizer gives a Pad its input's): only then is the move exact."""
-    dequantize, readers = view.producers.get(pad.input[0]), view.consumers.get(pad.output[0], [])
-    if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(readers) != 1:
+def _zero_pad_quantizer(pad: onnx.NodeProto, view: GraphView) -> onnx.NodeProto | None:
+    """The QuantizeLinear that alone reads a Pad of zeros (one-element scale and zero point), when neither the Pad's
+    output nor its input's is a graph output."""
+    readers = view.consumers.get(pad.output[0], [])
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or len(pad.input) < 2:
         return None
     quantize = readers[0]
-    if quantize.op_type != "QuantizeLinear" or len(dequantize.input) < 3 or len(quantize.input) < 3:
-        return None
     mode = next((attr.s for attr in pad.attribute if attr.name == "mode"), b"constant")
     constant = pad.input[2] if len(pad.input) > 2 else ""
     if mode != b"constant" or (constant and _value(view, constant) != [0.0]) or pad.input[3:]:
         return None
-    pairs = zip(dequantize.input[1:3], quantize.input[1:3], strict=True)
-    if any((d := _value(view, ds)) is None or d != _value(view, qs) or len(d) != 1 for ds, qs in pairs):
+    if {value.name for value in view.graph.output} & {pad.output[0], pad.input[0]} or len(quantize.input) < 3:
         return None
-    return dequantize, quantize
+    params = [_value(view, name) for name in quantize.input[1:3]]
+    return quantize if all(value is not None and len(value) == 1 for value in params) else None
+
+
+def _same_dequantizer(pad: onnx.NodeProto, quantize: onnx.NodeProto, view: GraphView) -> onnx.NodeProto | None:
+    """The DequantizeLinear feeding the Pad with the QuantizeLinear's own scale and zero point (value and type): the
+    quantizer gives a Pad its input's, and only then are the two quantizers one."""
+    dequantize = view.producers.get(pad.input[0])
+    if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(dequantize.input) < 3:
+        return None
+    pairs = zip(dequantize.input[1:3], quantize.input[1:3], strict=True)
+    if any(_value(view, ds) != _value(view, qs) for ds, qs in pairs):
+        return None
+    same_type = view.weights[dequantize.input[2]].data_type == view.weights[quantize.input[2]].data_type
+    return dequantize if same_type else None
 
 
 def _value(view: GraphView, name: str) -> list[float] | None:

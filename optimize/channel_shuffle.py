@@ -30,16 +30,11 @@ def fold_channel_shuffles(model: onnx.ModelProto) -> int:
     folded = 0
     for transpose in [node for node in model.graph.node if node.op_type == "Transpose"]:
         match = _shuffle_around(transpose, view)
-        if match is None:
+        path = _path_to_reader(match[1].output[0], view) if match else None
+        if match is None or path is None or not _fits(path, match[2], view):
             continue
-        split, merge, groups = match
-        path = _path_to_reader(merge.output[0], view)
-        channels = groups * _dims(view, split.input[1])[2]  # type: ignore[index]
-        if path is None or any(
-            view.weights[node.input[1]].dims[0] != channels for node in path[:-1] if node.op_type == "Conv"
-        ):
-            continue
-        order = np.array([(j % groups) * (channels // groups) + j // groups for j in range(channels)])
+        split, merge, (groups, per_group) = match
+        order = np.array([(j % groups) * per_group + j // groups for j in range(groups * per_group)])
         for node in path[:-1]:
             if node.op_type == "Conv":
                 _permute_filters(view, node, order)
@@ -47,34 +42,42 @@ def fold_channel_shuffles(model: onnx.ModelProto) -> int:
         path[0].input[0] = split.input[0]
         for node in (split, transpose, merge):
             model.graph.node.remove(node)
+        read = {name for node in model.graph.node for name in node.input}
+        for tensor in [view.weights[name] for name in {split.input[1], merge.input[1]} - read]:
+            model.graph.initializer.remove(tensor)
         folded += 1
-    if folded:
-        _drop_unread_shapes(model.graph)
     return folded
 
 
-def _drop_unread_shapes(graph: onnx.GraphProto) -> None:
-    """The Reshapes' shape constants no node reads any more."""
-    read = {name for node in graph.node for name in node.input}
-    for tensor in [
-        tensor for tensor in graph.initializer if tensor.name not in read and tensor.data_type == onnx.TensorProto.INT64
-    ]:
-        graph.initializer.remove(tensor)
-
-
-def _shuffle_around(transpose: onnx.NodeProto, view: GraphView) -> tuple[onnx.NodeProto, onnx.NodeProto, int] | None:
-    """The Reshapes before and after a shuffle Transpose, and the group count, when all three form one."""
+def _shuffle_around(
+    transpose: onnx.NodeProto, view: GraphView
+) -> tuple[onnx.NodeProto, onnx.NodeProto, tuple[int, int]] | None:
+    """The Reshapes before and after a shuffle Transpose and (groups, channels per group), when the three form one:
+    (N, C, H, W) -> (N, g, C/g, H, W) -> transposed -> (N, C, H, W), no tensor between them read elsewhere."""
     perm = next((list(attr.ints) for attr in transpose.attribute if attr.name == "perm"), None)
     split, readers = view.producers.get(transpose.input[0]), view.consumers.get(transpose.output[0], [])
     if perm != SHUFFLE_PERM or split is None or split.op_type != "Reshape" or len(readers) != 1:
         return None
-    merge = readers[0]
-    shape = _dims(view, split.input[1])
-    if merge.op_type != "Reshape" or shape is None or len(shape) != 5 or len(_dims(view, merge.input[1]) or []) != 4:
+    merge, outputs = readers[0], {value.name for value in view.graph.output}
+    if merge.op_type != "Reshape" or len(view.consumers.get(split.output[0], [])) != 1:
         return None
-    if len(view.consumers.get(split.output[0], [])) != 1:
+    if {split.output[0], transpose.output[0]} & outputs:
         return None
-    return split, merge, shape[1]
+    shape, merged = _dims(view, split.input[1]), _dims(view, merge.input[1])
+    if shape is None or merged is None or len(shape) != 5 or len(merged) != 4:
+        return None
+    groups, per_group = shape[1], shape[2]
+    if groups < 2 or per_group < 1 or merged[1] not in (-1, groups * per_group) or merged[2:] != shape[3:]:
+        return None
+    return split, merge, (groups, per_group)
+
+
+def _fits(path: list[onnx.NodeProto], grouping: tuple[int, int], view: GraphView) -> bool:
+    """Every conv on the path takes the shuffled channel count: depthwise ones one filter each, the reader in all."""
+    channels = grouping[0] * grouping[1]
+    depthwise = [view.weights[node.input[1]].dims for node in path[:-1] if node.op_type == "Conv"]
+    reader = view.weights[path[-1].input[1]].dims
+    return all(list(dims[:2]) == [channels, 1] for dims in depthwise) and reader[1] * conv_groups(path[-1]) == channels
 
 
 def _dims(view: GraphView, name: str) -> list[int] | None:

@@ -5,18 +5,25 @@ by byte, on one thread: ~43 us per 55x55x64 input against ~3.5 us for an input a
 (AVX-512 VNNI x86, 1 thread). SqueezeNet's eight concats were 16% of its int8 time at 1 thread and 23% at 2.
 
 Where an input's only reader is the Concat, the op that writes it may as well write it at the Concat's scale and
-zero point: the Concat's output holds the same integers or closer ones (one rounding instead of two, and no value
-the output could hold is clipped sooner). Inputs read elsewhere too, or written by an op that must keep its input's
+zero point: one rounding instead of two. Inputs read elsewhere too, or written by an op that must keep its input's
 scale (a Split, a Transpose, a MaxPool: onnxruntime keeps those on the integers only while the scales agree), stay.
+
+One case needs the float model: onnxruntime's quantizer drops a Relu or Clip after a conv and lets the conv's output
+quantizer clip instead. Such an input moves only when the Concat's output range lies within that activation's bounds
+(a Relu'd input moves to a Concat whose output starts at 0), so the clip survives; without the float model it stays.
 Both quantized forms are handled: QDQ (the input's QuantizeLinear and DequantizeLinear) and QOperator (the writing
 QLinear op's output scale and the QLinearConcat's input scale).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from smallnets.optimize.groups import node_links
 
@@ -25,76 +32,152 @@ from smallnets.optimize.groups import node_links
 REQUANTIZING_FLOAT_OPS = frozenset(
     {"Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Clip", "Add", "Mul", "Sigmoid", "HardSwish", "LeakyRelu"}
 )
-Producers = Mapping[str, onnx.NodeProto]
-Consumers = Mapping[str, Sequence[onnx.NodeProto]]
 QLINEAR_OUTPUT_SCALE = {"QLinearConv": 6, "QLinearMatMul": 6, "QLinearAdd": 6, "QLinearMul": 6}
+# Ops onnxruntime's quantizer folds a following Relu or Clip into (their output quantizer clips instead).
+FOLDING_WRITERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul"})
+ACTIVATIONS = frozenset({"Relu", "Clip"})  # the ones the quantizer folds
+QOPERATOR_SUFFIX = "_quantized"  # onnxruntime's QOperator name for the integer copy of a float tensor
 
 
-def concat_inputs_at_output_scale(model: onnx.ModelProto, keep_float: Collection[str] = ()) -> int:
+@dataclass(frozen=True)
+class Graph:
+    """The lookups one pass needs: the quantized graph's edges and constants, the float model's writers."""
+
+    producers: Mapping[str, onnx.NodeProto]
+    consumers: Mapping[str, Sequence[onnx.NodeProto]]
+    constants: Mapping[str, onnx.TensorProto]
+    outputs: frozenset[str]
+    float_producers: Mapping[str, onnx.NodeProto] | None
+    float_consumers: Mapping[str, Sequence[onnx.NodeProto]]
+    float_constants: Mapping[str, onnx.TensorProto]
+
+
+def concat_inputs_at_output_scale(
+    model: onnx.ModelProto, keep_float: Collection[str] = (), reference: onnx.ModelProto | None = None
+) -> int:
     """Point each Concat input's quantizer at the Concat's output scale and zero point, in place; returns how many
-    inputs moved. Concats named in ``keep_float`` stay."""
+    inputs moved. ``reference`` is the float model that was quantized; Concats named in ``keep_float`` stay."""
     producers, consumers = node_links(model.graph)
-    moved = 0
+    float_producers, float_consumers = node_links(reference.graph) if reference is not None else (None, {})
+    graph = Graph(
+        producers,
+        consumers,
+        {init.name: init for init in model.graph.initializer},
+        frozenset(value.name for value in model.graph.output),
+        float_producers,
+        float_consumers,
+        {init.name: init for init in reference.graph.initializer} if reference is not None else {},
+    )
+    moves: list[set[str]] = []
     for node in model.graph.node:
         if node.name in keep_float:
             continue
         if node.op_type == "Concat":
-            moved += _move_qdq_inputs(node, producers, consumers)
+            moves += _move_qdq_inputs(node, graph)
         elif node.op_type == "QLinearConcat":
-            moved += _move_qlinear_inputs(node, producers, consumers)
-    if moved:
-        _drop_unread_initializers(model.graph)
-    return moved
+            moves += _move_qlinear_inputs(node, graph)
+    orphans = set().union(*moves) - {name for node in model.graph.node for name in node.input}
+    for tensor in [tensor for tensor in model.graph.initializer if tensor.name in orphans]:
+        model.graph.initializer.remove(tensor)
+    return len(moves)
 
 
-def _drop_unread_initializers(graph: onnx.GraphProto) -> None:
-    """The scales and zero points no quantizer reads any more (onnxruntime would warn about each at every load)."""
-    read = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
-    for tensor in [tensor for tensor in graph.initializer if tensor.name not in read]:
-        graph.initializer.remove(tensor)
-
-
-def _move_qdq_inputs(concat: onnx.NodeProto, producers: Producers, consumers: Consumers) -> int:
-    """DQ -> Concat -> Q: each input's Q and its DQs take the output Q's scale and zero point."""
-    readers = consumers.get(concat.output[0], [])
+def _move_qdq_inputs(concat: onnx.NodeProto, graph: Graph) -> list[set[str]]:
+    """DQ -> Concat -> Q: each input's Q and its DQs take the output Q's scale and zero point; returns, per input
+    moved, the scale and zero point names they stopped reading."""
+    readers = graph.consumers.get(concat.output[0], [])
     if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or len(readers[0].input) < 3:
-        return 0
-    scale, zero_point = readers[0].input[1:3]
-    moved = 0
+        return []
+    target = tuple(readers[0].input[1:3])
+    moved: list[set[str]] = []
     for name in concat.input:
-        dequantize = producers.get(name)
+        dequantize = graph.producers.get(name)
         if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(dequantize.input) < 3:
             continue
-        quantize = producers.get(dequantize.input[0])
+        quantize = graph.producers.get(dequantize.input[0])
         if quantize is None or quantize.op_type != "QuantizeLinear" or len(quantize.input) < 3:
             continue
-        writer = producers.get(quantize.input[0])
-        dequantizers = consumers.get(quantize.output[0], [])
-        if writer is None or writer.op_type not in REQUANTIZING_FLOAT_OPS:
+        writer, dequantizers = graph.producers.get(quantize.input[0]), graph.consumers.get(quantize.output[0], [])
+        if writer is None or writer.op_type not in REQUANTIZING_FLOAT_OPS or quantize.output[0] in graph.outputs:
             continue
-        if any(d.op_type != "DequantizeLinear" or consumers.get(d.output[0]) != [concat] for d in dequantizers):
+        if any(d.op_type != "DequantizeLinear" or graph.consumers.get(d.output[0]) != [concat] for d in dequantizers):
             continue
-        if list(quantize.input[1:3]) == [scale, zero_point]:
+        if not _may_move(tuple(quantize.input[1:3]), target, writer, quantize.input[0], graph):
             continue
+        moved.append(set(quantize.input[1:3]))
         for quantizer in (quantize, *dequantizers):
-            quantizer.input[1], quantizer.input[2] = scale, zero_point
-        moved += 1
+            quantizer.input[1], quantizer.input[2] = target
     return moved
 
 
-def _move_qlinear_inputs(concat: onnx.NodeProto, producers: Producers, consumers: Consumers) -> int:
+def _move_qlinear_inputs(concat: onnx.NodeProto, graph: Graph) -> list[set[str]]:
     """QLinearConcat(Y scale, Y zero point, (X, X scale, X zero point)...): each X's writer and the X's triple take
-    the Y scale and zero point."""
-    scale, zero_point = concat.input[0:2]
-    moved = 0
+    the Y scale and zero point; returns, per input moved, the names they stopped reading."""
+    target = tuple(concat.input[0:2])
+    moved: list[set[str]] = []
     for index in range(2, len(concat.input), 3):
-        writer = producers.get(concat.input[index])
+        name = concat.input[index]
+        writer = graph.producers.get(name)
         at = QLINEAR_OUTPUT_SCALE.get(writer.op_type) if writer is not None else None
-        if at is None or consumers.get(concat.input[index]) != [concat]:
+        if at is None or len(writer.input) <= at + 1 or graph.consumers.get(name) != [concat] or name in graph.outputs:
             continue
-        if list(concat.input[index + 1 : index + 3]) == [scale, zero_point]:
+        float_name = name.removesuffix(QOPERATOR_SUFFIX)
+        if not _may_move(tuple(concat.input[index + 1 : index + 3]), target, writer, float_name, graph):
             continue
-        writer.input[at], writer.input[at + 1] = scale, zero_point
-        concat.input[index + 1], concat.input[index + 2] = scale, zero_point
-        moved += 1
+        moved.append(set(concat.input[index + 1 : index + 3]) | set(writer.input[at : at + 2]))
+        writer.input[at], writer.input[at + 1] = target
+        concat.input[index + 1], concat.input[index + 2] = target
     return moved
+
+
+def _may_move(
+    current: tuple[str, str], target: tuple[str, str], writer: onnx.NodeProto, name: str, graph: Graph
+) -> bool:
+    """Not there yet, of the same integer type, within the bounds of any activation folded into the quantizer."""
+    if current == target or any(part not in graph.constants for part in (*current, *target)):
+        return False
+    if graph.constants[current[1]].data_type != graph.constants[target[1]].data_type:
+        return False
+    bounds = _folded_bounds(writer, name, graph)
+    if bounds is None:
+        return False
+    low, high = _range(graph.constants[target[0]], graph.constants[target[1]])
+    return low >= bounds[0] and high <= bounds[1]
+
+
+def _folded_bounds(writer: onnx.NodeProto, name: str, graph: Graph) -> tuple[float, float] | None:
+    """The bounds of a Relu or Clip folded into the quantizer of float tensor ``name`` (-inf, inf when none was);
+    None when the float model is not at hand to tell, or does not know the tensor.
+
+    Folded, the activation is gone from the quantized graph and the Concat reads the writer's integers directly:
+    QDQ keeps the activation's output name for them (the float model's writer of ``name`` is the Relu), QOperator
+    the conv's (``name``'s one float reader is the Relu)."""
+    if writer.op_type not in FOLDING_WRITERS:
+        return -math.inf, math.inf
+    float_writer = graph.float_producers.get(name) if graph.float_producers is not None else None
+    if float_writer is None:
+        return None
+    readers = graph.float_consumers.get(name, [])
+    activation = float_writer if float_writer.op_type in ACTIVATIONS else next(iter(readers), None)
+    if activation is None or activation.op_type not in ACTIVATIONS or len(readers) > 1:
+        return -math.inf, math.inf
+    if activation.op_type == "Relu":
+        return 0.0, math.inf
+    low, high = (_clip_bound(activation, index, graph) for index in (1, 2))
+    return (-math.inf if low is None else low), (math.inf if high is None else high)
+
+
+def _clip_bound(clip: onnx.NodeProto, index: int, graph: Graph) -> float | None:
+    """A Clip's min (index 1) or max (2): an input constant (opset >= 11) or an attribute (older opsets)."""
+    if len(clip.input) > index and clip.input[index]:
+        tensor = graph.float_constants.get(clip.input[index])
+        return None if tensor is None else float(numpy_helper.to_array(tensor))
+    attribute = next((attr for attr in clip.attribute if attr.name == ("min" if index == 1 else "max")), None)
+    return None if attribute is None else attribute.f
+
+
+def _range(scale: onnx.TensorProto, zero_point: onnx.TensorProto) -> tuple[float, float]:
+    """The real values a per-tensor quantizer can hold."""
+    step, zero = float(numpy_helper.to_array(scale)), numpy_helper.to_array(zero_point)
+    limits = np.iinfo(zero.dtype)
+    return (limits.min - int(zero)) * step, (limits.max - int(zero)) * step

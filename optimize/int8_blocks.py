@@ -282,12 +282,13 @@ BEFORE_QUANTIZATION = {  # in this order: padding walks through the pools the se
     ARM_CHANNEL_PADDING: functools.partial(pad_depthwise_channels, multiple=8),
     STEM_CHANNEL_PADDING: pad_stem_channels,
 }
-AFTER_QUANTIZATION = {
+AFTER_QUANTIZATION = {  # in this order: the concat rewrite must meet HardSigmoids before their QLinearAdd clips
+    "concat-inputs-at-output-scale": concat_inputs_at_output_scale,
     "hard-sigmoid-as-qlinear-add": hard_sigmoid_as_qlinear_add,
     "float-silu-as-quick-gelu": float_silu_as_quick_gelu,
-    "concat-inputs-at-output-scale": concat_inputs_at_output_scale,
     STEM_CHANNEL_PADDING: pad_quantized_input,  # the stem's Pad, now between two equal quantizers, onto the integers
 }
+READS_FLOAT_MODEL = frozenset({"concat-inputs-at-output-scale"})  # which activations the quantizer folded
 
 
 def apply_before_quantization(model: onnx.ModelProto, rewrites: Sequence[str]) -> int:
@@ -295,6 +296,17 @@ def apply_before_quantization(model: onnx.ModelProto, rewrites: Sequence[str]) -
     return sum(rewrite(model) for name, rewrite in BEFORE_QUANTIZATION.items() if name in rewrites)
 
 
-def apply_after_quantization(model: onnx.ModelProto, rewrites: Sequence[str], keep_float: Collection[str] = ()) -> int:
-    """The quantized-graph rewrites among ``rewrites``, in place, leaving the nodes in ``keep_float`` float."""
-    return sum(AFTER_QUANTIZATION[name](model, keep_float) for name in rewrites if name in AFTER_QUANTIZATION)
+def apply_after_quantization(
+    model: onnx.ModelProto,
+    rewrites: Sequence[str],
+    keep_float: Collection[str] = (),
+    reference: onnx.ModelProto | None = None,
+) -> int:
+    """The quantized-graph rewrites among ``rewrites``, in place, leaving the nodes in ``keep_float`` float;
+    ``reference`` is the float model that was quantized."""
+    changed = 0
+    for name, rewrite in AFTER_QUANTIZATION.items():
+        if name in rewrites:
+            read = functools.partial(rewrite, reference=reference) if name in READS_FLOAT_MODEL else rewrite
+            changed += read(model, keep_float)
+    return changed

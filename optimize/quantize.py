@@ -99,7 +99,7 @@ def quantize_model(
         quantized = shield_float_nodes(onnx.load(str(output)), excluded)
         if options.bias_correction:
             correct_biases(source, quantized, pictures(), skip=excluded)  # as quantized: padded, equalized
-    apply_after_quantization(quantized, options.rewrites, excluded)
+    apply_after_quantization(quantized, options.rewrites, excluded, reference=rewritten)
     copy_metadata(onnx.load(str(prepared), load_external_data=False), quantized)
     check_model(quantized, "quantized model")
     save_model(quantized, output)

@@ -96,13 +96,15 @@ def test_openvino_peers_are_measured_beside_onnx(tmp_path: Path) -> None:
     )
     result = run_suite(config, tmp_path / "out")
     rows = {row["variant"]: row for row in result.rows}
-    assert set(rows) == set(config.variants)
+    report = (tmp_path / "out" / "report.md").read_text()
+    # Refused (and said so) when the search kept QOperator, whose contrib ops OpenVINO cannot read.
+    refused = {"openvino-smallnets-int8"} if "openvino-smallnets-int8: OpenVINO" in report else set()
+    assert set(rows) == set(config.variants) - refused
     assert rows["openvino-fp32"]["provider"] == rows["openvino-nncf-int8"]["provider"] == "openvino-cpu"
     assert rows["openvino-default"]["provider"].startswith("openvino-cpu-")  # names the precision OpenVINO chose
     assert rows["openvino-nncf-int8"]["model_size_mb"] < rows["openvino-fp32"]["model_size_mb"] / 2  # int8 weights
-    assert rows["openvino-smallnets-int8"]["model_size_mb"] < rows["openvino-fp32"]["model_size_mb"] / 2
+    assert refused or rows["openvino-smallnets-int8"]["model_size_mb"] < rows["openvino-fp32"]["model_size_mb"] / 2
     assert all(row["accuracy_note"] == UNVALIDATED for row in rows.values())
-    report = (tmp_path / "out" / "report.md").read_text()
     assert "## Side by side" in report and "openvino-nncf-int8" in report
 
 

@@ -186,13 +186,14 @@ class Pictures(CalibrationDataReader):
         return next(self.feeds, None)
 
 
-def quantized_padded_stem(tmp_path: Path) -> onnx.ModelProto:
-    """The padded stem through onnxruntime's QDQ quantizer: Q -> DQ -> Pad -> Q -> DQ -> Conv."""
+def quantized_padded_stem(tmp_path: Path, quant_format: QuantFormat = QuantFormat.QDQ) -> onnx.ModelProto:
+    """The padded stem through onnxruntime's quantizer: QDQ Q -> DQ -> Pad -> Q -> DQ -> Conv, QOperator
+    Pad -> Q -> QLinearConv."""
     model = stem()
     pad_stem_channels(model)
     source, output = tmp_path / "padded.onnx", tmp_path / "int8.onnx"
     onnx.save(model, str(source))
-    quantize_static(str(source), str(output), Pictures(), quant_format=QuantFormat.QDQ, per_channel=True)
+    quantize_static(str(source), str(output), Pictures(), quant_format=quant_format, per_channel=True)
     return onnx.load(str(output))
 
 
@@ -208,17 +209,32 @@ def test_the_stems_pad_moves_onto_the_integers_with_the_same_outputs(tmp_path: P
     assert np.array_equal(run(model, feed), before), "zero on the floats is the zero point on the integers"
 
 
-@pytest.mark.parametrize("change", ["pad-value", "scale"])
-def test_a_pad_the_integers_would_change_stays_float(tmp_path: Path, change: str) -> None:
+@pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qoperator", "qdq-rescaled"])
+def test_a_pad_before_a_quantizer_of_its_own_moves_behind_it(tmp_path: Path, quant_format: QuantFormat) -> None:
+    """Pad -> Q (QOperator's stem, or a QDQ Pad whose next Q has another scale) becomes Q -> Pad(zero point)."""
+    model, feed = quantized_padded_stem(tmp_path, quant_format), RNG.normal(size=(1, 3, 16, 16)).astype(np.float32)
+    pad = next(node for node in model.graph.node if node.op_type == "Pad")
+    if quant_format == QuantFormat.QDQ:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(0.05, np.float32), "other_scale"))
+        after = next(node for node in model.graph.node if node.input and node.input[0] == pad.output[0])
+        readers = [node for node in model.graph.node if node.input and node.input[0] == after.output[0]]
+        for quantizer in (after, *readers):
+            quantizer.input[1] = "other_scale"
+    before = run(model, feed)
+    assert pad_quantized_input(model) == 1
+    onnx.checker.check_model(model)
+    producer = next(node for node in model.graph.node if pad.input[0] in node.output)
+    assert producer.op_type == "QuantizeLinear" and list(model.graph.node).index(producer) < list(
+        model.graph.node
+    ).index(pad)
+    assert np.array_equal(run(model, feed), before), "zero on the floats is the zero point on the integers"
+
+
+def test_a_pad_of_another_value_stays_float(tmp_path: Path) -> None:
     model = quantized_padded_stem(tmp_path)
     pad = next(node for node in model.graph.node if node.op_type == "Pad")
-    after = next(node for node in model.graph.node if node.input and node.input[0] == pad.output[0])
-    if change == "pad-value":
-        model.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
-        pad.input.append("half")
-    else:
-        model.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "other_scale"))
-        after.input[1] = "other_scale"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    pad.input.append("half")
     original = model.SerializeToString()
     assert pad_quantized_input(model) == 0
     assert model.SerializeToString() == original

@@ -93,5 +93,5 @@ def test_every_family_keeps_its_logits_with_its_shuffles_folded(family: str, exp
     folded = fold_channel_shuffles(model)
     onnx.checker.check_model(model)
     np.testing.assert_allclose(run(model, feed), before, rtol=1e-4, atol=1e-5 * float(np.abs(before).max()))
-    assert shuffles(model) == present - folded
+    assert shuffles(model) == present - folded and (folded > 0 or present == 0), "some shuffle of a net that has any"
     print(f"{name} {variant}: {folded} of {present} channel shuffles folded")

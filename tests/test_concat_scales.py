@@ -26,23 +26,24 @@ class Pictures(CalibrationDataReader):
         return next(self.feeds, None)
 
 
-def fire(first: str = "Conv", extra_reader: bool = False) -> onnx.ModelProto:
+def fire(first: str = "Conv", extra_reader: bool = False, signed: bool = False) -> onnx.ModelProto:
     """x -> squeeze 1x1 -> Relu -> [``first`` (a 1x1 conv + Relu, or a MaxPool), 3x3 conv + Relu at 3x the weights]
     -> Concat -> 1x1 conv: SqueezeNet's fire module, whose two halves calibrate to different ranges.
-    ``extra_reader``: the first half is also read by a second conv."""
+    ``extra_reader``: the first half is also read by a second conv; ``signed``: the 3x3 half has no Relu."""
     weights = {
         "ws": RNG.normal(size=(8, 8, 1, 1)),
         "w1": RNG.normal(size=(8, 8, 1, 1)),
         "w3": 3 * RNG.normal(size=(8, 8, 3, 3)),
         "wo": RNG.normal(size=(4, 16, 1, 1)),
-        "wx": RNG.normal(size=(4, 8, 1, 1)),
+        **({"wx": RNG.normal(size=(4, 8, 1, 1))} if extra_reader else {}),
     }
     nodes = [
         helper.make_node("Conv", ["x", "ws"], ["s"], name="squeeze"),
         helper.make_node("Relu", ["s"], ["sr"], name="squeeze_act"),
         helper.make_node("Conv", ["sr", "w3"], ["e3"], name="expand3", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["e3"], ["e3r"], name="expand3_act"),
     ]
+    if not signed:
+        nodes.append(helper.make_node("Relu", ["e3"], ["e3r"], name="expand3_act"))
     if first == "Conv":
         nodes += [
             helper.make_node("Conv", ["sr", "w1"], ["e1"], name="expand1"),
@@ -51,7 +52,7 @@ def fire(first: str = "Conv", extra_reader: bool = False) -> onnx.ModelProto:
     else:
         nodes.append(helper.make_node("MaxPool", ["sr"], ["e1r"], name="pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
     nodes += [
-        helper.make_node("Concat", ["e1r", "e3r"], ["c"], name="concat", axis=1),
+        helper.make_node("Concat", ["e1r", "e3" if signed else "e3r"], ["c"], name="concat", axis=1),
         helper.make_node("Conv", ["c", "wo"], ["y"], name="out"),
     ]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
@@ -66,6 +67,7 @@ def fire(first: str = "Conv", extra_reader: bool = False) -> onnx.ModelProto:
 
 
 def quantized(tmp_path: Path, model: onnx.ModelProto, quant_format: QuantFormat) -> tuple[Path, onnx.ModelProto]:
+    """The float model saved (onnxruntime's quantizer folds each conv's Relu into its output quantizer) and its int8."""
     source, output = tmp_path / "fire.onnx", tmp_path / f"fire-{quant_format.name}.onnx"
     onnx.save(model, str(source))
     quantize_static(str(source), str(output), Pictures(), quant_format=quant_format, per_channel=True)
@@ -96,7 +98,8 @@ def test_both_inputs_move_to_the_output_scale_and_stay_as_close_to_float(
     assert output not in inputs, "the two halves calibrate to their own ranges"
     feed = RNG.normal(size=SHAPE).astype(np.float32)
     exact, before = run(source, feed), run(model, feed)
-    assert concat_inputs_at_output_scale(model) == 2
+    assert concat_inputs_at_output_scale(model) == 0, "without the float model a folded Relu cannot be told apart"
+    assert concat_inputs_at_output_scale(model, reference=onnx.load(str(source))) == 2
     onnx.checker.check_model(model)
     inputs, output = concat_input_scales(model)
     assert inputs == [output, output]
@@ -113,8 +116,22 @@ def test_an_input_read_elsewhere_or_kept_at_its_writers_scale_stays(
 ) -> None:
     """A MaxPool's output keeps its input's scale (onnxruntime pools on the integers only then); an input another
     conv reads too would reach it coarser. Only the other half moves."""
-    _, model = quantized(tmp_path, fire(first, extra_reader), QuantFormat.QDQ)
+    source, model = quantized(tmp_path, fire(first, extra_reader), QuantFormat.QDQ)
     kept = concat_input_scales(model)[0][0]
-    assert concat_inputs_at_output_scale(model) == 1
+    assert concat_inputs_at_output_scale(model, reference=onnx.load(str(source))) == 1
     inputs, output = concat_input_scales(model)
     assert inputs == [kept, output]
+
+
+@pytest.mark.parametrize("quant_format", [QuantFormat.QDQ, QuantFormat.QOperator], ids=["qdq", "qoperator"])
+def test_a_relu_folded_into_the_quantizer_survives(tmp_path: Path, quant_format: QuantFormat) -> None:
+    """Concat(Relu(conv), signed conv): the quantizer clips the first half at 0 in place of its Relu; at the
+    Concat's signed scale it would let negatives through, so it stays, and the model still computes the Relu."""
+    source, model = quantized(tmp_path, fire(signed=True), quant_format)
+    feed = RNG.normal(size=SHAPE).astype(np.float32)
+    exact, before = run(source, feed), run(model, feed)
+    kept = concat_input_scales(model)[0][0]
+    assert concat_inputs_at_output_scale(model, reference=onnx.load(str(source))) == 1, "only the signed half"
+    inputs, output = concat_input_scales(model)
+    assert inputs == [kept, output]
+    assert np.abs(run(model, feed) - exact).mean() <= np.abs(before - exact).mean() * 1.05

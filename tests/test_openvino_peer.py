@@ -12,7 +12,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-from smallnets.benchmarks.openvino_peer import build_openvino_fp32, build_openvino_int8, compile_config, load_openvino
+from smallnets.benchmarks.openvino_peer import (
+    build_openvino_fp32,
+    build_openvino_int8,
+    compile_config,
+    converted_from,
+    int8_companions,
+    load_openvino,
+)
 
 pytest.importorskip("openvino", reason="needs the peers extra: pip install 'smallnets[peers]'")
 
@@ -68,8 +75,9 @@ def tiny_int8(tmp_path: Path, quant_format: QuantFormat) -> Path:
 
 def test_our_int8_file_runs_in_openvino_with_onnxruntimes_integers(tmp_path: Path) -> None:
     int8 = tiny_int8(tmp_path, QuantFormat.QDQ)
-    ir = build_openvino_int8(int8, tmp_path / "ov" / "model.int8.xml", tmp_path / "ov" / "model.int8.refused.txt")
-    assert ir.suffix == ".xml" and not (tmp_path / "ov" / "model.int8.refused.txt").exists()
+    ir = build_openvino_int8(int8, tmp_path / "ov" / "model.int8.xml")
+    assert ir == tmp_path / "ov" / "model.int8.xml" and not int8_companions(ir)[1].exists()
+    assert converted_from(ir, int8)
     batch = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
     ours = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
     theirs = load_openvino(str(ir), 1, batch.shape).run(batch)
@@ -85,8 +93,12 @@ def test_an_int8_file_openvino_cannot_read_gets_a_note_naming_the_ops(tmp_path: 
     conv.domain, conv.op_type = "com.microsoft", "QLinearUnknown"  # an op no frontend converts
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(int8))
-    output, refusal = tmp_path / "model.int8.xml", tmp_path / "model.int8.refused.txt"
+    output = tmp_path / "model.int8.xml"
+    refusal = int8_companions(output)[1]
     output.write_text("a stale IR")
-    assert build_openvino_int8(int8, output, refusal) == refusal
+    assert build_openvino_int8(int8, output) == refusal
     assert not output.exists(), "no IR of an older file is left to be timed"
     assert "cannot read it" in refusal.read_text() and "QLinearUnknown" in refusal.read_text()
+    assert converted_from(output, int8), "the refusal stands for this file"
+    int8.write_bytes(int8.read_bytes() + b"\0")
+    assert not converted_from(output, int8), "a rewritten int8 file is converted again"
