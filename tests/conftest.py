@@ -47,6 +47,25 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     return make
 
 
+@pytest.fixture(scope="session")
+def fused_family(exported: Callable[..., Path]) -> Callable[[str], tuple[Any, Any]]:
+    """``fused_family(family)`` -> (a registry family's export simplified and fused as optimize does, a random input
+    batch of its shape): what the graph rewrites are checked on, family by family."""
+    import numpy as np
+    from registry_choices import FAMILIES
+
+    from smallnets.optimize.fuse import fuse
+    from smallnets.optimize.simplify import simplify
+
+    def make(family: str) -> tuple[Any, Any]:
+        name, variant = FAMILIES[family]
+        model, _ = fuse(simplify(exported(name, **variant)))
+        shape = [dim.dim_value or 1 for dim in model.graph.input[0].type.tensor_type.shape.dim]
+        return model, np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+    return make
+
+
 # Modules whose tests run whole stages (export, optimize, pipeline, bench suites, Bento and image builds), some
 # through the CLI where no name gives them away.
 SLOW_MODULES = frozenset(

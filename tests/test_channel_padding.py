@@ -16,12 +16,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-from registry_choices import FAMILIES, FAMILY_IDS
+from registry_choices import FAMILY_IDS
 
 from smallnets.optimize.channel_padding import pad_depthwise_channels, pad_quantized_input, pad_stem_channels
-from smallnets.optimize.fuse import fuse
 from smallnets.optimize.sensitivity import layer_errors
-from smallnets.optimize.simplify import simplify
 
 RNG = np.random.default_rng(0)
 
@@ -109,11 +107,10 @@ def test_channels_already_a_multiple_are_left_alone() -> None:
 
 
 @pytest.mark.parametrize("family", FAMILY_IDS)
-def test_every_family_keeps_its_logits_when_padded(family: str, exported: Callable[..., Path]) -> None:
-    name, variant = FAMILIES[family]
-    model, _ = fuse(simplify(exported(name, **variant)))
-    shape = [dim.dim_value or 1 for dim in model.graph.input[0].type.tensor_type.shape.dim]
-    feed = RNG.normal(size=shape).astype(np.float32)
+def test_every_family_keeps_its_logits_when_padded(
+    family: str, fused_family: Callable[[str], tuple[onnx.ModelProto, np.ndarray]]
+) -> None:
+    model, feed = fused_family(family)
     before, unaligned = run(model, feed), sum(channels % 16 != 0 for channels in depthwise_channels(model))
     padded = pad_depthwise_channels(model)
     assert pad_stem_channels(model) >= 1, "every family's stem reads the RGB input"
@@ -121,7 +118,7 @@ def test_every_family_keeps_its_logits_when_padded(family: str, exported: Callab
     np.testing.assert_allclose(run(model, feed), before, rtol=1e-4, atol=1e-5 * float(np.abs(before).max()))
     left = sum(channels % 16 != 0 for channels in depthwise_channels(model))
     assert left == unaligned - padded, "each padded depthwise conv now has a multiple of 16 channels"
-    print(f"{name} {variant}: {padded} of {unaligned} unaligned depthwise convs padded")
+    print(f"{family}: {padded} of {unaligned} unaligned depthwise convs padded")
 
 
 def test_per_layer_evidence_compares_the_real_channels_of_a_padded_model(tmp_path: Path) -> None:
