@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from smallnets.optimize.groups import GraphView, conv_groups
+from smallnets.optimize.groups import GraphView, attribute, conv_groups
 
 CHANNEL_MULTIPLE = 16  # MLAS's symmetric depthwise kernels: x86 groups of 16 (ARM64: 8, so 16 serves both)
 PER_CHANNEL_OPS = frozenset(
@@ -78,7 +78,7 @@ def find_region(depthwise: onnx.NodeProto, view: GraphView) -> Region:
     """Walk from ``depthwise`` over every tensor with its channels; raises OutsideRegion where padding must stop."""
     region = Region(depthwise={depthwise.name})
     pending = deque([depthwise.input[0], depthwise.output[0]])
-    outputs = {value.name for value in view.graph.output}
+    outputs = view.graph_outputs
     while pending:
         tensor = pending.popleft()
         if tensor in region.tensors:
@@ -228,11 +228,11 @@ def _zero_pad_quantizer(pad: onnx.NodeProto, view: GraphView) -> onnx.NodeProto 
     if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or len(pad.input) < 2:
         return None
     quantize = readers[0]
-    mode = next((attr.s for attr in pad.attribute if attr.name == "mode"), b"constant")
+    mode = attribute(pad, "mode", b"constant")
     constant = pad.input[2] if len(pad.input) > 2 else ""
     if mode != b"constant" or (constant and _value(view, constant) != [0.0]) or pad.input[3:]:
         return None
-    if {value.name for value in view.graph.output} & {pad.output[0], pad.input[0]} or len(quantize.input) < 3:
+    if view.graph_outputs & {pad.output[0], pad.input[0]} or len(quantize.input) < 3:
         return None
     params = [_value(view, name) for name in quantize.input[1:3]]
     return quantize if all(value is not None and len(value) == 1 for value in params) else None
@@ -252,6 +252,6 @@ def _same_dequantizer(pad: onnx.NodeProto, quantize: onnx.NodeProto, view: Graph
 
 
 def _value(view: GraphView, name: str) -> list[float] | None:
-    """An initializer's values as a flat list (None when ``name`` is not an initializer)."""
-    tensor = view.weights.get(name)
-    return None if tensor is None else numpy_helper.to_array(tensor).astype(np.float64).ravel().tolist()
+    """An initializer's values as a flat list of floats, comparable across dtypes (None when not an initializer)."""
+    array = view.constant(name)
+    return None if array is None else array.astype(np.float64).ravel().tolist()

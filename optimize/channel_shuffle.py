@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from smallnets.optimize.groups import GraphView, conv_groups
+from smallnets.optimize.groups import GraphView, attribute, conv_groups, drop_unread_initializers
 
 SHUFFLE_PERM = [0, 2, 1, 3, 4]  # (N, groups, C/groups, H, W) -> (N, C/groups, groups, H, W)
 
@@ -42,9 +42,7 @@ def fold_channel_shuffles(model: onnx.ModelProto) -> int:
         path[0].input[0] = split.input[0]
         for node in (split, transpose, merge):
             model.graph.node.remove(node)
-        read = {name for node in model.graph.node for name in node.input}
-        for tensor in [view.weights[name] for name in {split.input[1], merge.input[1]} - read]:
-            model.graph.initializer.remove(tensor)
+        drop_unread_initializers(model.graph, (split.input[1], merge.input[1]))
         folded += 1
     return folded
 
@@ -54,18 +52,19 @@ def _shuffle_around(
 ) -> tuple[onnx.NodeProto, onnx.NodeProto, tuple[int, int]] | None:
     """The Reshapes before and after a shuffle Transpose and (groups, channels per group), when the three form one:
     (N, C, H, W) -> (N, g, C/g, H, W) -> transposed -> (N, C, H, W), no tensor between them read elsewhere."""
-    perm = next((list(attr.ints) for attr in transpose.attribute if attr.name == "perm"), None)
+    perm = attribute(transpose, "perm", None)
     split, readers = view.producers.get(transpose.input[0]), view.consumers.get(transpose.output[0], [])
     if perm != SHUFFLE_PERM or split is None or split.op_type != "Reshape" or len(readers) != 1:
         return None
-    merge, outputs = readers[0], {value.name for value in view.graph.output}
+    merge = readers[0]
     if merge.op_type != "Reshape" or len(view.consumers.get(split.output[0], [])) != 1:
         return None
-    if {split.output[0], transpose.output[0]} & outputs:
+    if {split.output[0], transpose.output[0]} & view.graph_outputs:
         return None
-    shape, merged = _dims(view, split.input[1]), _dims(view, merge.input[1])
-    if shape is None or merged is None or len(shape) != 5 or len(merged) != 4:
+    shape, merged = view.constant(split.input[1]), view.constant(merge.input[1])
+    if shape is None or merged is None or shape.shape != (5,) or merged.shape != (4,):
         return None
+    shape, merged = shape.astype(int).tolist(), merged.astype(int).tolist()
     groups, per_group = shape[1], shape[2]
     if groups < 2 or per_group < 1 or merged[1] not in (-1, groups * per_group) or merged[2:] != shape[3:]:
         return None
@@ -80,16 +79,11 @@ def _fits(path: list[onnx.NodeProto], grouping: tuple[int, int], view: GraphView
     return all(list(dims[:2]) == [channels, 1] for dims in depthwise) and reader[1] * conv_groups(path[-1]) == channels
 
 
-def _dims(view: GraphView, name: str) -> list[int] | None:
-    tensor = view.weights.get(name)
-    return None if tensor is None else numpy_helper.to_array(tensor).astype(int).tolist()
-
-
 def _path_to_reader(tensor: str, view: GraphView) -> list[onnx.NodeProto] | None:
     """The single-reader chain from ``tensor`` through depthwise convs and Relu/Clip to the first other conv (all
     owning their weights), or None when the channels go anywhere else first."""
     path: list[onnx.NodeProto] = []
-    outputs = {value.name for value in view.graph.output}
+    outputs = view.graph_outputs
     while True:
         readers = view.consumers.get(tensor, [])
         if len(readers) != 1 or tensor in outputs or readers[0].input[0] != tensor:

@@ -18,14 +18,12 @@ QLinear op's output scale and the QLinearConcat's input scale).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from smallnets.optimize.groups import node_links
+from smallnets.optimize.groups import GraphView, attribute, drop_unread_initializers
 
 # Float ops whose output quantizer requantizes (so it may take any scale), and QLinear ops by where their output
 # scale and zero point sit among their inputs.
@@ -39,70 +37,46 @@ ACTIVATIONS = frozenset({"Relu", "Clip"})  # the ones the quantizer folds
 QOPERATOR_SUFFIX = "_quantized"  # onnxruntime's QOperator name for the integer copy of a float tensor
 
 
-@dataclass(frozen=True)
-class Graph:
-    """The lookups one pass needs: the quantized graph's edges and constants, the float model's writers."""
-
-    producers: Mapping[str, onnx.NodeProto]
-    consumers: Mapping[str, Sequence[onnx.NodeProto]]
-    constants: Mapping[str, onnx.TensorProto]
-    outputs: frozenset[str]
-    float_producers: Mapping[str, onnx.NodeProto] | None
-    float_consumers: Mapping[str, Sequence[onnx.NodeProto]]
-    float_constants: Mapping[str, onnx.TensorProto]
-
-
 def concat_inputs_at_output_scale(
     model: onnx.ModelProto, keep_float: Collection[str] = (), reference: onnx.ModelProto | None = None
 ) -> int:
     """Point each Concat input's quantizer at the Concat's output scale and zero point, in place; returns how many
     inputs moved. ``reference`` is the float model that was quantized; Concats named in ``keep_float`` stay."""
-    producers, consumers = node_links(model.graph)
-    float_producers, float_consumers = node_links(reference.graph) if reference is not None else (None, {})
-    graph = Graph(
-        producers,
-        consumers,
-        {init.name: init for init in model.graph.initializer},
-        frozenset(value.name for value in model.graph.output),
-        float_producers,
-        float_consumers,
-        {init.name: init for init in reference.graph.initializer} if reference is not None else {},
-    )
+    view = GraphView.of(model)
+    float_view = GraphView.of(reference) if reference is not None else None
     moves: list[set[str]] = []
     for node in model.graph.node:
         if node.name in keep_float:
             continue
         if node.op_type == "Concat":
-            moves += _move_qdq_inputs(node, graph)
+            moves += _move_qdq_inputs(node, view, float_view)
         elif node.op_type == "QLinearConcat":
-            moves += _move_qlinear_inputs(node, graph)
-    orphans = set().union(*moves) - {name for node in model.graph.node for name in node.input}
-    for tensor in [tensor for tensor in model.graph.initializer if tensor.name in orphans]:
-        model.graph.initializer.remove(tensor)
+            moves += _move_qlinear_inputs(node, view, float_view)
+    drop_unread_initializers(model.graph, set().union(*moves))
     return len(moves)
 
 
-def _move_qdq_inputs(concat: onnx.NodeProto, graph: Graph) -> list[set[str]]:
+def _move_qdq_inputs(concat: onnx.NodeProto, view: GraphView, float_view: GraphView | None) -> list[set[str]]:
     """DQ -> Concat -> Q: each input's Q and its DQs take the output Q's scale and zero point; returns, per input
     moved, the scale and zero point names they stopped reading."""
-    readers = graph.consumers.get(concat.output[0], [])
+    readers = view.consumers.get(concat.output[0], [])
     if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or len(readers[0].input) < 3:
         return []
     target = tuple(readers[0].input[1:3])
     moved: list[set[str]] = []
     for name in concat.input:
-        dequantize = graph.producers.get(name)
+        dequantize = view.producers.get(name)
         if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(dequantize.input) < 3:
             continue
-        quantize = graph.producers.get(dequantize.input[0])
+        quantize = view.producers.get(dequantize.input[0])
         if quantize is None or quantize.op_type != "QuantizeLinear" or len(quantize.input) < 3:
             continue
-        writer, dequantizers = graph.producers.get(quantize.input[0]), graph.consumers.get(quantize.output[0], [])
-        if writer is None or writer.op_type not in REQUANTIZING_FLOAT_OPS or quantize.output[0] in graph.outputs:
+        writer, dequantizers = view.producers.get(quantize.input[0]), view.consumers.get(quantize.output[0], [])
+        if writer is None or writer.op_type not in REQUANTIZING_FLOAT_OPS or quantize.output[0] in view.graph_outputs:
             continue
-        if any(d.op_type != "DequantizeLinear" or graph.consumers.get(d.output[0]) != [concat] for d in dequantizers):
+        if any(d.op_type != "DequantizeLinear" or view.consumers.get(d.output[0]) != [concat] for d in dequantizers):
             continue
-        if not _may_move(tuple(quantize.input[1:3]), target, writer, quantize.input[0], graph):
+        if not _may_move(tuple(quantize.input[1:3]), target, writer, quantize.input[0], view, float_view):
             continue
         moved.append(set(quantize.input[1:3]))
         for quantizer in (quantize, *dequantizers):
@@ -110,19 +84,24 @@ def _move_qdq_inputs(concat: onnx.NodeProto, graph: Graph) -> list[set[str]]:
     return moved
 
 
-def _move_qlinear_inputs(concat: onnx.NodeProto, graph: Graph) -> list[set[str]]:
+def _move_qlinear_inputs(concat: onnx.NodeProto, view: GraphView, float_view: GraphView | None) -> list[set[str]]:
     """QLinearConcat(Y scale, Y zero point, (X, X scale, X zero point)...): each X's writer and the X's triple take
     the Y scale and zero point; returns, per input moved, the names they stopped reading."""
     target = tuple(concat.input[0:2])
     moved: list[set[str]] = []
     for index in range(2, len(concat.input), 3):
         name = concat.input[index]
-        writer = graph.producers.get(name)
+        writer = view.producers.get(name)
         at = QLINEAR_OUTPUT_SCALE.get(writer.op_type) if writer is not None else None
-        if at is None or len(writer.input) <= at + 1 or graph.consumers.get(name) != [concat] or name in graph.outputs:
+        if (
+            at is None
+            or len(writer.input) <= at + 1
+            or view.consumers.get(name) != [concat]
+            or name in view.graph_outputs
+        ):
             continue
         float_name = name.removesuffix(QOPERATOR_SUFFIX)
-        if not _may_move(tuple(concat.input[index + 1 : index + 3]), target, writer, float_name, graph):
+        if not _may_move(tuple(concat.input[index + 1 : index + 3]), target, writer, float_name, view, float_view):
             continue
         moved.append(set(concat.input[index + 1 : index + 3]) | set(writer.input[at : at + 2]))
         writer.input[at], writer.input[at + 1] = target
@@ -131,21 +110,26 @@ def _move_qlinear_inputs(concat: onnx.NodeProto, graph: Graph) -> list[set[str]]
 
 
 def _may_move(
-    current: tuple[str, str], target: tuple[str, str], writer: onnx.NodeProto, name: str, graph: Graph
+    current: tuple[str, str],
+    target: tuple[str, str],
+    writer: onnx.NodeProto,
+    name: str,
+    view: GraphView,
+    float_view: GraphView | None,
 ) -> bool:
     """Not there yet, of the same integer type, within the bounds of any activation folded into the quantizer."""
-    if current == target or any(part not in graph.constants for part in (*current, *target)):
+    if current == target or any(part not in view.weights for part in (*current, *target)):
         return False
-    if graph.constants[current[1]].data_type != graph.constants[target[1]].data_type:
+    if view.weights[current[1]].data_type != view.weights[target[1]].data_type:
         return False
-    bounds = _folded_bounds(writer, name, graph)
+    bounds = _folded_bounds(writer, name, float_view)
     if bounds is None:
         return False
-    low, high = _range(graph.constants[target[0]], graph.constants[target[1]])
+    low, high = _range(view.constant(target[0]), view.constant(target[1]))
     return low >= bounds[0] and high <= bounds[1]
 
 
-def _folded_bounds(writer: onnx.NodeProto, name: str, graph: Graph) -> tuple[float, float] | None:
+def _folded_bounds(writer: onnx.NodeProto, name: str, float_view: GraphView | None) -> tuple[float, float] | None:
     """The bounds of a Relu or Clip folded into the quantizer of float tensor ``name`` (-inf, inf when none was);
     None when the float model is not at hand to tell, or does not know the tensor.
 
@@ -154,30 +138,28 @@ def _folded_bounds(writer: onnx.NodeProto, name: str, graph: Graph) -> tuple[flo
     the conv's (``name``'s one float reader is the Relu)."""
     if writer.op_type not in FOLDING_WRITERS:
         return -math.inf, math.inf
-    float_writer = graph.float_producers.get(name) if graph.float_producers is not None else None
-    if float_writer is None:
+    if float_view is None or (float_writer := float_view.producers.get(name)) is None:
         return None
-    readers = graph.float_consumers.get(name, [])
+    readers = float_view.consumers.get(name, [])
     activation = float_writer if float_writer.op_type in ACTIVATIONS else next(iter(readers), None)
     if activation is None or activation.op_type not in ACTIVATIONS or len(readers) > 1:
         return -math.inf, math.inf
     if activation.op_type == "Relu":
         return 0.0, math.inf
-    low, high = (_clip_bound(activation, index, graph) for index in (1, 2))
+    low, high = (_clip_bound(activation, index, float_view) for index in (1, 2))
     return (-math.inf if low is None else low), (math.inf if high is None else high)
 
 
-def _clip_bound(clip: onnx.NodeProto, index: int, graph: Graph) -> float | None:
+def _clip_bound(clip: onnx.NodeProto, index: int, float_view: GraphView) -> float | None:
     """A Clip's min (index 1) or max (2): an input constant (opset >= 11) or an attribute (older opsets)."""
     if len(clip.input) > index and clip.input[index]:
-        tensor = graph.float_constants.get(clip.input[index])
-        return None if tensor is None else float(numpy_helper.to_array(tensor))
-    attribute = next((attr for attr in clip.attribute if attr.name == ("min" if index == 1 else "max")), None)
-    return None if attribute is None else attribute.f
+        value = float_view.constant(clip.input[index])
+        return None if value is None else float(value)
+    return attribute(clip, "min" if index == 1 else "max", None)
 
 
-def _range(scale: onnx.TensorProto, zero_point: onnx.TensorProto) -> tuple[float, float]:
+def _range(scale: np.ndarray, zero: np.ndarray) -> tuple[float, float]:
     """The real values a per-tensor quantizer can hold."""
-    step, zero = float(numpy_helper.to_array(scale)), numpy_helper.to_array(zero_point)
+    step = float(scale)
     limits = np.iinfo(zero.dtype)
     return (limits.min - int(zero)) * step, (limits.max - int(zero)) * step

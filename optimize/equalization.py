@@ -52,7 +52,7 @@ class EqualizationResult:
 
 def _sole_readers(view: GraphView, tensor: str) -> list[onnx.NodeProto]:
     """The nodes reading ``tensor``; empty when the graph also outputs it (then its values must stay as they are)."""
-    if tensor in {value.name for value in view.graph.output}:
+    if tensor in view.graph_outputs:
         return []
     return view.consumers.get(tensor, [])
 

@@ -8,10 +8,13 @@ Runtime cannot fuse into an int8 conv and so pay a DequantizeLinear/QuantizeLine
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 GATE_OPS = ("Sigmoid", "HardSigmoid")
@@ -71,6 +74,16 @@ class GraphView:
         """The graph's real inputs (initializers listed as inputs are weights)."""
         return {value.name for value in self.graph.input} - set(self.weights)
 
+    @property
+    def graph_outputs(self) -> set[str]:
+        """The graph's outputs: a rewrite must leave their values as they are."""
+        return {value.name for value in self.graph.output}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """An initializer's values (None when ``name`` is not an initializer)."""
+        tensor = self.weights.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+
     def depthwise(self, node: onnx.NodeProto) -> bool:
         """One filter per channel: grouped, with one input channel per filter."""
         weight = self.weights.get(node.input[1]) if len(node.input) > 1 else None
@@ -82,7 +95,7 @@ class GraphView:
         if node.op_type != "Conv" or len(node.input) < 2:
             return False
         names = [name for name in node.input[1:3] if name]
-        exposed = {value.name for value in (*self.graph.input, *self.graph.output)}
+        exposed = {value.name for value in self.graph.input} | self.graph_outputs
         return not exposed & set(names) and all(
             name in self.weights
             and self.weights[name].data_type == onnx.TensorProto.FLOAT
@@ -93,7 +106,19 @@ class GraphView:
 
 def conv_groups(node: onnx.NodeProto) -> int:
     """A Conv's group count (1 when the attribute is absent)."""
-    return next((attr.i for attr in node.attribute if attr.name == "group"), 1)
+    return attribute(node, "group", 1)
+
+
+def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """A node's attribute value (ints as a list, strings as bytes), or ``default`` when it has none of that name."""
+    return next((helper.get_attribute_value(attr) for attr in node.attribute if attr.name == name), default)
+
+
+def drop_unread_initializers(graph: onnx.GraphProto, names: Iterable[str]) -> None:
+    """Remove the initializers among ``names`` no node reads any more (a rewrite left them behind)."""
+    unread = set(names) - {name for node in graph.node for name in node.input}
+    for tensor in [tensor for tensor in graph.initializer if tensor.name in unread]:
+        graph.initializer.remove(tensor)
 
 
 def _stem(view: GraphView) -> list[str]:

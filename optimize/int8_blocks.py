@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Sequence
-from typing import Any
 
 import numpy as np
 import onnx
@@ -35,7 +34,7 @@ from smallnets.core.targets import ARM_CHANNEL_PADDING, STEM_CHANNEL_PADDING, X8
 from smallnets.optimize.channel_padding import pad_depthwise_channels, pad_quantized_input, pad_stem_channels
 from smallnets.optimize.channel_shuffle import fold_channel_shuffles
 from smallnets.optimize.concat_scales import concat_inputs_at_output_scale
-from smallnets.optimize.groups import node_links
+from smallnets.optimize.groups import attribute, node_links
 
 SPATIAL_AXES = ({2, 3}, {-2, -1})
 MS_DOMAIN = "com.microsoft"
@@ -43,18 +42,12 @@ MS_DOMAIN = "com.microsoft"
 
 def _ints(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:
     """ReduceMean's axes, from the attribute (opset < 18) or the constant second input (opset >= 18)."""
-    for attribute in node.attribute:
-        if attribute.name == "axes":
-            return list(attribute.ints)
+    if (axes := attribute(node, "axes", None)) is not None:
+        return list(axes)
     if len(node.input) > 1 and node.input[1]:
         constant = next((init for init in model.graph.initializer if init.name == node.input[1]), None)
         return None if constant is None else numpy_helper.to_array(constant).astype(int).tolist()
     return None
-
-
-def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    value = next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-    return value
 
 
 def spatial_mean_as_global_pool(model: onnx.ModelProto) -> int:
@@ -75,7 +68,7 @@ def spatial_mean_as_global_pool(model: onnx.ModelProto) -> int:
         axes = _ints(model, node)
         if axes is None or set(axes) not in SPATIAL_AXES or ranks.get(node.input[0]) != 4:
             continue
-        keepdims = _attribute(node, "keepdims", 1)
+        keepdims = attribute(node, "keepdims", 1)
         node.op_type = "GlobalAveragePool"
         del node.input[1:]
         del node.attribute[:]
@@ -107,12 +100,12 @@ def average_pool_as_depthwise_conv(model: onnx.ModelProto) -> int:
         count = channels.get(node.input[0], 0) if node.op_type == "AveragePool" and node.input else 0
         if not count or not _is_plain_mean_window(node):
             continue
-        kernel, pads = list(_attribute(node, "kernel_shape", [])), list(_attribute(node, "pads", [0, 0, 0, 0]))
+        kernel, pads = list(attribute(node, "kernel_shape", [])), list(attribute(node, "pads", [0, 0, 0, 0]))
         weight = numpy_helper.from_array(
             np.full((count, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), np.float32), f"{node.name}_mean_weight"
         )
         model.graph.initializer.append(weight)
-        strides = list(_attribute(node, "strides", [1, 1]))
+        strides = list(attribute(node, "strides", [1, 1]))
         node.op_type = "Conv"
         node.input.append(weight.name)
         del node.attribute[:]
@@ -127,14 +120,14 @@ def average_pool_as_depthwise_conv(model: onnx.ModelProto) -> int:
 def _is_plain_mean_window(pool: onnx.NodeProto) -> bool:
     """A 2-D window whose every output divides by kh * kw: padding counted (or none), no ceil mode, auto-padding
     or dilation."""
-    padded = any(_attribute(pool, "pads", []))
+    padded = any(attribute(pool, "pads", []))
     return (
         pool.domain in ("", "ai.onnx")
-        and len(_attribute(pool, "kernel_shape", [])) == 2
-        and (bool(_attribute(pool, "count_include_pad", 0)) or not padded)
-        and not _attribute(pool, "ceil_mode", 0)
-        and _attribute(pool, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
-        and all(dilation == 1 for dilation in _attribute(pool, "dilations", []))
+        and len(attribute(pool, "kernel_shape", [])) == 2
+        and (bool(attribute(pool, "count_include_pad", 0)) or not padded)
+        and not attribute(pool, "ceil_mode", 0)
+        and attribute(pool, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+        and all(dilation == 1 for dilation in attribute(pool, "dilations", []))
     )
 
 
@@ -206,7 +199,7 @@ def _qlinear_add(
     beta is one integer over scale |beta|: (1 - 0) when positive, (0 - 1) when negative, and 0 (scale 1) when 0.
     """
     scale, zero = (numpy_helper.to_array(constants[name]) for name in dequantize.input[1:3])
-    alpha, beta = float(_attribute(node, "alpha", 0.2)), float(_attribute(node, "beta", 0.5))
+    alpha, beta = float(attribute(node, "alpha", 0.2)), float(attribute(node, "beta", 0.5))
     prefix = f"{node.name}_qadd"
     beta_scale, beta_zero, beta_value = (abs(beta), 0, 1) if beta else (1.0, 0, 0)
     if beta < 0:
