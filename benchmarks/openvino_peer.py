@@ -22,6 +22,7 @@ import numpy as np
 
 from smallnets.benchmarks.loaded import TimedModel
 from smallnets.core.files import atomic_write, sha256_file
+from smallnets.core.openvino_runtime import unread_ops
 
 INSTALL_HINT = "install the peers extra: pip install 'smallnets[peers]' -c constraints.txt"
 
@@ -107,13 +108,6 @@ def build_openvino_int8(int8_onnx: Path, output: Path) -> Path:
         ov.save_model(model, str(output), compress_to_fp16=False)
     atomic_write(source, sha256_file(int8_onnx) + "\n")
     return output if output.is_file() else refusal
-
-
-def unread_ops(message: str) -> str:
-    """The op lists of OpenVINO's "Model wasn't fully converted" summary, on one line (else its first line)."""
-    lines = message.splitlines()
-    found = [line.strip("- ").strip() for line in lines if "for operations:" in line or "failed for:" in line]
-    return "; ".join(found) or message.strip().splitlines()[0]
 
 
 def compile_config(threads: int, precision: str = PINNED) -> dict[str, object]:

@@ -11,6 +11,7 @@ benchmarks/ (nor torch's imports).
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -23,7 +24,9 @@ import yaml
 
 import smallnets.core
 import smallnets.serve
-from smallnets.serve.settings import ENV_MODEL_PATH
+from smallnets.core.openvino_runtime import INSTALL_HINT, RuntimeUnavailableError
+from smallnets.core.targets import ONNXRUNTIME, OPENVINO
+from smallnets.serve.settings import ENV_MODEL_PATH, ENV_RUNTIME
 
 # uv's --python-platform names for the Docker platforms we target; glibc 2.36 is Debian bookworm, the
 # python:3.11-slim base of the image.
@@ -39,12 +42,27 @@ class BentoBuild:
     requirements: Path
 
 
-def bentofile_for(model_tag: str, platform: str, bentofile: Path) -> dict:
-    """The build config of ``bentofile`` for one model and one platform."""
+def bentofile_for(model_tag: str, platform: str, bentofile: Path, runtime: str = ONNXRUNTIME) -> dict:
+    """The build config of ``bentofile`` for one model, one platform and the runtime that runs the model."""
     config = yaml.safe_load(bentofile.read_text())
     config["args"] = {**config.get("args", {}), "model_tag": model_tag}
     config.setdefault("labels", {})["platform"] = platform
+    config["labels"]["runtime"] = runtime
+    config["envs"] = [*config.get("envs", []), {"name": ENV_RUNTIME, "value": runtime}]
+    if runtime == OPENVINO:  # only Bentos that run OpenVINO carry it (~150 MB installed)
+        config["python"]["packages"].append(openvino_requirement())
     return config
+
+
+def openvino_requirement() -> str:
+    """OpenVINO pinned at the version installed here: the one this machine's tests and figures ran."""
+    try:
+        return f"openvino=={importlib.metadata.version('openvino')}"
+    except importlib.metadata.PackageNotFoundError as error:
+        raise RuntimeUnavailableError(
+            f"a Bento for the {OPENVINO} runtime pins the OpenVINO version tested here, and none is installed: "
+            f"{INSTALL_HINT}"
+        ) from error
 
 
 def stage_sources(context: Path) -> None:
@@ -59,13 +77,14 @@ def stage_sources(context: Path) -> None:
         shutil.copytree(source, package / subpackage.__name__.rpartition(".")[2], ignore=ignore)
 
 
-def build_bento(model_tag: str, platform: str, root: Path) -> BentoBuild:
-    """``bentoml build`` of ``root`` for ``platform`` (linux/amd64 | linux/arm64); returns where things are."""
+def build_bento(model_tag: str, platform: str, root: Path, runtime: str = ONNXRUNTIME) -> BentoBuild:
+    """``bentoml build`` of ``root`` for ``platform`` (linux/amd64 | linux/arm64) serving with ``runtime``; returns
+    where things are."""
     import bentoml
 
     if platform not in LOCK_PLATFORMS:
         raise ValueError(f"unknown platform {platform!r}: choose one of {sorted(LOCK_PLATFORMS)}")
-    config = bentofile_for(model_tag, platform, root / "bentofile.yaml")
+    config = bentofile_for(model_tag, platform, root / "bentofile.yaml", runtime)
     env = {key: value for key, value in os.environ.items() if key != ENV_MODEL_PATH}
     with tempfile.TemporaryDirectory(prefix="smallnets-bento-") as scratch:
         context = Path(scratch)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from smallnets.core.targets import PROVIDERS_HELP
+from smallnets.core.targets import ONNXRUNTIME, OPENVINO, PROVIDERS_HELP, RUNTIME_HELP, RUNTIMES
 from smallnets.serve.container_cli import register as register_container
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -41,7 +41,7 @@ def _add_classify(subparsers: argparse._SubParsersAction) -> None:
     classify = subparsers.add_parser(
         "classify",
         help="classify image files locally with an ONNX model (no server)",
-        description="Run MODEL on each image in this process with ONNX Runtime (no server). Each image is read on "
+        description="Run MODEL on each image in this process (no server). Each image is read on "
         "its own: one that cannot be read or decoded is reported on stderr and the others are still classified "
         "(exit code 8; 3 when none was found, 2 when none could be read).",
     )
@@ -57,10 +57,8 @@ def _add_classify(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument(
         "--json", action="store_true", help="print one JSON document with every result and error (default: off)"
     )
-    classify.add_argument(
-        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all usable cores)"
-    )
-    _add_providers_option(classify)
+    classify.add_argument("--threads", type=int, default=None, help="inference threads (default: all usable cores)")
+    _add_runtime_options(classify)
     classify.set_defaults(handler=run_classify)
 
 
@@ -84,14 +82,14 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="worker processes, each with its own ONNX Runtime session (default: one per 4 cores of the CPU quota)",
+        help="worker processes, each with its own model session (default: one per 4 cores of the CPU quota)",
     )
     serve.add_argument("--max-upload-mb", type=float, default=None, help="upload size cap in MB (default: 20)")
     serve.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="ONNX Runtime intra-op threads per worker (default: usable cores / --workers)",
+        help="inference threads per worker (default: usable cores / --workers)",
     )
     serve.add_argument(
         "--grpc-port",
@@ -105,7 +103,7 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="log one line per HTTP request, BentoML's access log (default: off)",
     )
-    _add_providers_option(serve)
+    _add_runtime_options(serve)
     serve.set_defaults(handler=run_serve)
 
 
@@ -124,15 +122,13 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
         default="linux/amd64",
         help="platform of the image and its locked wheels (default: linux/amd64)",
     )
+    build.add_argument("--runtime", choices=RUNTIMES, default=ONNXRUNTIME, help=RUNTIME_HELP)
     build.set_defaults(handler=run_build)
 
 
-def _add_providers_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--providers",
-        default=None,
-        help=PROVIDERS_HELP,
-    )
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", choices=RUNTIMES, default=None, help=RUNTIME_HELP)
+    parser.add_argument("--providers", default=None, help=PROVIDERS_HELP)
 
 
 def _providers(value: str | None) -> list[str] | None:
@@ -148,7 +144,9 @@ def run_classify(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be from 1 to {MAX_TOP_K}, got {args.top_k}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
-    classifier = load_classifier(args.model, providers=_providers(args.providers), threads=args.threads)
+    classifier = load_classifier(
+        args.model, providers=_providers(args.providers), threads=args.threads, runtime=args.runtime or ONNXRUNTIME
+    )
     for note in classifier.provider_notes:
         print(f"note: {note}", file=sys.stderr)
     for note in filter(None, (classifier.cpu_note, classifier.weights_note)):  # int8 for another CPU; random weights
@@ -159,6 +157,7 @@ def run_classify(args: argparse.Namespace) -> int:
         "precision": classifier.card.precision,
         "weights": classifier.card.weights,
         "path": str(classifier.path),
+        "runtime": classifier.runtime,
         "providers": classifier.providers,
     }
     if args.json:
@@ -227,6 +226,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env[settings.ENV_WORKERS] = str(args.workers)
     if args.threads is not None:
         env[settings.ENV_THREADS] = str(args.threads)
+    if args.runtime:
+        env[settings.ENV_RUNTIME] = args.runtime
     if args.providers:
         env[settings.ENV_PROVIDERS] = args.providers
     if args.max_upload_mb is not None:
@@ -242,7 +243,9 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
 def run_serve(args: argparse.Namespace) -> NoReturn:
     from smallnets.core.artifacts import resolve_model_file
     from smallnets.core.hardware import cpu_quota, serving_cores
+    from smallnets.core.openvino_runtime import import_openvino
     from smallnets.core.runtime import resolve_providers
+    from smallnets.serve.settings import ENV_RUNTIME
     from smallnets.serve.store import import_model, read_card
 
     if (args.workers is not None and args.workers < 1) or (args.threads is not None and args.threads < 1):
@@ -255,6 +258,8 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
             raise ValueError(f"--grpc-port must differ from --port ({args.port}): gRPC has a port of its own")
         check_listen_address(args.host, args.grpc_port, option="--grpc-port")
     resolve_providers(_providers(args.providers))  # fail here, not in every worker
+    if (args.runtime or os.environ.get(ENV_RUNTIME)) == OPENVINO:
+        import_openvino()
     cores = serving_cores(quota=cpu_quota())  # a container's CPU quota, not the host's cores
     workers = args.workers or 1
     if args.threads is not None and workers * args.threads > cores:
@@ -335,7 +340,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     warn_if_other_arch(read_card(resolve_model_file(args.model)), args.platform)
     tag = import_model(args.model)
-    result = build_bento(tag, args.platform, project_root())
+    result = build_bento(tag, args.platform, project_root(), args.runtime)
     print(f"model: {tag}")
     print(f"bento: {result.tag}")
     print(f"dockerfile: {result.dockerfile}")

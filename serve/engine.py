@@ -120,7 +120,7 @@ class Engine:
         map_large_blocks()  # before the first large picture: its blocks then never settle in an arena
         self.settings = settings
         self.classifier = OnnxClassifier.for_serving(
-            model_file, threads=settings.threads, providers=list(settings.providers) or None
+            model_file, threads=settings.threads, providers=list(settings.providers) or None, runtime=settings.runtime
         )
         for note in self.classifier.provider_notes:
             LOGGER.warning("execution providers: %s", note)

@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from smallnets.core.hardware import cpu_quota, serving_cores, serving_threads, serving_workers
+from smallnets.core.targets import ONNXRUNTIME, RUNTIMES
 
 ENV_MODEL_PATH = "SMALLNETS_MODEL"
 ENV_PROVIDERS = "SMALLNETS_PROVIDERS"
+ENV_RUNTIME = "SMALLNETS_RUNTIME"
 ENV_THREADS = "SMALLNETS_THREADS"
 ENV_WORKERS = "SMALLNETS_WORKERS"
 ENV_MAX_UPLOAD_MB = "SMALLNETS_MAX_UPLOAD_MB"
@@ -64,6 +66,7 @@ class ServeSettings:
     """Where the model comes from and how each worker runs it."""
 
     model_path: str | None
+    runtime: str  # core.targets.RUNTIMES: what runs the model
     providers: tuple[str, ...]
     threads: int
     workers: int
@@ -96,6 +99,7 @@ class ServeSettings:
         providers = tuple(name.strip() for name in env.get(ENV_PROVIDERS, "").split(",") if name.strip())
         return cls(
             model_path=env.get(ENV_MODEL_PATH) or None,
+            runtime=_runtime(env),
             providers=providers,
             threads=_positive_int(env, ENV_THREADS, default_threads),
             workers=workers,
@@ -117,6 +121,13 @@ class ServeSettings:
             grpc_host=env.get(ENV_GRPC_HOST) or DEFAULT_GRPC_HOST,
             access_log=env.get(ENV_ACCESS_LOG, "").lower() in ("1", "true", "yes", "on"),
         )
+
+
+def _runtime(env: Mapping[str, str]) -> str:
+    runtime = env.get(ENV_RUNTIME) or ONNXRUNTIME
+    if runtime not in RUNTIMES:
+        raise SettingsError(f"{ENV_RUNTIME}={runtime!r} must be one of {', '.join(RUNTIMES)} (unset: {ONNXRUNTIME})")
+    return runtime
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -55,15 +55,19 @@ def optimize_model(model: str | Path, output: str | Path, **config: Any) -> Opti
     return optimize(model, output, OptimizeConfig(**{**config, **paths}))
 
 
-def load(model: str | Path, providers: list[str] | None = None, threads: int | None = None) -> OnnxClassifier:
+def load(
+    model: str | Path, providers: list[str] | None = None, threads: int | None = None, runtime: str = "onnxruntime"
+) -> OnnxClassifier:
     """An ONNX classifier from an .onnx file or an optimize output folder (its int8 model when there is one).
+
+    ``runtime``: "onnxruntime", or "openvino" (the ``openvino`` extra) to run the same file on OpenVINO.
 
     ``load(path).classify(images, k=5)`` gives the top-k predictions per image (PIL images or file paths, one or
     a list). A model with random weights warns (RandomWeightsWarning): its predictions mean nothing.
     """
     from smallnets.core.loading import load_classifier
 
-    classifier = load_classifier(model, providers=providers, threads=threads)
+    classifier = load_classifier(model, providers=providers, threads=threads, runtime=runtime)
     _warn_if_random(classifier.card)
     return classifier
 

@@ -27,6 +27,7 @@ from smallnets.core.labelled import (
     sample_evenly,
 )
 from smallnets.core.split import Part, SplitFractions, choose_photos, part_of, split_folders
+from smallnets.core.targets import RUNTIMES
 
 SYNSETS = tuple(f"n{index:08d}" for index in range(0, 1000, 10))  # a made-up class list, sorted like ImageNet's
 
@@ -312,17 +313,20 @@ def test_cli_without_any_folder_names_the_setting(
     assert EVAL_DIR_ENV in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_cli_on_labelled_imagenet_photos(
-    exported: Callable[..., Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    exported: Callable[..., Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, runtime: str
 ) -> None:
-    """Real Lite0 weights on real labelled photos: the JSON figures, and no progress bar when not on a terminal."""
+    """Real Lite0 weights on real labelled photos, on each runtime: the JSON figures, and no progress bar when not
+    on a terminal."""
     folder = eval_dir_setting()
     if folder is None or not folder.is_dir():
         pytest.skip(f"needs labelled ImageNet photos: set {EVAL_DIR_ENV} (CI: ../shared/imagenet-dev)")
     model = exported("efficientnet_lite0", weights="imagenet")
-    assert main(["evaluate", str(model), "--limit", "48", "--json"]) == 0
+    assert main(["evaluate", str(model), "--limit", "48", "--json", "--runtime", runtime]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
+    assert result["runtime"] == runtime
     assert result["images"] == 48 and result["top1"] > 0.7 and result["top5"] >= result["top1"]
     assert len(result["files"]) == 48 and "evenly spaced" in result["photos"], "says which photos"
     assert result["provenance"].startswith(f"{folder.name}, 48 photos")

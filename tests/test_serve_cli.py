@@ -108,18 +108,36 @@ def test_a_grpc_port_in_use_is_one_line_naming_the_option(exported) -> None:
     assert result.stderr.count("\n") == 1 and f"port {port}" in result.stderr and "--grpc-port" in result.stderr
 
 
-def test_the_grpc_and_access_log_flags_reach_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--grpc-port (on --host) and --access-log travel to the workers as their settings variables; off by default."""
+def test_the_grpc_access_log_and_runtime_flags_reach_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--grpc-port (on --host), --access-log and --runtime travel to the workers as their settings variables; off
+    (or left to the environment) by default."""
     from smallnets.serve.cli import serve_environment
 
-    for name in ("SMALLNETS_GRPC_PORT", "SMALLNETS_GRPC_HOST", "SMALLNETS_ACCESS_LOG"):
+    for name in ("SMALLNETS_GRPC_PORT", "SMALLNETS_GRPC_HOST", "SMALLNETS_ACCESS_LOG", "SMALLNETS_RUNTIME"):
         monkeypatch.delenv(name, raising=False)
     limits = {"workers": None, "threads": None, "providers": None, "max_upload_mb": None, "host": "0.0.0.0"}
-    env = serve_environment(argparse.Namespace(**limits, grpc_port=8001, access_log=True))
+    env = serve_environment(argparse.Namespace(**limits, grpc_port=8001, access_log=True, runtime="openvino"))
     assert (env["SMALLNETS_GRPC_PORT"], env["SMALLNETS_GRPC_HOST"], env["SMALLNETS_ACCESS_LOG"]) == (
         "8001",
         "0.0.0.0",
         "1",
     )
-    quiet = serve_environment(argparse.Namespace(**limits, grpc_port=0, access_log=False))
-    assert not {"SMALLNETS_GRPC_PORT", "SMALLNETS_ACCESS_LOG"} & set(quiet)
+    assert env["SMALLNETS_RUNTIME"] == "openvino"
+    quiet = serve_environment(argparse.Namespace(**limits, grpc_port=0, access_log=False, runtime=None))
+    assert not {"SMALLNETS_GRPC_PORT", "SMALLNETS_ACCESS_LOG", "SMALLNETS_RUNTIME"} & set(quiet)
+
+
+def test_the_openvino_runtime_serves_over_http(exported, tmp_path: Path, cat_jpeg: bytes) -> None:
+    """SMALLNETS_RUNTIME=openvino: the workers run the file on OpenVINO, say so in /metadata and answer as
+    onnxruntime does for real Lite0 weights (a cat photo's top class is a cat)."""
+    from smallnets.core.runtime import OnnxClassifier
+
+    model = exported("efficientnet_lite0", weights="imagenet")
+    with smallnets_server(model, tmp_path, env={"SMALLNETS_RUNTIME": "openvino"}) as url:
+        metadata = httpx.get(f"{url}/metadata", timeout=10, trust_env=False).json()
+        response = httpx.post(f"{url}/classify", files={"image": ("cat.jpg", cat_jpeg)}, timeout=60, trust_env=False)
+    assert metadata["runtime"] == "openvino" and metadata["providers"][0].startswith("openvino-"), metadata
+    assert response.status_code == 200, response.text
+    served = [prediction["class_id"] for prediction in response.json()["predictions"]]
+    local = OnnxClassifier(model).classify(Image.open(io.BytesIO(cat_jpeg)), k=len(served))[0]
+    assert served[0] == local[0].class_id and 281 <= served[0] <= 285, (served, local)

@@ -196,7 +196,9 @@ def test_settings_defaults_share_cores_between_workers() -> None:
     assert explicit.threads == 3 and explicit.providers == ("xnnpack", "cpu")
 
 
-@pytest.mark.parametrize("variable", ["SMALLNETS_THREADS", "SMALLNETS_WORKERS", "SMALLNETS_MAX_UPLOAD_MB"])
+@pytest.mark.parametrize(
+    "variable", ["SMALLNETS_THREADS", "SMALLNETS_WORKERS", "SMALLNETS_MAX_UPLOAD_MB", "SMALLNETS_RUNTIME"]
+)
 @pytest.mark.parametrize("value", ["0", "-1", "many"])
 def test_settings_reject_bad_values(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):

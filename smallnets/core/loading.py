@@ -9,19 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from smallnets.core.artifacts import resolve_model_file
+from smallnets.core.openvino_runtime import RuntimeUnavailableError
 from smallnets.core.runtime import OnnxClassifier
+from smallnets.core.targets import ONNXRUNTIME
 
 
 def load_classifier(
-    model: str | Path, providers: list[str] | None = None, threads: int | None = None
+    model: str | Path, providers: list[str] | None = None, threads: int | None = None, runtime: str = ONNXRUNTIME
 ) -> OnnxClassifier:
-    """The ONNX classifier in ``model``; onnxruntime's own errors become one ValueError naming the file."""
+    """The ONNX classifier in ``model``; the runtime's own errors become one ValueError naming the file."""
     path = resolve_model_file(model)
     try:
-        return OnnxClassifier(path, providers=providers, threads=threads)
-    except (ValueError, OSError):
+        return OnnxClassifier(path, providers=providers, threads=threads, runtime=runtime)
+    except (ValueError, OSError, RuntimeUnavailableError):
         raise
-    except Exception as error:  # onnxruntime's own exception types, e.g. for a JPEG renamed .onnx
+    except Exception as error:  # the runtime's own exception types, e.g. for a JPEG renamed .onnx
         detail = " ".join(str(error).split())
         raise ValueError(
             f"{path} is not a loadable ONNX model ({detail}); pass an .onnx file written by `smallnets export` "

@@ -1,4 +1,6 @@
-"""The one way to run a smallnets ONNX model on images: ONNX Runtime session + card-driven pre/post-processing.
+"""The one way to run a smallnets ONNX model on images: a runtime's session + card-driven pre/post-processing.
+
+The runtime is ONNX Runtime, or OpenVINO where chosen (core/openvino_runtime.py); the rest is the same for both.
 
 Every stage reuses this: export validation, optimize calibration/validation, the BentoML service, benchmarks.
 """
@@ -18,8 +20,17 @@ from PIL import Image
 from smallnets.core.hardware import detect_cpu
 from smallnets.core.images import load_image, to_rgb
 from smallnets.core.metadata import ModelCard, RandomWeightsWarning
+from smallnets.core.openvino_runtime import OpenVinoSession
 from smallnets.core.preprocess import preprocess
-from smallnets.core.targets import CPU_PROVIDER, EXECUTION_PROVIDERS, execution_provider, int8_fit_note
+from smallnets.core.targets import (
+    CPU_PROVIDER,
+    EXECUTION_PROVIDERS,
+    ONNXRUNTIME,
+    OPENVINO,
+    check_runtime,
+    execution_provider,
+    int8_fit_note,
+)
 
 # What classify takes: one picture or file path, or a sequence of them.
 ImageInput = Image.Image | str | Path
@@ -61,7 +72,8 @@ def resolve_providers(requested: Sequence[str] | None = None) -> tuple[list[str]
         if full in available:
             chosen.append(full)
         else:
-            notes.append(f"{full} is not available in this onnxruntime build ({available}); using CPU")
+            hint = f" (for OpenVINO: --runtime {OPENVINO})" if full == EXECUTION_PROVIDERS[OPENVINO].name else ""
+            notes.append(f"{full} is not available in this onnxruntime build ({available}); using CPU{hint}")
     if CPU_PROVIDER.name not in chosen:
         chosen.append(CPU_PROVIDER.name)
     return chosen, notes
@@ -70,6 +82,24 @@ def resolve_providers(requested: Sequence[str] | None = None) -> tuple[list[str]
 def provider_options(providers: Sequence[str]) -> list[dict[str, str]]:
     """The session options each provider needs (core.targets.ExecutionProvider.options), in the same order."""
     return [dict(provider.options) if (provider := execution_provider(name)) else {} for name in providers]
+
+
+def ort_session(
+    path: Path, providers: list[str], threads: int, memory_arena: bool, spinning: bool
+) -> ort.InferenceSession:
+    """An onnxruntime session on ``threads`` intra-op threads, one model run at a time."""
+    options = ort.SessionOptions()
+    # Set explicitly: ORT ignores OMP_NUM_THREADS, and N workers x all cores oversubscribes.
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # The arena keeps the peak of the largest batch ever run; idle pool threads spin-wait for the next run and
+    # steal the CPU of work beside them: the server turns both off (docs/decisions.md#serving-sessions).
+    options.enable_cpu_mem_arena = memory_arena
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(
+        str(path), sess_options=options, providers=providers, provider_options=provider_options(providers)
+    )
 
 
 def _as_image(item: ImageInput) -> Image.Image:
@@ -96,7 +126,11 @@ def top_k(probabilities: np.ndarray, k: int, labels: Sequence[str]) -> list[Pred
 
 
 class OnnxClassifier:
-    """An ONNX Runtime session over one smallnets model, with its card's preprocessing and labels."""
+    """One smallnets ONNX model in a runtime's session, with its card's preprocessing and labels.
+
+    ``memory_arena`` and ``spinning`` are onnxruntime's; OpenVINO's session has neither an arena nor spinning
+    pool threads to turn off.
+    """
 
     def __init__(
         self,
@@ -106,38 +140,36 @@ class OnnxClassifier:
         card: ModelCard | None = None,
         memory_arena: bool = True,
         spinning: bool = True,
+        runtime: str = ONNXRUNTIME,
     ) -> None:
         self.path = Path(path)
-        self.providers, self.provider_notes = resolve_providers(providers)
+        self.runtime = check_runtime(runtime)
         cpu = detect_cpu()
         self.threads = threads or cpu.usable_cores
-        options = ort.SessionOptions()
-        # Set explicitly: ORT ignores OMP_NUM_THREADS, and N workers x all cores oversubscribes.
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # The arena keeps the peak of the largest batch ever run; idle pool threads spin-wait for the next run and
-        # steal the CPU of work beside them: the server turns both off (docs/decisions.md#serving-sessions).
-        options.enable_cpu_mem_arena = memory_arena
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         started = time.perf_counter()
-        self.session = ort.InferenceSession(
-            str(self.path),
-            sess_options=options,
-            providers=self.providers,
-            provider_options=provider_options(self.providers),
-        )
+        if self.runtime == OPENVINO:
+            self.session: ort.InferenceSession | OpenVinoSession = OpenVinoSession(self.path, self.threads)
+            self.providers = [self.session.name]
+            ignored = f"execution providers are onnxruntime's: the {OPENVINO} runtime ignores {list(providers or [])}"
+            self.provider_notes = [ignored] if providers else []
+            metadata = self.session.metadata
+        else:
+            self.providers, self.provider_notes = resolve_providers(providers)
+            self.session = ort_session(self.path, self.providers, self.threads, memory_arena, spinning)
+            self._input_name = self.session.get_inputs()[0].name
+            metadata = self.session.get_modelmeta().custom_metadata_map
         self.load_ms = (time.perf_counter() - started) * 1000.0
-        metadata = self.session.get_modelmeta().custom_metadata_map
         self.card = card or ModelCard.from_metadata_props(metadata, source=str(self.path))
         # Not None when this CPU computes the int8 differently from the one it was validated on (core/targets.py).
         self.cpu_note = int8_fit_note(self.card.quantization, cpu)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
 
     @classmethod
     def for_serving(
-        cls, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None
+        cls,
+        path: str | Path,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        runtime: str = ONNXRUNTIME,
     ) -> OnnxClassifier:
         """The session the server runs: no memory arena (memory follows the current batch) and no spinning (idle
         pool threads neither steal the CPU that decoding needs nor slow another session on the same cores).
@@ -145,17 +177,20 @@ class OnnxClassifier:
         optimize's speed gate and the bench's in-process floor time this same session, so their figures are the
         server's (docs/decisions.md#serving-sessions).
         """
-        return cls(path, providers=providers, threads=threads, memory_arena=False, spinning=False)
+        return cls(path, providers=providers, threads=threads, memory_arena=False, spinning=False, runtime=runtime)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for an already preprocessed (N, 3, H, W) float32 batch."""
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        if isinstance(self.session, OpenVinoSession):
+            return self.session.run(batch)
+        return self.session.run(None, {self._input_name: batch})[0]
 
     def __repr__(self) -> str:
         card = self.card
         return (
             f"OnnxClassifier({card.display_name}, {card.precision}, file={str(self.path)!r}, "
-            f"weights={card.weights_kind}, accuracy={card.accuracy.status!r}, threads={self.threads})"
+            f"weights={card.weights_kind}, accuracy={card.accuracy.status!r}, runtime={self.runtime}, "
+            f"threads={self.threads})"
         )
 
     @property
@@ -200,6 +235,7 @@ class OnnxClassifier:
             "macs": card.macs,
             "weights": card.weights,
             "num_classes": card.num_classes,
+            "runtime": self.runtime,
             "providers": self.providers,
             "threads": self.threads,
             "quantization": card.quantization,
