@@ -11,7 +11,7 @@ from typing import Any
 
 from smallnets.benchmarks.http_wire import BODIES  # standard library only, like this module
 from smallnets.benchmarks.selection import DEFAULT_VARIANTS, PEER_VARIANTS  # standard library only
-from smallnets.core.targets import PROVIDERS_HELP  # standard library only too
+from smallnets.core.targets import ONNXRUNTIME, PROVIDERS_HELP  # standard library only too
 from smallnets.optimize.efforts import MEASURABLE_EFFORTS
 
 EFFORT_CHOICES = MEASURABLE_EFFORTS  # the words of `smallnets optimize --effort` worth measuring
@@ -335,5 +335,7 @@ def in_process_floor(server: dict[str, Any] | None, payloads: list[Any], duratio
     model_file = Path(server["model_file"])
     if not model_file.is_file():
         raise FileNotFoundError(f"--in-process: the server's model file {model_file} is not on this machine")
-    print(f"in-process floor: {model_file.name}, {server['threads_per_worker']} thread(s), {duration_s:g} s x 2")
-    return measure_floor(model_file, payloads, int(server["threads_per_worker"]), duration_s)
+    runtime = server.get("runtime") or ONNXRUNTIME  # servers older than the runtime choice ran onnxruntime
+    threads = int(server["threads_per_worker"])
+    print(f"in-process floor: {model_file.name} on {runtime}, {threads} thread(s), {duration_s:g} s x 2")
+    return measure_floor(model_file, payloads, threads, duration_s, runtime=runtime)

@@ -1,7 +1,7 @@
 """The floor an HTTP server is measured against: the same uploads decoded, preprocessed and classified in this
-process, with the server's own model file, thread count and session options, and no HTTP in between.
+process, with the server's own model file, runtime, thread count and session options, and no HTTP in between.
 
-`smallnets bench-http --in-process` reads the model file and threads from the server's /metadata (the load tool
+`smallnets bench-http --in-process` reads the model file, runtime and threads from the server's /metadata (the load tool
 only drives servers on this machine), so "HTTP costs X ms" is measured, not assumed.
 """
 
@@ -19,6 +19,7 @@ from smallnets.benchmarks.http_load import Payload
 from smallnets.core.images import finish_decode, open_image
 from smallnets.core.preprocess import decode_min_side
 from smallnets.core.runtime import OnnxClassifier
+from smallnets.core.targets import ONNXRUNTIME
 from smallnets.core.timing import timed_calls
 
 
@@ -27,6 +28,7 @@ class InProcessFloor:
     """One image end to end at batch 1, and batches of ``batch`` images end to end, on ``threads`` threads."""
 
     model_file: str
+    runtime: str
     threads: int
     single_p50_ms: float
     single_p99_ms: float
@@ -42,8 +44,8 @@ class InProcessFloor:
 class Pipeline:
     """decode -> preprocess -> run, as the server does it (decode shrunk to the preprocessing's reducing size)."""
 
-    def __init__(self, model_file: Path, threads: int) -> None:
-        self.classifier = OnnxClassifier.for_serving(model_file, threads=threads)
+    def __init__(self, model_file: Path, threads: int, runtime: str = ONNXRUNTIME) -> None:
+        self.classifier = OnnxClassifier.for_serving(model_file, threads=threads, runtime=runtime)
         self.min_side = decode_min_side(self.classifier.card.preprocessing)
 
     def rows(self, payloads: Sequence[Payload]) -> np.ndarray:
@@ -63,15 +65,21 @@ def time_batches(pipeline: Pipeline, payloads: Sequence[Payload], batch: int, du
 
 
 def measure_floor(
-    model_file: Path, payloads: Sequence[Payload], threads: int, duration_s: float, batch: int = 16
+    model_file: Path,
+    payloads: Sequence[Payload],
+    threads: int,
+    duration_s: float,
+    batch: int = 16,
+    runtime: str = ONNXRUNTIME,
 ) -> InProcessFloor:
     """The in-process floor: ``duration_s`` of single images, then ``duration_s`` of ``batch``-image batches."""
-    pipeline = Pipeline(model_file, threads)
+    pipeline = Pipeline(model_file, threads, runtime)
     pipeline.classify(payloads[:1])  # first run (allocations, kernel selection) is not the steady state
     single = np.asarray(time_batches(pipeline, payloads, 1, duration_s))
     batched = time_batches(pipeline, payloads, batch, duration_s)
     return InProcessFloor(
         model_file=str(model_file),
+        runtime=runtime,
         threads=threads,
         single_p50_ms=float(np.percentile(single, 50)),
         single_p99_ms=float(np.percentile(single, 99)),

@@ -341,7 +341,8 @@ class HttpRun:
 def floor_lines(levels: Sequence[dict[str, Any]], floor: dict[str, Any]) -> list[str]:
     """The in-process floor and each level against it: what HTTP adds at c=1, what share of throughput it keeps."""
     lines = [
-        f"In-process floor (same model file, {floor['threads']} thread(s), the server's session options, no HTTP): "
+        f"In-process floor (same model file, on {floor.get('runtime', 'onnxruntime')}, {floor['threads']} thread(s), "
+        "the server's session options, no HTTP): "
         f"one image decoded, preprocessed and classified p50 {floor['single_p50_ms']:.2f} ms "
         f"(p99 {floor['single_p99_ms']:.2f}); batches of {floor['batch']} end to end "
         f"{floor['batched_images_per_s']:.1f} images/s.",

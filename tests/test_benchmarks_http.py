@@ -220,16 +220,17 @@ def test_load_on_the_real_bento_service(bento_url: str, body: str, tmp_path: Pat
 
 
 def test_the_in_process_floor_is_the_servers_own_model(bento_url: str, tmp_path: Path) -> None:
-    """--in-process times the file and thread count the server reports, and sets every level against it."""
+    """--in-process times the file, runtime and thread count the server reports, and sets every level against it."""
     argv = ["bench-http", "--url", bento_url, "--concurrency", "1,4", "--duration", "1", "--in-process"]
     assert main([*argv, "-o", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "http_results.json").read_text())
     floor, server = data["floor"], data["server"]
     assert floor["model_file"] == server["model_file"] and floor["threads"] == server["threads_per_worker"]
+    assert floor["runtime"] == server["runtime"]
     assert 0 < floor["single_p50_ms"] <= floor["single_p99_ms"] and floor["single_runs"] >= 3
     assert floor["batch"] == 16 and floor["batched_images_per_s"] > 0 and floor["batched_runs"] >= 3
     report = (tmp_path / "http_report.md").read_text()
-    assert "In-process floor (same model file, " in report
+    assert f"In-process floor (same model file, on {server['runtime']}, " in report
     for level in data["levels"]:
         share = level["requests_per_s"] / floor["batched_images_per_s"]
         assert f"| {level['concurrency']} | {level['p50_ms'] - floor['single_p50_ms']:+.2f} | {share:.0%} |" in report
