@@ -8,7 +8,8 @@ Cache layout (one folder per model + variant + weights, one sub-folder per optim
     CACHE/<model-label>--<weights>/openvino/model.fp32.xml                openvino-fp32 (+ .bin)
     CACHE/<model-label>--<weights>/openvino/model.default.xml             openvino-default (same IR, default precision)
     CACHE/<model-label>--<weights>/openvino/model.nncf-int8-cN[-labelled].xml  openvino-nncf-int8, same calibration
-    CACHE/<model-label>--<weights>/openvino/model.smallnets-int8-<optimize folder>.xml  openvino-smallnets-int8
+
+openvino-smallnets-int8 has no file of its own: it runs onnx-int8's file on OpenVINO, as `--runtime openvino` serves it.
 
 A second run finds everything and builds nothing; building needs the export stage (torch), measuring does not,
 so a cache built on x86 can be copied to an ARM box and measured there.
@@ -29,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from smallnets.benchmarks.openvino_peer import int8_companions
 from smallnets.benchmarks.selection import OPTIMIZED_VARIANTS, PEER_VARIANTS, SMALLNETS_INT8_ON_OPENVINO, ModelChoice
 from smallnets.core.artifacts import FP32_NAME, INT8_NAME, REPORT_JSON
 from smallnets.core.files import atomic_write
@@ -109,9 +109,6 @@ class ModelArtifacts:
             return self.folder / "openvino" / "model.fp32.xml"
         if variant == "openvino-default":
             return self.folder / "openvino" / "model.default.xml"
-        if variant == SMALLNETS_INT8_ON_OPENVINO:
-            optimized = self.path("onnx-int8").parent.name  # type: ignore[union-attr]
-            return self.folder / "openvino" / f"model.smallnets-int8-{optimized}.xml"
         return self.folder / "openvino" / f"model.nncf-int8-c{self.calib_images()}{self.calib_tag}.xml"
 
     def calib_images(self) -> int:
@@ -123,10 +120,15 @@ class ModelArtifacts:
     def unavailable(self, variant: str) -> str | None:
         """Why a variant cannot be measured (optimize rejected int8 for this model), or None when it can."""
         path = self.path(variant)
+        if variant == SMALLNETS_INT8_ON_OPENVINO and path is not None and path.is_file():
+            from smallnets.core.openvino_runtime import UnreadableModelError, check_readable
+
+            try:
+                check_readable(path)
+            except UnreadableModelError as error:
+                return f"{self.choice.label} {variant}: {error}"
         if path is None or path.is_file():
             return None
-        if (refusal := int8_companions(path)[1]).is_file():
-            return f"{self.choice.label} {variant}: {refusal.read_text().strip()}"
         report = self.optimize_report() or {}
         why = report.get("detail") or report.get("reason")  # detail: optimize's words for its Reason value
         return f"{self.choice.label} {variant}: not built ({why or f'{path} is missing'})"
@@ -135,6 +137,8 @@ class ModelArtifacts:
         """The ONNX file of a variant (None for ``torch``, which is built from the registry)."""
         if variant == "onnx-fp32":
             return self.exported
+        if variant == SMALLNETS_INT8_ON_OPENVINO:
+            return self.path("onnx-int8")
         if variant in OPTIMIZED_FILES:
             if self.optimized_dir is None:
                 raise ValueError(f"variant {variant} needs an optimize target; pass --target auto|x86-vnni|...")
@@ -242,7 +246,7 @@ class ArtifactCache:
         artifacts = ModelArtifacts(choice, weights, folder, card, target, self.effort, eval_dir, self.max_drop)
         if artifacts.optimized_dir is not None:
             self._optimize(artifacts)
-        for variant in sorted(variants & set(PEER_VARIANTS)):
+        for variant in sorted(variants & set(PEER_VARIANTS) - {SMALLNETS_INT8_ON_OPENVINO}):
             self._build_peer(artifacts, variant)
         return artifacts
 
@@ -300,25 +304,10 @@ class ArtifactCache:
         optimize_model(artifacts.exported, outdir, artifacts.build_config())
 
     def _build_peer(self, artifacts: ModelArtifacts, variant: str) -> None:
-        """OpenVINO IR from the export; NNCF calibrates on the images optimize calibrated onnx-int8 on; our int8
-        file converted as it is (again whenever optimize rewrote it)."""
-        from smallnets.benchmarks.openvino_peer import (
-            build_nncf_int8,
-            build_openvino_fp32,
-            build_openvino_int8,
-            converted_from,
-            forget_openvino_int8,
-        )
+        """OpenVINO IR from the export; NNCF calibrates on the images optimize calibrated onnx-int8 on."""
+        from smallnets.benchmarks.openvino_peer import build_nncf_int8, build_openvino_fp32
 
         output = artifacts.peer_path(variant)
-        if variant == SMALLNETS_INT8_ON_OPENVINO:
-            int8 = artifacts.path("onnx-int8")
-            assert int8 is not None
-            if not int8.is_file():
-                forget_openvino_int8(output)  # optimize wrote no int8 (now): its report says why
-            elif self.rebuild or not converted_from(output, int8):
-                build_openvino_int8(int8, output)
-            return
         if output.is_file() and not self.rebuild:
             return
         if variant in ("openvino-fp32", "openvino-default"):

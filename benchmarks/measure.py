@@ -42,6 +42,7 @@ class MeasureSpec:
     input_path: str | None = None
     model_path: str | None = None
     providers: tuple[str, ...] | None = None
+    runtime: str = "onnxruntime"  # what runs an onnx measurement (core.targets.RUNTIMES): the server's choices
     model: str | None = None
     variant: dict[str, Any] = field(default_factory=dict)
     weights: str = "random"
@@ -84,7 +85,7 @@ def load_onnx(spec: MeasureSpec) -> TimedModel:
 
     if not spec.model_path:
         raise ValueError("an onnx measurement needs model_path")
-    classifier = OnnxClassifier(spec.model_path, providers=spec.providers, threads=spec.threads)
+    classifier = OnnxClassifier(spec.model_path, providers=spec.providers, threads=spec.threads, runtime=spec.runtime)
     return TimedModel(
         classifier.run,
         provider=classifier.providers[0],

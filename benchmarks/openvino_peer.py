@@ -21,8 +21,7 @@ from types import ModuleType
 import numpy as np
 
 from smallnets.benchmarks.loaded import TimedModel
-from smallnets.core.files import atomic_write, sha256_file
-from smallnets.core.openvino_runtime import unread_ops
+from smallnets.core.openvino_runtime import compile_config as runtime_compile_config
 
 INSTALL_HINT = "install the peers extra: pip install 'smallnets[peers]' -c constraints.txt"
 
@@ -70,51 +69,12 @@ def build_nncf_int8(onnx_path: Path, output: Path, calibration: Sequence[np.ndar
     return output
 
 
-def int8_companions(ir: Path) -> tuple[Path, Path, Path]:
-    """Beside the IR of our int8 file: its weights, the note saying why OpenVINO could not read the file (instead of
-    an IR), and the note naming the file's SHA-256, written last (a build that has it finished)."""
-    return ir.with_suffix(".bin"), ir.with_suffix(".refused.txt"), ir.with_suffix(".source.txt")
-
-
-def forget_openvino_int8(ir: Path) -> None:
-    """Remove the IR of our int8 file and its notes: nothing of an older file is left to be timed or quoted."""
-    for path in (ir, *int8_companions(ir)):
-        path.unlink(missing_ok=True)
-
-
-def converted_from(ir: Path, int8_onnx: Path) -> bool:
-    """The IR (or the note refusing one) was made from ``int8_onnx`` as it is now, and the build finished."""
-    weights, refusal, source = int8_companions(ir)
-    made = (ir.is_file() and weights.is_file()) or refusal.is_file()
-    return made and source.is_file() and source.read_text().strip() == sha256_file(int8_onnx)
-
-
-def build_openvino_int8(int8_onnx: Path, output: Path) -> Path:
-    """smallnets' own int8 ONNX as OpenVINO IR: our quantization on OpenVINO's kernels (its QDQ pairs become
-    FakeQuantize, which the CPU plugin runs in int8). A file with ops OpenVINO cannot read (onnxruntime's
-    com.microsoft QLinear* contrib ops) gets a one-line note naming them instead; returns the IR or the note."""
-    ov = import_openvino()
-    from openvino.frontend import OpConversionFailure
-
-    _, refusal, source = int8_companions(output)
-    forget_openvino_int8(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        model = ov.convert_model(str(int8_onnx))
-    except OpConversionFailure as error:
-        atomic_write(refusal, f"OpenVINO {ov.get_version().split('-')[0]} cannot read it ({unread_ops(str(error))})\n")
-    else:
-        model.set_rt_info(PINNED, PRECISION_KEY)
-        ov.save_model(model, str(output), compress_to_fp16=False)
-    atomic_write(source, sha256_file(int8_onnx) + "\n")
-    return output if output.is_file() else refusal
-
-
 def compile_config(threads: int, precision: str = PINNED) -> dict[str, object]:
-    """One latency-hinted stream on ``threads`` threads; float parts in f32 unless ``precision`` is ``default``."""
-    config: dict[str, object] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-    if precision != DEFAULT:
-        config["INFERENCE_PRECISION_HINT"] = "f32"
+    """The compile `--runtime openvino` serves with (one latency-hinted stream on ``threads`` threads, float parts
+    in f32), with OpenVINO's own precision choice when ``precision`` is ``default``."""
+    config = runtime_compile_config(threads)
+    if precision == DEFAULT:
+        del config["INFERENCE_PRECISION_HINT"]
     return config
 
 

@@ -26,11 +26,18 @@ from smallnets.benchmarks.labelled import split_labelled
 from smallnets.benchmarks.machine import machine_block
 from smallnets.benchmarks.measure import MeasureSpec
 from smallnets.benchmarks.runner import Measurement, bare_interpreter_rss_mb, pool, run_measurement
-from smallnets.benchmarks.selection import DEFAULT_VARIANTS, OPTIMIZED_VARIANTS, PEER_VARIANTS, ModelChoice
+from smallnets.benchmarks.selection import (
+    DEFAULT_VARIANTS,
+    OPTIMIZED_VARIANTS,
+    PEER_VARIANTS,
+    SMALLNETS_INT8_ON_OPENVINO,
+    ModelChoice,
+)
 from smallnets.core.files import ensure_writable_dir
 from smallnets.core.hardware import detect_cpu
 from smallnets.core.progress import Progress
 from smallnets.core.runtime import resolve_providers
+from smallnets.core.targets import OPENVINO
 
 MIB = 2**20
 
@@ -86,6 +93,8 @@ def spec_for(artifacts: ModelArtifacts, variant: str, batch: int, threads: int, 
             weights=artifacts.weights,
             **common,
         )
+    if variant == SMALLNETS_INT8_ON_OPENVINO:  # what `smallnets serve --runtime openvino` runs
+        return MeasureSpec(kind="onnx", model_path=str(artifacts.path(variant)), runtime=OPENVINO, **common)
     if variant in PEER_VARIANTS:
         return MeasureSpec(kind="openvino", model_path=str(artifacts.path(variant)), **common)
     return MeasureSpec(kind="onnx", model_path=str(artifacts.path(variant)), providers=config.providers, **common)

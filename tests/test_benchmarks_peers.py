@@ -99,6 +99,7 @@ def test_openvino_peers_are_measured_beside_onnx(tmp_path: Path) -> None:
     report = (tmp_path / "out" / "report.md").read_text()
     # Refused (and said so) when the search kept QOperator, whose contrib ops OpenVINO cannot read.
     refused = {"openvino-smallnets-int8"} if "openvino-smallnets-int8: OpenVINO" in report else set()
+    assert refused or rows["openvino-smallnets-int8"]["provider"].startswith("openvino-"), "the OpenVINO runtime"
     assert set(rows) == set(config.variants) - refused
     assert rows["openvino-fp32"]["provider"] == rows["openvino-nncf-int8"]["provider"] == "openvino-cpu"
     assert rows["openvino-default"]["provider"].startswith("openvino-cpu-")  # names the precision OpenVINO chose

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 from registry_choices import FAMILIES, FAMILY_IDS
 
 from smallnets.core.loading import load_classifier
-from smallnets.core.openvino_runtime import RuntimeUnavailableError, UnreadableModelError
+from smallnets.core.openvino_runtime import OpenVinoSession, RuntimeUnavailableError, UnreadableModelError
 from smallnets.core.runtime import OnnxClassifier
 from smallnets.core.targets import UnknownRuntimeError
 from smallnets.serve.bento import bentofile_for
@@ -64,12 +65,34 @@ def test_without_openvino_installed_the_error_names_the_extra(
 
 
 class _Pictures(CalibrationDataReader):
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         rng = np.random.default_rng(1)
-        self.feeds = iter([{"input": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)])
+        self.feeds = iter([{"input": rng.standard_normal((1, 3, size, size)).astype(np.float32)} for _ in range(4)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.feeds, None)
+
+
+def test_a_qdq_int8_file_runs_on_openvino_with_onnxruntimes_integers(tmp_path: Path) -> None:
+    """OpenVINO turns our QDQ pairs into FakeQuantize and computes the same integers, give or take a rounding step
+    of the output's scale: what `--runtime openvino` serves is the file optimize validated."""
+    weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "conv",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weights],
+    )
+    source, int8 = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    quantize_static(str(source), str(int8), _Pictures(16), quant_format=QuantFormat.QDQ, per_channel=True)
+    batch = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    ours = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
+    theirs = OpenVinoSession(int8, threads=1).run(batch)
+    step = float(np.abs(ours).max()) / 127  # about one output quantization step
+    assert np.abs(theirs - ours).max() <= 2 * step, "the same integers, give or take a rounding step"
+    assert np.abs(theirs - ours).max() < 0.1 * np.abs(ours).std()
 
 
 def test_a_qoperator_int8_file_is_refused_naming_its_ops(tmp_path: Path) -> None:
@@ -88,7 +111,7 @@ def test_a_qoperator_int8_file_is_refused_naming_its_ops(tmp_path: Path) -> None
     )
     source, int8 = tmp_path / "float.onnx", tmp_path / "int8.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
-    quantize_static(str(source), str(int8), _Pictures(), quant_format=QuantFormat.QOperator)
+    quantize_static(str(source), str(int8), _Pictures(8), quant_format=QuantFormat.QOperator)
     assert any(node.op_type == "QLinearGlobalAveragePool" for node in onnx.load(str(int8)).graph.node)
     with pytest.raises(UnreadableModelError, match="QLinearGlobalAveragePool") as refused:
         OnnxClassifier(int8, runtime="openvino")

@@ -60,15 +60,7 @@ class OpenVinoSession:
         ov = import_openvino()
         core = ov.Core()
         self.version = ov.get_version().split("-")[0]
-        try:
-            model = core.read_model(str(path))
-        except RuntimeError as error:  # OpenVINO's Core raises its frontend's OpConversionFailure as this
-            if UNCONVERTED not in str(error):
-                raise
-            raise UnreadableModelError(
-                f"OpenVINO {self.version} cannot read {path} ({unread_ops(str(error))}): it is in onnxruntime's "
-                "QOperator int8 form; serve it with --runtime onnxruntime"
-            ) from error
+        model = read_onnx(core, path, self.version)
         self.metadata = metadata_props(model)
         single = model.clone()
         row = list(model.input(0).get_partial_shape())[1:]  # (3, crop, crop): static in every smallnets export
@@ -92,6 +84,25 @@ class OpenVinoSession:
         request = requests[key]
         request.infer({0: batch})
         return request.get_output_tensor(0).data.copy()
+
+
+def read_onnx(core: Any, path: Path, version: str) -> Any:
+    """The ONNX file as an OpenVINO model; UnreadableModelError naming the ops when its frontend lacks some."""
+    try:
+        return core.read_model(str(path))
+    except RuntimeError as error:  # OpenVINO's Core raises its frontend's OpConversionFailure as this
+        if UNCONVERTED not in str(error):
+            raise
+        raise UnreadableModelError(
+            f"OpenVINO {version} cannot read {path} ({unread_ops(str(error))}): it is in onnxruntime's QOperator "
+            "int8 form; serve it with --runtime onnxruntime"
+        ) from error
+
+
+def check_readable(path: Path) -> None:
+    """UnreadableModelError when OpenVINO cannot read the file (before anything is timed or served on it)."""
+    ov = import_openvino()
+    read_onnx(ov.Core(), path, ov.get_version().split("-")[0])
 
 
 def metadata_props(model: Any) -> Mapping[str, str]:
