@@ -20,7 +20,7 @@ VARIANT_HELP = {
     "openvino-fp32": "OpenVINO CPU runtime, f32, converted from the exported ONNX",
     "openvino-default": "the same IR at OpenVINO's own default precision (bf16 on CPUs with BF16 units), latency hint",
     "openvino-nncf-int8": "OpenVINO CPU runtime, NNCF int8 calibrated on the same images as onnx-int8",
-    SMALLNETS_INT8_ON_OPENVINO: "onnx-int8's own file on the OpenVINO runtime (--runtime openvino): our int8, its kernels",
+    SMALLNETS_INT8_ON_OPENVINO: "onnx-int8's file on the OpenVINO runtime (--runtime openvino): our int8, its kernels",
 }
 # One default variant of every family; `--models all-default` must finish in ~15 min on 2 cores, cache included.
 ALL_DEFAULT = (
