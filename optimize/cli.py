@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from smallnets.core.artifacts import EXPORT_NAME
-from smallnets.core.targets import CALIBRATION_METHODS, ONNXRUNTIME, RUNTIME_HELP, RUNTIMES, TARGET_CHOICES
+from smallnets.core.targets import CALIBRATION_METHODS, RUNTIME_HELP, RUNTIMES, TARGET_CHOICES
 from smallnets.optimize.efforts import SEARCH_EFFORTS
 
 CALIBRATION_CHOICES = tuple(CALIBRATION_METHODS)
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate N photos evenly spaced in content-hash order, from the model's report part when DIR is the "
         "folder it was optimized on (default: all)",
     )
-    evaluate.add_argument("--runtime", choices=RUNTIMES, default=ONNXRUNTIME, help=RUNTIME_HELP)
+    evaluate.add_argument("--runtime", choices=RUNTIMES, default=None, help=RUNTIME_HELP)
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of one line (default: off)")
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -187,7 +187,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from smallnets.core.artifacts import resolve_model_file
     from smallnets.core.evaluation import evaluate
     from smallnets.core.labelled import EVAL_DIR_ENV, eval_dir_setting
-    from smallnets.core.runtime import OnnxClassifier
+    from smallnets.core.runtime import OnnxClassifier, file_runtime
 
     folder = eval_dir_setting(args.eval_dir)
     if folder is None:
@@ -195,10 +195,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     model = resolve_model_file(args.model)
-    classifier = OnnxClassifier(model, runtime=args.runtime)
+    classifier = OnnxClassifier(model, runtime=args.runtime or file_runtime(model))
     if classifier.cpu_note:  # the figures below are this CPU's, not those of the CPU kind the card speaks for
         print(f"warning: {classifier.cpu_note}", file=sys.stderr)
     result = evaluate(classifier, folder, limit=args.limit)
-    figures = {**result.to_dict(), "runtime": args.runtime}
-    print(json.dumps(figures, indent=2) if args.json else f"{model} ({args.runtime}): {result.summary()}")
+    figures = {**result.to_dict(), "runtime": classifier.runtime}
+    print(json.dumps(figures, indent=2) if args.json else f"{model} ({classifier.runtime}): {result.summary()}")
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from smallnets.core.runtime import OnnxClassifier
+from smallnets.core.targets import ONNXRUNTIME
 from smallnets.core.timing import timed_calls, warm_up
 
 LATENCY_THREADS = 1
@@ -38,10 +39,14 @@ def warmed_runs(classifiers: Sequence[OnnxClassifier], warmup: int) -> list[Call
 
 
 def measure_latency(
-    paths: Sequence[Path], runs: int = 60, warmup: int = 5, threads: int = LATENCY_THREADS
+    paths: Sequence[Path],
+    runs: int = 60,
+    warmup: int = 5,
+    threads: int = LATENCY_THREADS,
+    runtime: str = ONNXRUNTIME,
 ) -> list[float]:
-    """p50 milliseconds per model at batch 1 on ``threads``; the models take turns run by run."""
-    sessions = warmed_runs([OnnxClassifier(path, threads=threads) for path in paths], warmup)
+    """p50 milliseconds per model at batch 1 on ``threads`` of ``runtime``; the models take turns run by run."""
+    sessions = warmed_runs([OnnxClassifier(path, threads=threads, runtime=runtime) for path in paths], warmup)
     timings: list[list[float]] = [[] for _ in paths]
     for _ in range(runs):
         for index, run in enumerate(sessions):
@@ -168,7 +173,13 @@ def judge(
 
 
 def timed_round(
-    baseline: Path, candidate: Path, threads: int, runs: int, baseline_first: bool, warmup: int = 3
+    baseline: Path,
+    candidate: Path,
+    threads: int,
+    runs: int,
+    baseline_first: bool,
+    warmup: int = 3,
+    runtime: str = ONNXRUNTIME,
 ) -> tuple[float, float]:
     """p50 ms of both models over ``runs`` runs each, in sessions made for this round alone.
 
@@ -177,7 +188,9 @@ def timed_round(
     They are the server's sessions (`OnnxClassifier.for_serving`): what is timed is what will be served, and no
     spinning pool thread of one model steals the cores while the other is timed.
     """
-    pair = warmed_runs([OnnxClassifier.for_serving(path, threads=threads) for path in (baseline, candidate)], warmup)
+    pair = warmed_runs(
+        [OnnxClassifier.for_serving(path, threads=threads, runtime=runtime) for path in (baseline, candidate)], warmup
+    )
     medians = [0.0, 0.0]
     for index in (0, 1) if baseline_first else (1, 0):
         medians[index] = float(np.median(timed_calls(pair[index], runs=runs)))
@@ -193,6 +206,7 @@ def speed_gate(
     runs_per_round: int = 10,
     min_margin: float = MIN_MARGIN,
     confidence: float = 0.95,
+    runtime: str = ONNXRUNTIME,
 ) -> SpeedGate:
     """Is ``candidate`` faster than ``baseline`` by more than the noise, at every thread count in ``threads``?
 
@@ -211,7 +225,9 @@ def speed_gate(
         while True:
             for _ in range(rounds):
                 first = len(baseline_rounds) % 2 == 0
-                baseline_ms, candidate_ms = timed_round(baseline, candidate, count, runs_per_round, first)
+                baseline_ms, candidate_ms = timed_round(
+                    baseline, candidate, count, runs_per_round, first, runtime=runtime
+                )
                 baseline_rounds.append(baseline_ms)
                 candidate_rounds.append(candidate_ms)
             check = judge(count, baseline_rounds, candidate_rounds, min_margin, per_look)

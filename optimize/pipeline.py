@@ -6,6 +6,7 @@ or failed run never leaves a half-written artifact.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -127,7 +128,7 @@ def build(
     final.mkdir()
     scratch.mkdir()
     fp32_path, prepared_path = final / FP32_NAME, scratch / "prepared.onnx"
-    graphs, groups = simplify_and_fuse(exported, card, fp32_path, prepared_path)
+    graphs, groups = simplify_and_fuse(exported, card, fp32_path, prepared_path, preset.offline_fusion)
     cache = scratch / "calibration.json"
     reader = ImageCalibrationReader(data.calibration.images, card.preprocessing, exported.graph.input[0].name)
     settings = search_settings(preset, card, config)
@@ -137,7 +138,10 @@ def build(
             "figures, not device ones, and int8 was not rejected for them"
         )
     probe_images = prepare_pictures(data.calibration.images[:PROBE_IMAGES], card.preprocessing, "probe")
-    references = Reference(fp32_path, data.selection, "selection"), Reference(fp32_path, probe_images, "probe")
+    references = (
+        Reference(fp32_path, data.selection, "selection", preset.runtime),
+        Reference(fp32_path, probe_images, "probe", preset.runtime),
+    )
     options = {option.name: option for option in preset.candidates_for(card.family)}
     quantizers = {
         name: candidate_quantizer(prepared_path, option, config.calibration, cache, reader)
@@ -146,9 +150,11 @@ def build(
     builders = {name: CandidateBuilder(groups, quantize, scratch / name) for name, quantize in quantizers.items()}
     preset, result = search(fp32_path, preset, options, builders, *references, settings)
 
-    final_check = Reference(fp32_path, data.report, "report").check(result.closest.path) if result.closest else None
+    report_part = Reference(fp32_path, data.report, "report", preset.runtime)
+    final_check = report_part.check(result.closest.path) if result.closest else None
     verdict, speed = decide(result, final_check, settings.rules, settings, fp32_path, preset)
-    fp32_ms = result.chosen.fp32_ms if result.chosen else measure_latency([fp32_path], runs=config.latency_runs)[0]
+    timer = runtime_timer(preset)
+    fp32_ms = result.chosen.fp32_ms if result.chosen else timer([fp32_path], config.latency_runs)[0]
     run = OptimizeRun(
         card,
         preset,
@@ -172,13 +178,14 @@ def build(
 
 
 def simplify_and_fuse(
-    exported: onnx.ModelProto, card: ModelCard, fp32: Path, prepared: Path
+    exported: onnx.ModelProto, card: ModelCard, fp32: Path, prepared: Path, offline_fusion: bool = True
 ) -> tuple[tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto], dict[str, NodeGroup]]:
-    """The export (its card written in), simplified and fused (saved as FP32), and the fused graph's groups, named
-    as in its copy prepared for the quantizer (saved as PREPARED)."""
+    """The export (its card written in), simplified and fused (saved as FP32; without ``offline_fusion`` the
+    simplified graph, for a runtime that fuses its own way), and the fused graph's groups, named as in its copy
+    prepared for the quantizer (saved as PREPARED)."""
     write_card(exported, card)
     simplified = simplify(exported)
-    fused, _ = fuse(simplified)
+    fused = fuse(simplified)[0] if offline_fusion else simplified
     save_model(fused, fp32)
     return (exported, simplified, fused), find_groups(prepare_for_quantization(fused, prepared))
 
@@ -223,10 +230,16 @@ def search(
     carries the chosen format."""
     for builder in builders.values():
         builder.workdir.mkdir()
-    chosen_format, formats = choose_format(fp32, builders, selection, settings)
+    timer = runtime_timer(preset)
+    chosen_format, formats = choose_format(fp32, builders, selection, settings, timer)
     preset = preset.with_quant(options[chosen_format])
-    result = search_recipe(fp32, builders[chosen_format], selection, probe, settings, measure_latency, formats=formats)
+    result = search_recipe(fp32, builders[chosen_format], selection, probe, settings, timer, formats=formats)
     return preset, result
+
+
+def runtime_timer(preset: Target) -> Callable[[list[Path], int], list[float]]:
+    """The search's latency timer on the runtime the target's int8 runs on."""
+    return functools.partial(measure_latency, runtime=preset.runtime)
 
 
 def write_int8(run: OptimizeRun, chosen: Trial, final: Path) -> dict[str, Any]:
@@ -285,7 +298,7 @@ def decide(
         verdict = Verdict(verdict.status, verdict.reason, verdict.detail + note)
     if not verdict.writes_int8 or not settings.gate_on_speed:
         return verdict, None
-    speed = speed_gate(fp32, result.chosen.path, preset.threads)
+    speed = speed_gate(fp32, result.chosen.path, preset.threads, runtime=preset.runtime)
     if not speed.accepted:
         return Verdict(
             Status.REJECTED,

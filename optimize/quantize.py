@@ -166,6 +166,7 @@ def _quantize_static(
             activation_type=_TYPES[options.activation_type],
             weight_type=_TYPES[options.weight_type],
             nodes_to_exclude=sorted(exclude_nodes),
+            op_types_to_quantize=list(options.op_types) or None,
             calibrate_method=calibration_method(method),
             calibration_cache_path=str(cache),
             extra_options=extra_options,

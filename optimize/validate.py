@@ -40,6 +40,7 @@ from smallnets.core.evaluation import (
 )
 from smallnets.core.intervals import paired_difference_interval
 from smallnets.core.runtime import OnnxClassifier
+from smallnets.core.targets import ONNXRUNTIME
 from smallnets.optimize.report import Reason, Status, Verdict
 
 # Acceptance needs this many labelled report photos: below 200 even zero flips leave a 95% upper end near 2 points
@@ -101,13 +102,14 @@ class Check:
 class Reference:
     """fp32 logits of one prepared image set, computed once; candidates are checked against them."""
 
-    def __init__(self, fp32: Path, data: PreparedImages, desc: str) -> None:
+    def __init__(self, fp32: Path, data: PreparedImages, desc: str, runtime: str = ONNXRUNTIME) -> None:
         self.data = data
         self.desc = desc
+        self.runtime = runtime  # the target's: candidates are judged on what will run them
         self.fp32 = self._run(fp32, "fp32")
 
     def _run(self, model: Path, precision: str) -> np.ndarray:
-        classifier = OnnxClassifier(model)
+        classifier = OnnxClassifier(model, runtime=self.runtime)
         if self.data.labels is None:
             return predict(classifier, self.data, f"{self.desc} {precision}")
         return evaluate(classifier, self.data, desc=f"{self.desc} {precision}").logits

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from smallnets.core.targets import ONNXRUNTIME, OPENVINO, PROVIDERS_HELP, RUNTIME_HELP, RUNTIMES
+from smallnets.core.targets import OPENVINO, PROVIDERS_HELP, RUNTIME_HELP, RUNTIMES
 from smallnets.serve.container_cli import register as register_container
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -122,7 +122,7 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
         default="linux/amd64",
         help="platform of the image and its locked wheels (default: linux/amd64)",
     )
-    build.add_argument("--runtime", choices=RUNTIMES, default=ONNXRUNTIME, help=RUNTIME_HELP)
+    build.add_argument("--runtime", choices=RUNTIMES, default=None, help=RUNTIME_HELP)
     build.set_defaults(handler=run_build)
 
 
@@ -145,7 +145,7 @@ def run_classify(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
     classifier = load_classifier(
-        args.model, providers=_providers(args.providers), threads=args.threads, runtime=args.runtime or ONNXRUNTIME
+        args.model, providers=_providers(args.providers), threads=args.threads, runtime=args.runtime
     )
     for note in classifier.provider_notes:
         print(f"note: {note}", file=sys.stderr)
@@ -258,7 +258,7 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
             raise ValueError(f"--grpc-port must differ from --port ({args.port}): gRPC has a port of its own")
         check_listen_address(args.host, args.grpc_port, option="--grpc-port")
     resolve_providers(_providers(args.providers))  # fail here, not in every worker
-    if (args.runtime or os.environ.get(ENV_RUNTIME)) == OPENVINO:
+    if (args.runtime or os.environ.get(ENV_RUNTIME) or card.runtime) == OPENVINO:
         import_openvino()
     cores = serving_cores(quota=cpu_quota())  # a container's CPU quota, not the host's cores
     workers = args.workers or 1
@@ -338,9 +338,10 @@ def run_build(args: argparse.Namespace) -> int:
     from smallnets.serve.bento import build_bento
     from smallnets.serve.store import import_model, read_card
 
-    warn_if_other_arch(read_card(resolve_model_file(args.model)), args.platform)
+    card = read_card(resolve_model_file(args.model))
+    warn_if_other_arch(card, args.platform)
     tag = import_model(args.model)
-    result = build_bento(tag, args.platform, project_root(), args.runtime)
+    result = build_bento(tag, args.platform, project_root(), args.runtime or card.runtime)
     print(f"model: {tag}")
     print(f"bento: {result.tag}")
     print(f"dockerfile: {result.dockerfile}")

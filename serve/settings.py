@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from smallnets.core.hardware import cpu_quota, serving_cores, serving_threads, serving_workers
-from smallnets.core.targets import ONNXRUNTIME, RUNTIMES
+from smallnets.core.targets import RUNTIMES
 
 ENV_MODEL_PATH = "SMALLNETS_MODEL"
 ENV_PROVIDERS = "SMALLNETS_PROVIDERS"
@@ -66,7 +66,7 @@ class ServeSettings:
     """Where the model comes from and how each worker runs it."""
 
     model_path: str | None
-    runtime: str  # core.targets.RUNTIMES: what runs the model
+    runtime: str | None  # core.targets.RUNTIMES: what runs the model; None: the one the file was built for
     providers: tuple[str, ...]
     threads: int
     workers: int
@@ -123,10 +123,10 @@ class ServeSettings:
         )
 
 
-def _runtime(env: Mapping[str, str]) -> str:
-    runtime = env.get(ENV_RUNTIME) or ONNXRUNTIME
-    if runtime not in RUNTIMES:
-        raise SettingsError(f"{ENV_RUNTIME}={runtime!r} must be one of {', '.join(RUNTIMES)} (unset: {ONNXRUNTIME})")
+def _runtime(env: Mapping[str, str]) -> str | None:
+    runtime = env.get(ENV_RUNTIME) or None
+    if runtime is not None and runtime not in RUNTIMES:
+        raise SettingsError(f"{ENV_RUNTIME}={runtime!r} must be one of {', '.join(RUNTIMES)} (unset: the file's own)")
     return runtime
 
 

@@ -56,11 +56,12 @@ def optimize_model(model: str | Path, output: str | Path, **config: Any) -> Opti
 
 
 def load(
-    model: str | Path, providers: list[str] | None = None, threads: int | None = None, runtime: str = "onnxruntime"
+    model: str | Path, providers: list[str] | None = None, threads: int | None = None, runtime: str | None = None
 ) -> OnnxClassifier:
     """An ONNX classifier from an .onnx file or an optimize output folder (its int8 model when there is one).
 
-    ``runtime``: "onnxruntime", or "openvino" (the ``openvino`` extra) to run the same file on OpenVINO.
+    ``runtime``: "onnxruntime", or "openvino" (the ``openvino`` extra) to run the same file on OpenVINO; by default
+    the one the file was built for (``--target x86-openvino``: OpenVINO; every other file: onnxruntime).
 
     ``load(path).classify(images, k=5)`` gives the top-k predictions per image (PIL images or file paths, one or
     a list). A model with random weights warns (RandomWeightsWarning): its predictions mean nothing.

@@ -507,3 +507,25 @@ def test_pipeline_cli_exports_and_optimizes(tmp_path: Path) -> None:
     assert any(name.endswith(".json") and name != "report.json" for name in names), "export config kept"
     assert report["config"]["max_candidates"] == 2 and (outdir / report["output"]).is_file()
     assert [p.name for p in outdir.parent.iterdir()] == ["squeezenet1_1"], "no staging folders left behind"
+
+
+def test_the_openvino_target_builds_for_openvino_and_the_file_says_so(
+    exported: Callable[..., Path], tmp_path: Path
+) -> None:
+    """x86-openvino: no onnxruntime fusions (HardSwish stays whole for OpenVINO to fuse into its convs), QDQ in
+    standard ops only, candidates timed and judged on OpenVINO; the int8 card names the runtime, and loading the
+    folder runs it there without being told."""
+    from smallnets.core.loading import load_classifier
+
+    name, variant = FAMILIES["mobilenet_v3"]
+    outdir = tmp_path / "out"
+    report = optimize_model(exported(name, **variant), outdir, OptimizeConfig(target="x86-openvino", **QUICK))
+    assert report.preset["runtime"] == "openvino" and report.preset["offline_fusion"] is False
+    fp32_ops = op_counts(onnx.load(str(outdir / FP32_NAME)))
+    assert fp32_ops.get("HardSwish", 0) > 0, "onnxruntime's basic fusions would have inlined every HardSwish"
+    assert report.status != Status.REJECTED, report.detail  # random weights: unvalidated, but written
+    int8 = onnx.load(str(outdir / INT8_NAME))
+    assert {node.domain for node in int8.graph.node} <= {"", "ai.onnx"}, "OpenVINO reads standard ops only"
+    served = load_classifier(outdir, threads=1)
+    assert served.card.runtime == served.runtime == "openvino" and served.card.precision == "int8"
+    assert load_classifier(outdir, threads=1, runtime="onnxruntime").runtime == "onnxruntime"

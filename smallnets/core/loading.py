@@ -10,17 +10,17 @@ from pathlib import Path
 
 from smallnets.core.artifacts import resolve_model_file
 from smallnets.core.openvino_runtime import RuntimeUnavailableError
-from smallnets.core.runtime import OnnxClassifier
-from smallnets.core.targets import ONNXRUNTIME
+from smallnets.core.runtime import OnnxClassifier, file_runtime
 
 
 def load_classifier(
-    model: str | Path, providers: list[str] | None = None, threads: int | None = None, runtime: str = ONNXRUNTIME
+    model: str | Path, providers: list[str] | None = None, threads: int | None = None, runtime: str | None = None
 ) -> OnnxClassifier:
-    """The ONNX classifier in ``model``; the runtime's own errors become one ValueError naming the file."""
+    """The ONNX classifier in ``model`` on ``runtime`` (default: the one the file was built for); the runtime's
+    own errors become one ValueError naming the file."""
     path = resolve_model_file(model)
     try:
-        return OnnxClassifier(path, providers=providers, threads=threads, runtime=runtime)
+        return OnnxClassifier(path, providers=providers, threads=threads, runtime=runtime or file_runtime(path))
     except (ValueError, OSError, RuntimeUnavailableError):
         raise
     except Exception as error:  # the runtime's own exception types, e.g. for a JPEG renamed .onnx

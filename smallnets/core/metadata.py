@@ -115,6 +115,11 @@ class ModelCard:
         return f"{self.name}({params})@{self.resolution}" if params else f"{self.name}@{self.resolution}"
 
     @property
+    def runtime(self) -> str:
+        """The runtime the file was built for: its int8 target's (core.targets.Target.runtime), else onnxruntime."""
+        return (self.quantization or {}).get("runtime", "onnxruntime")
+
+    @property
     def weights_kind(self) -> str:
         """``random``, ``imagenet`` or ``file``: the first word of ``weights`` (a metric label, a filter)."""
         return self.weights.split()[0].rstrip(":") if self.weights else "random"

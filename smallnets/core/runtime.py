@@ -19,7 +19,7 @@ from PIL import Image
 
 from smallnets.core.hardware import detect_cpu
 from smallnets.core.images import load_image, to_rgb
-from smallnets.core.metadata import ModelCard, RandomWeightsWarning
+from smallnets.core.metadata import ModelCard, RandomWeightsWarning, read_card
 from smallnets.core.openvino_runtime import OpenVinoSession
 from smallnets.core.preprocess import preprocess
 from smallnets.core.targets import (
@@ -82,6 +82,12 @@ def resolve_providers(requested: Sequence[str] | None = None) -> tuple[list[str]
 def provider_options(providers: Sequence[str]) -> list[dict[str, str]]:
     """The session options each provider needs (core.targets.ExecutionProvider.options), in the same order."""
     return [dict(provider.options) if (provider := execution_provider(name)) else {} for name in providers]
+
+
+def file_runtime(path: str | Path) -> str:
+    """The runtime a smallnets file was built for: its int8 card's target says (x86-openvino: OpenVINO), every
+    other file runs on onnxruntime. What serving and the CLI use unless told otherwise."""
+    return read_card(path).runtime
 
 
 def ort_session(

@@ -74,6 +74,7 @@ class QuantOptions:
     rewrites: tuple[str, ...] = INT8_BLOCK_REWRITES
     bias_correction: bool = False  # per-channel bias correction on calibration pictures (optimize/bias_correction.py)
     equalization: bool = False  # cross-layer equalization of conv pairs before calibration (optimize/equalization.py)
+    op_types: tuple[str, ...] = ()  # the op types whose inputs are quantized (empty: every one the quantizer knows)
 
     def __post_init__(self) -> None:
         if self.activation_type not in INT8_TYPES or self.weight_type not in INT8_TYPES:
@@ -190,6 +191,11 @@ class Target:
     candidates: tuple[QuantOptions, ...]
     providers: tuple[ExecutionProvider, ...] = (CPU_PROVIDER,)
     threads: tuple[int, ...] = (1,)
+    # What runs the int8: optimize times and judges its candidates on it, and serving takes it from the card.
+    runtime: str = ONNXRUNTIME
+    # onnxruntime's basic fusions saved into the files (optimize/fuse.py); they inline HardSwish as HardSigmoid * x,
+    # which OpenVINO cannot fuse into its convolutions, so its target keeps the simplified graph.
+    offline_fusion: bool = True
     int8_min_cosine: float = 0.95
     # A coarse floor: random-weight logits carry little signal (docs/decisions.md#logit-cosine-floors).
     random_weights_min_cosine: float = 0.2
@@ -254,6 +260,8 @@ class Target:
             "rationale": self.rationale,
             "candidates": [options.name for options in self.candidates],
             "providers": [provider.to_dict() for provider in self.providers],
+            "runtime": self.runtime,
+            "offline_fusion": self.offline_fusion,
             "threads": list(self.threads),
             "int8_min_cosine": self.int8_min_cosine,
             "random_weights_min_cosine": self.random_weights_min_cosine,
@@ -279,6 +287,15 @@ AVX2_CANDIDATES = (
 VNNI_CANDIDATES = (
     _options("u8s8-qdq", rewrites=X86_REWRITES),
     _options("u8s8-qoperator", quant_format="qoperator", rewrites=X86_REWRITES),
+)
+# OpenVINO's runtime: QDQ only (it cannot read onnxruntime's QOperator contrib ops) and only rewrites into standard
+# ops; onnxruntime's own (HardSwish decomposed, padded depthwise channels, int8 through squeeze-excite) cost it time
+# (MobileNet V3 0.32x of NNCF's int8 with them: docs/decisions.md#the-openvino-runtime).
+OPENVINO_REWRITES = ("fold-channel-shuffles", "spatial-mean-as-global-pool", "average-pool-as-depthwise-conv")
+OPENVINO_CANDIDATES = (
+    _options("u8s8-qdq-openvino", rewrites=OPENVINO_REWRITES),
+    _options("u8s8-qdq-openvino-concat-scales", rewrites=(*OPENVINO_REWRITES, "concat-inputs-at-output-scale")),
+    _options("u8s8-qdq-openvino-compute-inputs", rewrites=OPENVINO_REWRITES, op_types=("Conv", "MatMul", "Gemm")),
 )
 # AArch64: S8S8 maps onto SDOT/SMMLA.
 ARM_REWRITES = (*INT8_BLOCK_REWRITES, ARM_CHANNEL_PADDING)
@@ -315,6 +332,22 @@ TARGETS: dict[str, Target] = {
             ),
             quant=VNNI_CANDIDATES[0],
             candidates=VNNI_CANDIDATES,
+            int8_min_cosine=0.95,  # docs/decisions.md#logit-cosine-floors
+        ),
+        Target(
+            name="x86-openvino",
+            arch="x86_64",
+            features=("avx2", "fma", "avx512_vnni"),
+            hardware="x86-64 with AVX-512 VNNI, AVX-VNNI or AMX-INT8, served by OpenVINO (`--runtime openvino`)",
+            rationale=(
+                "OpenVINO turns QDQ pairs into FakeQuantize and fuses element-wise tails into its int8 "
+                "convolutions, so the int8 keeps ONNX's standard ops and is timed and judged on OpenVINO itself. "
+                "Full-range U8S8 as for x86-vnni; on CPUs without VNNI its stated accuracy does not hold."
+            ),
+            quant=OPENVINO_CANDIDATES[0],
+            candidates=OPENVINO_CANDIDATES,
+            runtime=OPENVINO,
+            offline_fusion=False,
             int8_min_cosine=0.95,  # docs/decisions.md#logit-cosine-floors
         ),
         Target(
