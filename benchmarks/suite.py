@@ -36,8 +36,8 @@ from smallnets.benchmarks.selection import (
 from smallnets.core.files import ensure_writable_dir
 from smallnets.core.hardware import detect_cpu
 from smallnets.core.progress import Progress
-from smallnets.core.runtime import resolve_providers
-from smallnets.core.targets import ONNXRUNTIME, OPENVINO, TARGETS
+from smallnets.core.runtime import resolve_providers, resolve_runtime
+from smallnets.core.targets import ONNXRUNTIME, OPENVINO
 
 MIB = 2**20
 
@@ -97,11 +97,10 @@ def spec_for(artifacts: ModelArtifacts, variant: str, batch: int, threads: int, 
         return MeasureSpec(kind="onnx", model_path=str(artifacts.path(variant)), runtime=OPENVINO, **common)
     if variant in PEER_VARIANTS:
         return MeasureSpec(kind="openvino", model_path=str(artifacts.path(variant)), **common)
-    # optimize's files run where their target says (x86-openvino: OpenVINO), as serving runs them.
-    runtime = TARGETS[artifacts.target].runtime if variant in OPTIMIZED_VARIANTS and artifacts.target else ONNXRUNTIME
-    return MeasureSpec(
-        kind="onnx", model_path=str(artifacts.path(variant)), providers=config.providers, runtime=runtime, **common
-    )
+    path = artifacts.path(variant)
+    # optimize's files on the runtime their card names (an x86-openvino int8: OpenVINO), as serving runs them.
+    runtime = resolve_runtime(path) if path and variant in OPTIMIZED_VARIANTS else ONNXRUNTIME
+    return MeasureSpec(kind="onnx", model_path=str(path), providers=config.providers, runtime=runtime, **common)
 
 
 def make_row(

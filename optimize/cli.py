@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     optimize = subparsers.add_parser(
         "optimize",
         help="simplify, fuse and int8-quantize an ONNX classifier for a CPU target, with validation",
-        description="Writes OUTDIR/model.fp32.onnx (simplified + fused), OUTDIR/model.int8.onnx and "
-        "OUTDIR/report.json + report.md. If no int8 variant is both within --max-drop and faster than fp32, "
-        "no int8 file is written and the report says why (the fp32 model is the output). Given a "
+        description="Writes OUTDIR/model.fp32.onnx (simplified + fused; x86-openvino: simplified), "
+        "OUTDIR/model.int8.onnx and OUTDIR/report.json + report.md. If no int8 variant is both within --max-drop "
+        "and faster than fp32, no int8 file is written and the report says why (the fp32 model is the output). Given a "
         "`smallnets pipeline` folder, optimizes its model.export.onnx again, in place (with --force).",
     )
     optimize.add_argument(
@@ -187,7 +187,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from smallnets.core.artifacts import resolve_model_file
     from smallnets.core.evaluation import evaluate
     from smallnets.core.labelled import EVAL_DIR_ENV, eval_dir_setting
-    from smallnets.core.runtime import OnnxClassifier, file_runtime
+    from smallnets.core.runtime import OnnxClassifier, resolve_runtime
 
     folder = eval_dir_setting(args.eval_dir)
     if folder is None:
@@ -195,7 +195,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     model = resolve_model_file(args.model)
-    classifier = OnnxClassifier(model, runtime=args.runtime or file_runtime(model))
+    classifier = OnnxClassifier(model, runtime=resolve_runtime(model, args.runtime))
     if classifier.cpu_note:  # the figures below are this CPU's, not those of the CPU kind the card speaks for
         print(f"warning: {classifier.cpu_note}", file=sys.stderr)
     result = evaluate(classifier, folder, limit=args.limit)

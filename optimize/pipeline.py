@@ -22,8 +22,9 @@ from smallnets.core.evaluation import prepare, prepare_pictures
 from smallnets.core.files import check_output_dir, replace_folder, write_manifest
 from smallnets.core.labelled import provenance, read_labelled_folder
 from smallnets.core.metadata import AccuracyStatus, ModelCard, write_card
+from smallnets.core.openvino_runtime import import_openvino
 from smallnets.core.split import split_folders
-from smallnets.core.targets import QuantOptions, Target, resolve_target, runs_here
+from smallnets.core.targets import OPENVINO, QuantOptions, Target, resolve_target, runs_here
 from smallnets.optimize.calibration import (
     REPORT_PHOTOS,
     SELECTION_PHOTOS,
@@ -63,6 +64,8 @@ def optimize_model(model: str | Path, outdir: str | Path, config: OptimizeConfig
     """Simplify, fuse, quantize with a measured recipe, validate, and write OUTDIR (see module docstring)."""
     source, outdir = Path(model), Path(outdir)
     preset, target_reason = resolve_target(config.target)  # fail on a bad target before any heavy work
+    if preset.runtime == OPENVINO:
+        import_openvino()  # its candidates are timed and judged on OpenVINO: fail now if it is missing
     if config.calibration is not None:
         calibration_method(config.calibration)
     if config.max_drop < 0:

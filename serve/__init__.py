@@ -1,4 +1,5 @@
-"""Serving side: the one inference runtime (ONNX Runtime session, pre/post-processing) and the BentoML service.
+"""Serving side: the one inference path (core's session on onnxruntime or OpenVINO, pre/post-processing) and the
+BentoML service.
 
 Nothing here imports torch or onnxsim: the served Bento stays small.
 """

@@ -1,4 +1,4 @@
-"""Batching of concurrent requests inside one worker: a small queue in front of one ONNX Runtime thread.
+"""Batching of concurrent requests inside one worker: a small queue in front of one inference thread.
 
 Policy ("run what is waiting"): when the model is idle, the next batch starts at once with every row that is
 waiting, up to ``max_batch_size``; rows that arrive while a batch runs wait for the next one. At low load every
@@ -67,7 +67,7 @@ class Batcher:
         self._observe = observe
         self._waiting: deque[_Waiting] = deque()
         self._wakeup = asyncio.Event()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._busy = False

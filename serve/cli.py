@@ -243,7 +243,6 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
 def run_serve(args: argparse.Namespace) -> NoReturn:
     from smallnets.core.artifacts import resolve_model_file
     from smallnets.core.hardware import cpu_quota, serving_cores
-    from smallnets.core.openvino_runtime import import_openvino
     from smallnets.core.runtime import resolve_providers
     from smallnets.serve.settings import ENV_RUNTIME
     from smallnets.serve.store import import_model, read_card
@@ -258,8 +257,7 @@ def run_serve(args: argparse.Namespace) -> NoReturn:
             raise ValueError(f"--grpc-port must differ from --port ({args.port}): gRPC has a port of its own")
         check_listen_address(args.host, args.grpc_port, option="--grpc-port")
     resolve_providers(_providers(args.providers))  # fail here, not in every worker
-    if (args.runtime or os.environ.get(ENV_RUNTIME) or card.runtime) == OPENVINO:
-        import_openvino()
+    check_runtime_for(model_file, args.runtime or os.environ.get(ENV_RUNTIME) or card.runtime)
     cores = serving_cores(quota=cpu_quota())  # a container's CPU quota, not the host's cores
     workers = args.workers or 1
     if args.threads is not None and workers * args.threads > cores:
@@ -328,6 +326,16 @@ def warn_if_other_arch(card: Any, platform: str) -> None:
         )
 
 
+def check_runtime_for(model_file: Path, runtime: str) -> str:
+    """``runtime`` when it is one and can run the file here; else the one-line error, before any worker starts."""
+    from smallnets.core.openvino_runtime import check_readable
+    from smallnets.core.targets import check_runtime
+
+    if check_runtime(runtime) == OPENVINO:
+        check_readable(model_file)  # OpenVINO installed, and the file in ops it reads
+    return runtime
+
+
 def project_root() -> Path:
     """Where bentofile.yaml and the serve/ package live (the Bento's build context)."""
     return Path(__file__).resolve().parent.parent
@@ -338,10 +346,12 @@ def run_build(args: argparse.Namespace) -> int:
     from smallnets.serve.bento import build_bento
     from smallnets.serve.store import import_model, read_card
 
-    card = read_card(resolve_model_file(args.model))
+    model_file = resolve_model_file(args.model)
+    card = read_card(model_file)
     warn_if_other_arch(card, args.platform)
+    runtime = check_runtime_for(model_file, args.runtime or card.runtime)
     tag = import_model(args.model)
-    result = build_bento(tag, args.platform, project_root(), args.runtime or card.runtime)
+    result = build_bento(tag, args.platform, project_root(), runtime)
     print(f"model: {tag}")
     print(f"bento: {result.tag}")
     print(f"dockerfile: {result.dockerfile}")

@@ -25,7 +25,7 @@ from PIL import Image
 from smallnets.core.images import ImageDecodeError, finish_decode, open_image
 from smallnets.core.metadata import RANDOM_WEIGHTS
 from smallnets.core.preprocess import decode_min_side
-from smallnets.core.runtime import OnnxClassifier, file_runtime
+from smallnets.core.runtime import OnnxClassifier, resolve_runtime
 from smallnets.serve import metrics
 from smallnets.serve.admission import Admission, Overloaded, Refusal, Ticket
 from smallnets.serve.batching import Batcher
@@ -123,7 +123,7 @@ class Engine:
             model_file,
             threads=settings.threads,
             providers=list(settings.providers) or None,
-            runtime=settings.runtime or file_runtime(model_file),
+            runtime=resolve_runtime(model_file, settings.runtime),
         )
         for note in self.classifier.provider_notes:
             LOGGER.warning("execution providers: %s", note)

@@ -53,13 +53,13 @@ PHASE_SECONDS = bentoml.metrics.Histogram(
 )
 INFERENCE_SECONDS = bentoml.metrics.Histogram(
     name="smallnets_inference_seconds",
-    documentation="ONNX Runtime time per batch (preprocessed tensors in, logits out)",
+    documentation="Model time per batch on its runtime (preprocessed tensors in, logits out)",
     labelnames=["model"],
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = bentoml.metrics.Histogram(
     name="smallnets_batch_size",
-    documentation="Images per ONNX Runtime batch",
+    documentation="Images per model batch",
     labelnames=["model"],
     buckets=BATCH_BUCKETS,
 )

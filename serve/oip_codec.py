@@ -63,12 +63,16 @@ class InferRequest:
     binary_output: bool  # request-level ``binary_data_output``
 
 
+# Triton's platform names for what runs the model.
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+
+
 def model_metadata_body(info: ModelInfo) -> dict[str, Any]:
     """The protocol's model metadata (REST and gRPC say the same)."""
     return {
         "name": info.name,
         "versions": list(info.versions),
-        "platform": "onnxruntime_onnx",
+        "platform": PLATFORMS[info.metadata["runtime"]],
         "inputs": [
             {"name": IMAGES_INPUT, "datatype": "BYTES", "shape": [-1]},
             {"name": info.input_name, "datatype": "FP32", "shape": [-1, *info.row_shape]},

@@ -35,7 +35,7 @@ ENV_ACCESS_LOG = "SMALLNETS_ACCESS_LOG"
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_BATCH_IMAGES = 32
-# Largest ONNX Runtime batch adaptive batching forms: past ~16 a CPU gains no throughput, only latency and memory.
+# Largest model batch adaptive batching forms: past ~16 a CPU gains no throughput, only latency and memory.
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_PIXELS = 50_000_000
 # Decoded pixels one request may cost, summed over its images (JPEGs count at the reduced scale they decode at).

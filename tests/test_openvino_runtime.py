@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,10 @@ def test_batches_of_each_size_keep_their_rows(exported: Callable[..., Path]) -> 
     together = classifier.run(data)
     np.testing.assert_allclose(together[:1], alone, rtol=1e-4, atol=1e-5)
     assert not np.allclose(classifier.run(data[1:2]), alone), "a later run must not change an earlier answer"
+    with ThreadPoolExecutor(4) as pool:  # requests come from a pool: no two threads share one
+        answers = list(pool.map(classifier.run, [data[index : index + 1] for index in (0, 1, 2) * 4]))
+    for index, answer in zip((0, 1, 2) * 4, answers, strict=True):
+        np.testing.assert_allclose(answer, together[index : index + 1], rtol=1e-4, atol=1e-5)
 
 
 def test_an_unknown_runtime_names_the_choices(exported: Callable[..., Path]) -> None:

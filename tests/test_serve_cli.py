@@ -141,3 +141,30 @@ def test_the_openvino_runtime_serves_over_http(exported, tmp_path: Path, cat_jpe
     served = [prediction["class_id"] for prediction in response.json()["predictions"]]
     local = OnnxClassifier(model).classify(Image.open(io.BytesIO(cat_jpeg)), k=len(served))[0]
     assert served[0] == local[0].class_id and 281 <= served[0] <= 285, (served, local)
+
+
+def test_a_file_openvino_cannot_read_is_refused_before_the_server_starts(exported, tmp_path: Path) -> None:
+    """A QOperator int8 (com.microsoft ops) asked to run on OpenVINO: one line naming the ops and the fix, not a
+    traceback from every worker."""
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from smallnets.core.metadata import card_of, write_card
+
+    class Photos(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.feeds = iter([{"input": rng.standard_normal((1, 3, 128, 128)).astype(np.float32)} for _ in range(2)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    # Its classifier's Gemm becomes com.microsoft QGemm, which OpenVINO has no conversion for.
+    source, int8 = exported("mobilenet_v1", width=0.25, resolution=128), tmp_path / "qoperator.onnx"
+    quantize_static(str(source), str(int8), Photos(), quant_format=QuantFormat.QOperator)
+    model = onnx.load(str(int8))
+    onnx.save(write_card(model, card_of(onnx.load(str(source)))), str(int8))
+    result = serve(str(int8), "--runtime", "openvino", "--port", str(free_port()))
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr.count("\n") == 1 and "QGemm" in result.stderr and "--runtime onnxruntime" in result.stderr

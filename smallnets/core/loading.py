@@ -10,7 +10,7 @@ from pathlib import Path
 
 from smallnets.core.artifacts import resolve_model_file
 from smallnets.core.openvino_runtime import RuntimeUnavailableError
-from smallnets.core.runtime import OnnxClassifier, file_runtime
+from smallnets.core.runtime import OnnxClassifier, resolve_runtime
 
 
 def load_classifier(
@@ -20,7 +20,7 @@ def load_classifier(
     own errors become one ValueError naming the file."""
     path = resolve_model_file(model)
     try:
-        return OnnxClassifier(path, providers=providers, threads=threads, runtime=runtime or file_runtime(path))
+        return OnnxClassifier(path, providers=providers, threads=threads, runtime=resolve_runtime(path, runtime))
     except (ValueError, OSError, RuntimeUnavailableError):
         raise
     except Exception as error:  # the runtime's own exception types, e.g. for a JPEG renamed .onnx

@@ -5,12 +5,13 @@ element-wise tails it fuses into convolutions: docs/decisions.md#the-openvino-ru
 OpenVINO reads the ONNX file itself (QDQ pairs become FakeQuantize); the model card travels in its rt_info. Float
 parts run in f32 (``INFERENCE_PRECISION_HINT``): OpenVINO would pick bf16 on CPUs with BF16 units, and the card's
 accuracy holds for the precision it names. Batch 1 runs a copy compiled for that static shape (~5% faster than
-the dynamic one on Lite0 int8); other batch sizes share one dynamic compile, so memory stays two compiles.
+the dynamic one on Lite0 int8); other batch sizes share one dynamic compile, made at the first such batch.
 Optional: needs the ``openvino`` extra; imported only when that runtime is chosen.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 
 from smallnets.core.metadata import CARD_KEY
 
-INSTALL_HINT = "pip install 'smallnets[openvino]' -c constraints.txt (or pick --runtime onnxruntime)"
+INSTALL_HINT = "pip install 'smallnets[openvino]' -c constraints.txt"
 UNCONVERTED = "wasn't fully converted"  # OpenVINO's message for a model with ops its ONNX frontend lacks
 # ONNX metadata_props land here in an OpenVINO model's rt_info.
 FRAMEWORK_INFO = "framework"
@@ -58,17 +59,21 @@ class OpenVinoSession:
 
     def __init__(self, path: Path, threads: int) -> None:
         ov = import_openvino()
-        core = ov.Core()
-        self.version = ov.get_version().split("-")[0]
-        model = read_onnx(core, path, self.version)
-        self.metadata = metadata_props(model)
-        single = model.clone()
-        row = list(model.input(0).get_partial_shape())[1:]  # (3, crop, crop): static in every smallnets export
+        self._core = ov.Core()
+        self.version = version(ov)
+        self._model = read_onnx(self._core, path, self.version)
+        self.metadata = metadata_props(self._model)
+        self._config = compile_config(threads)
+        single = self._model.clone()
+        row = list(self._model.input(0).get_partial_shape())[1:]
+        if not all(dim.is_static for dim in row):
+            raise UnreadableModelError(f"{path}: OpenVINO needs a fixed input size, the file has {row}")
         single.reshape({0: [1, *(dim.get_length() for dim in row)]})
-        config = compile_config(threads)
-        self._compiled = {1: core.compile_model(single, "CPU", config), None: core.compile_model(model, "CPU", config)}
-        # An InferRequest is not thread-safe: each thread that runs the model gets its own.
-        self._local = threading.local()
+        self._compiled: dict[int | None, Any] = {1: self._core.compile_model(single, "CPU", self._config)}
+        self._compiling = threading.Lock()
+        # An InferRequest is not thread-safe: a run takes one from its pool (or makes one) and gives it back, so the
+        # warm-up's request serves the first batch whatever thread runs it.
+        self._requests: dict[int | None, queue.SimpleQueue] = {1: queue.SimpleQueue(), None: queue.SimpleQueue()}
 
     @property
     def name(self) -> str:
@@ -78,15 +83,26 @@ class OpenVinoSession:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, classes) of a preprocessed float32 batch."""
         key = 1 if len(batch) == 1 else None
-        requests: dict[int | None, Any] = self._local.__dict__.setdefault("requests", {})
-        if key not in requests:
-            requests[key] = self._compiled[key].create_infer_request()
-        request = requests[key]
-        request.infer({0: batch})
-        return request.get_output_tensor(0).data.copy()
+        pool = self._requests[key]
+        try:
+            request = pool.get_nowait()
+        except queue.Empty:
+            request = self._compiled_for(key).create_infer_request()
+        try:
+            request.infer({0: batch})
+            return request.get_output_tensor(0).data.copy()
+        finally:
+            pool.put(request)
+
+    def _compiled_for(self, key: int | None) -> Any:
+        """The batch-1 compile, or the dynamic one (compiled once, at the first batch of another size)."""
+        with self._compiling:
+            if key not in self._compiled:
+                self._compiled[key] = self._core.compile_model(self._model, "CPU", self._config)
+            return self._compiled[key]
 
 
-def read_onnx(core: Any, path: Path, version: str) -> Any:
+def read_onnx(core: Any, path: Path, release: str) -> Any:
     """The ONNX file as an OpenVINO model; UnreadableModelError naming the ops when its frontend lacks some."""
     try:
         return core.read_model(str(path))
@@ -94,15 +110,20 @@ def read_onnx(core: Any, path: Path, version: str) -> Any:
         if UNCONVERTED not in str(error):
             raise
         raise UnreadableModelError(
-            f"OpenVINO {version} cannot read {path} ({unread_ops(str(error))}): it is in onnxruntime's QOperator "
-            "int8 form; serve it with --runtime onnxruntime"
+            f"OpenVINO {release} cannot read {path} ({unread_ops(str(error))}; onnxruntime's QOperator int8 has "
+            "such ops): run it with --runtime onnxruntime, or build it with --target x86-openvino"
         ) from error
 
 
 def check_readable(path: Path) -> None:
     """UnreadableModelError when OpenVINO cannot read the file (before anything is timed or served on it)."""
     ov = import_openvino()
-    read_onnx(ov.Core(), path, ov.get_version().split("-")[0])
+    read_onnx(ov.Core(), path, version(ov))
+
+
+def version(ov: ModuleType) -> str:
+    """OpenVINO's release, e.g. 2026.4.1 (without its build suffix)."""
+    return ov.get_version().split("-")[0]
 
 
 def metadata_props(model: Any) -> Mapping[str, str]:

@@ -84,10 +84,10 @@ def provider_options(providers: Sequence[str]) -> list[dict[str, str]]:
     return [dict(provider.options) if (provider := execution_provider(name)) else {} for name in providers]
 
 
-def file_runtime(path: str | Path) -> str:
-    """The runtime a smallnets file was built for: its int8 card's target says (x86-openvino: OpenVINO), every
-    other file runs on onnxruntime. What serving and the CLI use unless told otherwise."""
-    return read_card(path).runtime
+def resolve_runtime(path: str | Path, requested: str | None = None) -> str:
+    """``requested``, else the runtime the file was built for: its int8 card's target says (x86-openvino:
+    OpenVINO), every other file runs on onnxruntime. What serving, the CLI and ``smallnets.load`` run."""
+    return check_runtime(requested) if requested else read_card(path).runtime
 
 
 def ort_session(
@@ -198,6 +198,14 @@ class OnnxClassifier:
             f"weights={card.weights_kind}, accuracy={card.accuracy.status!r}, runtime={self.runtime}, "
             f"threads={self.threads})"
         )
+
+    @property
+    def input_name(self) -> str:
+        return self.card.input_name
+
+    @property
+    def output_name(self) -> str:
+        return self.card.output_name
 
     @property
     def weights_note(self) -> str | None:

@@ -149,8 +149,8 @@ PROVIDERS_HELP = (
 ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"
 RUNTIMES = (ONNXRUNTIME, OPENVINO)
 RUNTIME_HELP = (
-    f"what runs the model: {ONNXRUNTIME} (default) or {OPENVINO} (OpenVINO's CPU plugin, ~10%% faster int8 on x86; "
-    "needs the openvino extra)"
+    f"what runs the model: {ONNXRUNTIME} or {OPENVINO} (OpenVINO's CPU runtime, ~10%% faster int8 on x86; needs the "
+    "openvino extra) (default: the one the file was built for, onnxruntime unless --target x86-openvino)"
 )
 
 
