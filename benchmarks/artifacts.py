@@ -18,6 +18,7 @@ so a cache built on x86 can be copied to an ARM box and measured there.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -65,6 +66,19 @@ def weights_tag(weights: str) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text)
+
+
+@functools.cache
+def openvino_refusal(path: Path, mtime_ns: int, size: int) -> str | None:
+    """Why OpenVINO cannot read this version of the file (None when it can), read once: the bench asks for every
+    measurement it plans. ``mtime_ns`` and ``size`` tell a rebuilt file from the one read."""
+    from smallnets.core.openvino_runtime import UnreadableModelError, check_readable
+
+    try:
+        check_readable(path)
+    except UnreadableModelError as error:
+        return str(error)
+    return None
 
 
 @dataclass(frozen=True)
@@ -121,12 +135,9 @@ class ModelArtifacts:
         """Why a variant cannot be measured (optimize rejected int8 for this model), or None when it can."""
         path = self.path(variant)
         if variant == SMALLNETS_INT8_ON_OPENVINO and path is not None and path.is_file():
-            from smallnets.core.openvino_runtime import UnreadableModelError, check_readable
-
-            try:
-                check_readable(path)
-            except UnreadableModelError as error:
-                return f"{self.choice.label} {variant}: {error}"
+            stat = path.stat()
+            if refusal := openvino_refusal(path, stat.st_mtime_ns, stat.st_size):
+                return f"{self.choice.label} {variant}: {refusal}"
         if path is None or path.is_file():
             return None
         report = self.optimize_report() or {}

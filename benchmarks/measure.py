@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from smallnets.benchmarks.loaded import TimedModel
+from smallnets.core.targets import ONNXRUNTIME
 from smallnets.core.timing import timed_calls, warm_up
 
 KINDS = ("onnx", "torch", "openvino", "bare")
@@ -42,7 +43,7 @@ class MeasureSpec:
     input_path: str | None = None
     model_path: str | None = None
     providers: tuple[str, ...] | None = None
-    runtime: str = "onnxruntime"  # what runs an onnx measurement (core.targets.RUNTIMES): the server's choices
+    runtime: str = ONNXRUNTIME  # what runs an onnx measurement (core.targets.RUNTIMES): the server's choices
     model: str | None = None
     variant: dict[str, Any] = field(default_factory=dict)
     weights: str = "random"

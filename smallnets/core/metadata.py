@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from smallnets.core.targets import ONNXRUNTIME
+
 CARD_KEY = "smallnets.card"
 CARD_VERSION = 1
 
@@ -117,7 +119,7 @@ class ModelCard:
     @property
     def runtime(self) -> str:
         """The runtime the file was built for: its int8 target's (core.targets.Target.runtime), else onnxruntime."""
-        return (self.quantization or {}).get("runtime", "onnxruntime")
+        return (self.quantization or {}).get("runtime", ONNXRUNTIME)
 
     @property
     def weights_kind(self) -> str:
