@@ -104,6 +104,13 @@ def add_optimize_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--search", dest="effort", choices=EFFORT_CHOICES, help=argparse.SUPPRESS)  # old name
     parser.add_argument(
+        "--no-speed-gate",
+        dest="gate_on_speed",
+        action="store_false",
+        help="judge int8 on accuracy alone, for a build host too busy to time; the report says so "
+        "(default: int8 must be faster than fp32 by more than the timing noise where the target is this CPU)",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="replace an earlier smallnets output folder; a folder with files smallnets did not write is never "
@@ -153,6 +160,7 @@ def optimize_config(args: argparse.Namespace, **extra: Any) -> Any:
         calib_dir=args.calib_dir,
         eval_dir=eval_dir_setting(args.eval_dir),
         force=args.force,
+        gate_on_speed=args.gate_on_speed,
         **settings,
     )
 

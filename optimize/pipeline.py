@@ -135,11 +135,13 @@ def build(
     cache = scratch / "calibration.json"
     reader = ImageCalibrationReader(data.calibration.images, card.preprocessing, exported.graph.input[0].name)
     settings = search_settings(preset, card, config)
-    if not settings.gate_on_speed:
+    if not runs_here(preset):
         notes.append(
             f"target {preset.name} is for {preset.arch} CPUs and this machine is not: latencies here are host "
             "figures, not device ones, and int8 was not rejected for them"
         )
+    elif not config.gate_on_speed:
+        notes.append("speed gate off by request: int8 was judged on accuracy alone, its latencies are not a verdict")
     probe_images = prepare_pictures(data.calibration.images[:PROBE_IMAGES], card.preprocessing, "probe")
     references = (
         Reference(fp32_path, data.selection, "selection", preset.runtime),
@@ -216,7 +218,7 @@ def search_settings(preset: Target, card: ModelCard, config: OptimizeConfig) -> 
         config.max_formats,
         config.max_repair_steps,
         config.latency_runs,
-        gate_on_speed=runs_here(preset),
+        gate_on_speed=config.gate_on_speed and runs_here(preset),
     )
 
 

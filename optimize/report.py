@@ -129,7 +129,7 @@ class OptimizeReport:
             f"- accuracy: {self.accuracy_status}",
             f"- output: `{self.output}`",
             f"- target: **{self.target}** ({self.target_reason})"
-            + ("" if self.speed_gated else "; speed not gated (host timings only)"),
+            + ("" if self.speed_gated else "; speed not gated (see notes)"),
             f"- preset: {self.preset.get('signature')} reduce_range={self.preset.get('reduce_range')} "
             f"per_channel={self.preset.get('per_channel')} format={self.preset.get('quant_format')}",
             f"- calibration: {self.calibration_images} images, {self.calibration_method} ({self.calibration_source})",

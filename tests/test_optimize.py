@@ -500,12 +500,15 @@ def test_pipeline_cli_exports_and_optimizes(tmp_path: Path) -> None:
     import json
 
     outdir = tmp_path / "artifacts" / "squeezenet1_1"
-    assert main(["pipeline", "squeezenet1_1", "-o", str(outdir), "--search", "quick", "--max-drop", "100"]) == 0
+    command = ["pipeline", "squeezenet1_1", "-o", str(outdir), "--search", "quick", "--max-drop", "100"]
+    assert main([*command, "--no-speed-gate"]) == 0
     report = json.loads((outdir / "report.json").read_text())
     names = {p.name for p in outdir.iterdir()}
     assert {"model.export.onnx", FP32_NAME, "report.json", "report.md"} <= names
     assert any(name.endswith(".json") and name != "report.json" for name in names), "export config kept"
     assert report["config"]["max_candidates"] == 2 and (outdir / report["output"]).is_file()
+    assert report["config"]["gate_on_speed"] is False is report["search"]["settings"]["gate_on_speed"]
+    assert report["output"] == INT8_NAME, "judged on accuracy alone, with a budget of 100 points"
     assert [p.name for p in outdir.parent.iterdir()] == ["squeezenet1_1"], "no staging folders left behind"
 
 
@@ -513,14 +516,17 @@ def test_the_openvino_target_builds_for_openvino_and_the_file_says_so(
     exported: Callable[..., Path], tmp_path: Path
 ) -> None:
     """x86-openvino: no onnxruntime fusions (HardSwish stays whole for OpenVINO to fuse into its convs), QDQ in
-    standard ops only, candidates timed and judged on OpenVINO; the int8 card names the runtime, and loading the
-    folder runs it there without being told."""
+    standard ops only; the int8 card names the runtime, and loading the folder runs it there without being told.
+    Speed is not gated (a behaviour test on a shared CI host: the gate once found this small random-weight net
+    1.12x faster at 2 threads, within the noise, and wrote no int8)."""
     from smallnets.core.loading import load_classifier
 
     name, variant = FAMILIES["mobilenet_v3"]
     outdir = tmp_path / "out"
-    report = optimize_model(exported(name, **variant), outdir, OptimizeConfig(target="x86-openvino", **QUICK))
+    config = OptimizeConfig(target="x86-openvino", gate_on_speed=False, **QUICK)
+    report = optimize_model(exported(name, **variant), outdir, config)
     assert report.preset["runtime"] == "openvino" and report.preset["offline_fusion"] is False
+    assert not report.speed_gated and any("speed gate off by request" in note for note in report.notes)
     fp32_ops = op_counts(onnx.load(str(outdir / FP32_NAME)))
     assert fp32_ops.get("HardSwish", 0) > 0, "onnxruntime's basic fusions would have inlined every HardSwish"
     assert report.status != Status.REJECTED, report.detail  # random weights: unvalidated, but written
