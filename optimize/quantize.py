@@ -88,6 +88,8 @@ def quantize_model(
     extra_options: dict[str, object] = {"WeightSymmetric": True}
     if method == "percentile":
         extra_options["CalibPercentile"] = options.percentile
+    if options.float_outputs:
+        extra_options["OpTypesToExcludeOutputQuantization"] = list(options.float_outputs)
     with tempfile.TemporaryDirectory(prefix="smallnets-rewrite-") as folder:
         source = equalized_copy(prepared, Path(folder)) if options.equalization else prepared
         rewritten = onnx.load(str(source))

@@ -6,6 +6,7 @@ two cores; the recipe search runs in its quick mode here (one candidate, few ima
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -532,6 +533,9 @@ def test_the_openvino_target_builds_for_openvino_and_the_file_says_so(
     assert report.status != Status.REJECTED, report.detail  # random weights: unvalidated, but written
     int8 = onnx.load(str(outdir / INT8_NAME))
     assert {node.domain for node in int8.graph.node} <= {"", "ai.onnx"}, "OpenVINO reads standard ops only"
+    producers = {output: node.op_type for node in int8.graph.node for output in node.output}
+    after = Counter(producers[node.input[0]] for node in int8.graph.node if node.op_type == "HardSwish")
+    assert after and set(after) <= {"Conv", "Gemm"}, f"OpenVINO fuses a HardSwish into the conv before it: {after}"
     served = load_classifier(outdir, threads=1)
     assert served.card.runtime == served.runtime == "openvino" and served.card.precision == "int8"
     assert load_classifier(outdir, threads=1, runtime="onnxruntime").runtime == "onnxruntime"

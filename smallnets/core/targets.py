@@ -75,6 +75,7 @@ class QuantOptions:
     bias_correction: bool = False  # per-channel bias correction on calibration pictures (optimize/bias_correction.py)
     equalization: bool = False  # cross-layer equalization of conv pairs before calibration (optimize/equalization.py)
     op_types: tuple[str, ...] = ()  # the op types whose inputs are quantized (empty: every one the quantizer knows)
+    float_outputs: tuple[str, ...] = ()  # op types whose outputs get no Q/DQ of their own (a consumer may add one)
 
     def __post_init__(self) -> None:
         if self.activation_type not in INT8_TYPES or self.weight_type not in INT8_TYPES:
@@ -291,11 +292,24 @@ VNNI_CANDIDATES = (
 # OpenVINO's runtime: QDQ only (it cannot read onnxruntime's QOperator contrib ops) and only rewrites into standard
 # ops; onnxruntime's own (HardSwish decomposed, padded depthwise channels, int8 through squeeze-excite) cost it time
 # (MobileNet V3 0.32x of NNCF's int8 with them: docs/decisions.md#the-openvino-runtime).
+# Conv and Gemm outputs stay float, as in NNCF's placement: OpenVINO then fuses what follows (HardSwish, a residual
+# Add, the next quantization) into the convolution instead of running a dequantize-activation-quantize subgraph per
+# block (MobileNet V3 large: 34 int8 subgraphs -> 9, NNCF's count; Lite0's compiled graph then equals NNCF's).
 OPENVINO_REWRITES = ("fold-channel-shuffles", "spatial-mean-as-global-pool", "average-pool-as-depthwise-conv")
+OPENVINO_FLOAT_OUTPUTS = ("Conv", "Gemm", "MatMul")
 OPENVINO_CANDIDATES = (
-    _options("u8s8-qdq-openvino", rewrites=OPENVINO_REWRITES),
-    _options("u8s8-qdq-openvino-concat-scales", rewrites=(*OPENVINO_REWRITES, "concat-inputs-at-output-scale")),
-    _options("u8s8-qdq-openvino-compute-inputs", rewrites=OPENVINO_REWRITES, op_types=("Conv", "MatMul", "Gemm")),
+    _options("u8s8-qdq-openvino", rewrites=OPENVINO_REWRITES, float_outputs=OPENVINO_FLOAT_OUTPUTS),
+    _options(
+        "u8s8-qdq-openvino-concat-scales",
+        rewrites=(*OPENVINO_REWRITES, "concat-inputs-at-output-scale"),
+        float_outputs=OPENVINO_FLOAT_OUTPUTS,
+    ),
+    _options(
+        "u8s8-qdq-openvino-compute-inputs",
+        rewrites=OPENVINO_REWRITES,
+        op_types=("Conv", "MatMul", "Gemm"),
+        float_outputs=OPENVINO_FLOAT_OUTPUTS,
+    ),
 )
 # AArch64: S8S8 maps onto SDOT/SMMLA.
 ARM_REWRITES = (*INT8_BLOCK_REWRITES, ARM_CHANNEL_PADDING)
