@@ -24,6 +24,7 @@ from onnxruntime.quantization import (
     quant_pre_process,
     quantize_static,
 )
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from smallnets.core.targets import CALIBRATION_METHODS, QuantOptions
 from smallnets.optimize.bias_correction import correct_biases
@@ -88,8 +89,11 @@ def quantize_model(
     extra_options: dict[str, object] = {"WeightSymmetric": True}
     if method == "percentile":
         extra_options["CalibPercentile"] = options.percentile
-    if options.float_outputs:
+    if method == "mean-minmax":  # one picture per calibration batch: the mean over pictures
+        extra_options["CalibMovingAverage"] = True
+    if options.float_outputs:  # pass-through ops (MaxPool) then quantize a float input instead of staying float
         extra_options["OpTypesToExcludeOutputQuantization"] = list(options.float_outputs)
+        extra_options["ForceQuantizeNoInputCheck"] = True
     with tempfile.TemporaryDirectory(prefix="smallnets-rewrite-") as folder:
         source = equalized_copy(prepared, Path(folder)) if options.equalization else prepared
         rewritten = onnx.load(str(source))
@@ -168,13 +172,21 @@ def _quantize_static(
             activation_type=_TYPES[options.activation_type],
             weight_type=_TYPES[options.weight_type],
             nodes_to_exclude=sorted(exclude_nodes),
-            op_types_to_quantize=list(options.op_types) or None,
+            op_types_to_quantize=op_types_to_quantize(options),
             calibrate_method=calibration_method(method),
             calibration_cache_path=str(cache),
             extra_options=extra_options,
         )
     finally:
         quiet.setLevel(level)
+
+
+def op_types_to_quantize(options: QuantOptions) -> list[str] | None:
+    """The candidate's op types (None: the quantizer's own list), less those it leaves unquantized."""
+    if not options.unquantized:
+        return list(options.op_types) or None
+    every = options.op_types or (*QLinearOpsRegistry, *QDQRegistry)
+    return sorted(set(every) - set(options.unquantized))
 
 
 def shield_float_nodes(model: onnx.ModelProto, float_nodes: set[str]) -> onnx.ModelProto:

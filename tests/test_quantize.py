@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from registry_choices import FAMILIES
 
 from smallnets.core.metadata import card_of
-from smallnets.core.targets import TARGETS, QuantOptions
+from smallnets.core.targets import OPENVINO_PLACEMENT, TARGETS, QuantOptions
 from smallnets.optimize.calibration import ImageCalibrationReader, demo_calibration_set
 from smallnets.optimize.fuse import fuse, op_counts
 from smallnets.optimize.quantize import calibration_cache, prepare_for_quantization, quantize_model
@@ -76,3 +77,35 @@ def test_calibration_methods_keep_separate_caches(prepared: tuple[Path, Path], t
     assert calibration_cache(cache, "percentile") == tmp_path / "cache.percentile.json"
     with pytest.raises(ValueError, match="percentile calibration needs calibration data"):
         quantize_model(prepared[1], tmp_path / "x.onnx", QuantOptions("p", calibration="percentile"), None, cache)
+
+
+def test_mean_minmax_ranges_lie_within_the_extremes(prepared: tuple[Path, Path], tmp_path: Path) -> None:
+    """mean-minmax averages each picture's extremes (NNCF's default): never wider than min-max, narrower somewhere."""
+
+    def activation_scales(method: str) -> dict[str, float]:
+        model = quantize(prepared[1], tmp_path / method, QuantOptions(method, calibration=method))
+        inits = initializers(model)
+        return {
+            node.input[1]: float(inits[node.input[1]])
+            for node in model.graph.node
+            if node.op_type == "QuantizeLinear" and inits[node.input[1]].size == 1
+        }
+
+    extremes, means = activation_scales("minmax"), activation_scales("mean-minmax")
+    assert extremes.keys() == means.keys() and extremes
+    assert all(means[name] <= extremes[name] * (1 + 1e-6) for name in extremes)
+    assert any(means[name] < extremes[name] * 0.99 for name in extremes), "the option did not take effect"
+
+
+def test_openvino_placement_keeps_shuffles_whole_and_pools_int8(exported: Callable[..., Path], tmp_path: Path) -> None:
+    """x86-openvino's placement on ShuffleNet V2: no Q/DQ inside a Reshape-Transpose-Reshape channel shuffle (OpenVINO
+    then sees ShuffleChannels), and the MaxPool after the stem's float Relu quantizes its input (int8 pooling)."""
+    prepared = tmp_path / "prepared.onnx"
+    name, variant = FAMILIES["shufflenet_v2"]
+    prepare_for_quantization(simplify(exported(name, **variant)), prepared)
+    model = quantize(prepared, tmp_path, QuantOptions("openvino", rewrites=(), **OPENVINO_PLACEMENT))
+    producers = {output: node.op_type for node in model.graph.node for output in node.output}
+    transposes = [node for node in model.graph.node if node.op_type == "Transpose"]
+    assert transposes and {producers[node.input[0]] for node in transposes} == {"Reshape"}
+    pools = [node for node in model.graph.node if node.op_type == "MaxPool"]
+    assert pools and {producers[node.input[0]] for node in pools} == {"DequantizeLinear"}

@@ -20,8 +20,9 @@ from smallnets.core.hardware import CpuInfo, cpu_quota, detect_cpu, serving_core
 INT8_TYPES = ("uint8", "int8")
 QUANT_FORMATS = ("qdq", "qoperator")
 # Range calibration of int8 activations by name, with onnxruntime's CalibrationMethod member: the one list that
-# QuantOptions, optimize's --calibration and the quantizer read.
-CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+# QuantOptions, optimize's --calibration and the quantizer read. "mean-minmax" averages each picture's min and max
+# (NNCF's default for per-tensor activations) instead of taking the extremes over all pictures.
+CALIBRATION_METHODS = {"minmax": "MinMax", "mean-minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # Graph rewrites that keep ops onnxruntime leaves float inside int8 (optimize/int8_blocks.py; exact, measured faster),
 # channel shuffles folded into conv weights (optimize/channel_shuffle.py; exact) and a Concat's inputs quantized at its
 # output's scale (optimize/concat_scales.py; one rounding instead of two).
@@ -76,6 +77,7 @@ class QuantOptions:
     equalization: bool = False  # cross-layer equalization of conv pairs before calibration (optimize/equalization.py)
     op_types: tuple[str, ...] = ()  # the op types whose inputs are quantized (empty: every one the quantizer knows)
     float_outputs: tuple[str, ...] = ()  # op types whose outputs get no Q/DQ of their own (a consumer may add one)
+    unquantized: tuple[str, ...] = ()  # op types never given Q/DQ (taken out of op_types or the quantizer's own list)
 
     def __post_init__(self) -> None:
         if self.activation_type not in INT8_TYPES or self.weight_type not in INT8_TYPES:
@@ -297,18 +299,23 @@ VNNI_CANDIDATES = (
 # block (MobileNet V3 large: 34 int8 subgraphs -> 9, NNCF's count; Lite0's compiled graph then equals NNCF's).
 OPENVINO_REWRITES = ("fold-channel-shuffles", "spatial-mean-as-global-pool", "average-pool-as-depthwise-conv")
 OPENVINO_FLOAT_OUTPUTS = ("Conv", "Gemm", "MatMul")
+# With conv outputs float, pass-through ops must quantize a float input (MaxPool after a stem's Relu), but Q/DQ
+# inside a Reshape-Transpose-Reshape channel shuffle hides it from OpenVINO, which moves dequantization through
+# such ops itself (ShuffleNet V2: 15 Transposes and 45 Reorders instead of ShuffleChannels).
+OPENVINO_UNQUANTIZED = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
+OPENVINO_PLACEMENT: dict[str, Any] = {"float_outputs": OPENVINO_FLOAT_OUTPUTS, "unquantized": OPENVINO_UNQUANTIZED}
 OPENVINO_CANDIDATES = (
-    _options("u8s8-qdq-openvino", rewrites=OPENVINO_REWRITES, float_outputs=OPENVINO_FLOAT_OUTPUTS),
+    _options("u8s8-qdq-openvino", rewrites=OPENVINO_REWRITES, **OPENVINO_PLACEMENT),
     _options(
         "u8s8-qdq-openvino-concat-scales",
         rewrites=(*OPENVINO_REWRITES, "concat-inputs-at-output-scale"),
-        float_outputs=OPENVINO_FLOAT_OUTPUTS,
+        **OPENVINO_PLACEMENT,
     ),
     _options(
         "u8s8-qdq-openvino-compute-inputs",
         rewrites=OPENVINO_REWRITES,
         op_types=("Conv", "MatMul", "Gemm"),
-        float_outputs=OPENVINO_FLOAT_OUTPUTS,
+        **OPENVINO_PLACEMENT,
     ),
 )
 # AArch64: S8S8 maps onto SDOT/SMMLA.
