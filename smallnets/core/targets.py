@@ -294,10 +294,10 @@ VNNI_CANDIDATES = (
 # OpenVINO's runtime: QDQ only (it cannot read onnxruntime's QOperator contrib ops) and only rewrites into standard
 # ops; onnxruntime's own (HardSwish decomposed, padded depthwise channels, int8 through squeeze-excite) cost it time
 # (MobileNet V3 0.32x of NNCF's int8 with them: docs/decisions.md#the-openvino-runtime).
+OPENVINO_REWRITES = ("fold-channel-shuffles", "spatial-mean-as-global-pool", "average-pool-as-depthwise-conv")
 # Conv and Gemm outputs stay float, as in NNCF's placement: OpenVINO then fuses what follows (HardSwish, a residual
 # Add, the next quantization) into the convolution instead of running a dequantize-activation-quantize subgraph per
 # block (MobileNet V3 large: 34 int8 subgraphs -> 9, NNCF's count; Lite0's compiled graph then equals NNCF's).
-OPENVINO_REWRITES = ("fold-channel-shuffles", "spatial-mean-as-global-pool", "average-pool-as-depthwise-conv")
 OPENVINO_FLOAT_OUTPUTS = ("Conv", "Gemm", "MatMul")
 # With conv outputs float, pass-through ops must quantize a float input (MaxPool after a stem's Relu), but Q/DQ
 # inside a Reshape-Transpose-Reshape channel shuffle hides it from OpenVINO, which moves dequantization through
